@@ -1,0 +1,231 @@
+"""Dataset adapters: real recommendation datasets -> one time-ordered interaction table.
+
+Every loader returns :class:`Interactions` (user, item, label, ts in epoch ms, item text), sorted by time.
+Ids are the dataset's own ids as strings; rows whose ids break the wire contract (``schemas.messages.Id``)
+are dropped and counted in ``dropped``. Label rules:
+
+=================  ==========================================================================================
+``ml-100k``        MovieLens-100K ``u.data``: rating >= 4 -> 1, else 0. Real timestamps.
+``ml-1m``          MovieLens-1M: only ``ratings_head487650.dat.gz`` carries ratings, i.e. **users 1-2999 only**
+                   (the shared copy lacks users 3000-6040). rating >= 4 -> 1, else 0. Real timestamps.
+``bookcrossing``   Book-Crossing explicit ratings only (1-10; the implicit 0s are dropped): rating >= 6 -> 1.
+                   The dump has **no timestamps**: a seeded random permutation stands in for time
+                   (``SYNTHETIC_T0`` + 1 s per row), so a "time" split of it is a random split.
+``videogames``     Amazon Video Games 5-core (LC-Rec): implicit, positives only, per-user order without clock
+                   times. Each user's k-th of n items gets time ``SYNTHETIC_T0 + round(k / n * 1e6)`` s, so a
+                   time split keeps the latest share of every user's sequence for later. Each positive gets one
+                   sampled negative (label 0, seeded, an item the user never interacted with) at the same time.
+=================  ==========================================================================================
+
+Missing or unreadable files raise :class:`DatasetError` naming the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+SYNTHETIC_T0_S = 1_000_000_000  # 2001-09-09: base of synthetic clocks
+ID_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,64}$")
+ML100K_GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+                 "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
+                 "War", "Western"]
+
+
+class DatasetError(RuntimeError):
+    """A dataset file is missing or malformed; the message names the file."""
+
+
+@dataclass
+class Interactions:
+    """A time-ordered interaction table. Arrays are aligned; ``ts`` is non-decreasing (epoch milliseconds)."""
+
+    name: str
+    users: np.ndarray  # dtype object (str)
+    items: np.ndarray  # dtype object (str)
+    labels: np.ndarray  # int8, 1 = click
+    ts: np.ndarray  # int64 epoch ms
+    item_text: dict[str, str] = field(default_factory=dict)
+    dropped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def take(self, index: np.ndarray | slice) -> Interactions:
+        return Interactions(self.name, self.users[index], self.items[index], self.labels[index], self.ts[index],
+                            self.item_text, self.dropped)
+
+    @property
+    def positive_rate(self) -> float:
+        return float(self.labels.mean()) if len(self) else 0.0
+
+
+@dataclass
+class Split:
+    """Time-ordered thirds of one dataset: offline ``train`` history, the ``stream`` replayed to Kafka, ``test``."""
+
+    train: Interactions
+    stream: Interactions
+    test: Interactions
+
+
+def time_split(data: Interactions, train: float = 0.7, stream: float = 0.15) -> Split:
+    """Split by time order: first ``train`` share, next ``stream`` share, the rest is ``test``.
+
+    Cut points are row counts of the (already time-sorted) table; rows with equal timestamps may straddle a cut.
+    """
+    if not (0 < train < 1 and 0 <= stream < 1 and train + stream < 1):
+        raise ValueError("need 0 < train, 0 <= stream and train + stream < 1")
+    n = len(data)
+    a, b = int(n * train), int(n * (train + stream))
+    return Split(data.take(slice(0, a)), data.take(slice(a, b)), data.take(slice(b, n)))
+
+
+def _open_text(path: Path, encoding: str) -> io.TextIOBase:
+    if not path.exists():
+        raise DatasetError(f"dataset file not found: {path}")
+    raw = gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
+    return io.TextIOWrapper(raw, encoding=encoding, newline="")
+
+
+def _read_rows(path: Path, parse: Callable[[str], tuple | None], encoding: str = "utf-8") -> list[tuple]:
+    """Parse every line of ``path`` with ``parse`` (None = skip); wrap any failure with the file and line."""
+    rows = []
+    with _open_text(path, encoding) as fh:
+        try:
+            for lineno, line in enumerate(fh, 1):
+                if line.strip():
+                    row = parse(line.rstrip("\r\n"))
+                    if row is not None:
+                        rows.append(row)
+        except (ValueError, IndexError, UnicodeDecodeError, EOFError, OSError) as exc:
+            raise DatasetError(f"{path}: malformed at line {lineno}: {exc}") from exc
+    if not rows:
+        raise DatasetError(f"{path}: no rows")
+    return rows
+
+
+def _build(name: str, rows: Iterable[tuple[str, str, int, int]], item_text: dict[str, str]) -> Interactions:
+    """Rows (user, item, label, ts_ms) -> an Interactions table sorted stably by time, invalid ids dropped."""
+    rows = list(rows)
+    kept = [r for r in rows if ID_RE.match(r[0]) and ID_RE.match(r[1])]
+    users = np.array([r[0] for r in kept], dtype=object)
+    items = np.array([r[1] for r in kept], dtype=object)
+    labels = np.array([r[2] for r in kept], dtype=np.int8)
+    ts = np.array([r[3] for r in kept], dtype=np.int64)
+    order = np.argsort(ts, kind="stable")
+    return Interactions(name, users[order], items[order], labels[order], ts[order], item_text,
+                        dropped=len(rows) - len(kept))
+
+
+def load_ml100k(root: Path) -> Interactions:
+    folder = root / "ml-100k"
+
+    def item_row(line: str) -> tuple[str, str]:
+        f = line.split("|")
+        genres = [g for g, flag in zip(ML100K_GENRES, f[5:24], strict=True) if flag == "1"]
+        return f[0], f"{f[1]} ({', '.join(genres)})"
+
+    def rating(line: str) -> tuple[str, str, int, int]:
+        u, i, r, t = line.split("\t")
+        return u, i, int(int(r) >= 4), int(t) * 1000
+
+    text = dict(_read_rows(folder / "u.item", item_row, "latin-1"))
+    return _build("ml-100k", _read_rows(folder / "u.data", rating), text)
+
+
+def load_ml1m(root: Path) -> Interactions:
+    folder = root / "ml-1m"
+
+    def movie(line: str) -> tuple[str, str]:
+        mid, title, genres = line.split("::")
+        return mid, f"{title} ({genres.replace('|', ', ')})"
+
+    def rating(line: str) -> tuple[str, str, int, int]:
+        u, i, r, t = line.split("::")
+        return u, i, int(int(r) >= 4), int(t) * 1000
+
+    text = dict(_read_rows(folder / "movies.dat", movie, "latin-1"))
+    return _build("ml-1m", _read_rows(folder / "ratings_head487650.dat.gz", rating), text)
+
+
+def _bx_csv(path: Path) -> list[list[str]]:
+    with _open_text(path, "latin-1") as fh:
+        try:
+            reader = csv.reader(fh, delimiter=";", quotechar='"', escapechar="\\")
+            header = next(reader)
+            rows = [r for r in reader if len(r) >= len(header)]
+        except (csv.Error, UnicodeDecodeError, EOFError, OSError, StopIteration) as exc:
+            raise DatasetError(f"{path}: malformed Book-Crossing CSV: {exc}") from exc
+    if not rows:
+        raise DatasetError(f"{path}: no rows")
+    return rows
+
+
+def load_bookcrossing(root: Path, seed: int = 0) -> Interactions:
+    folder = root / "bookcrossing"
+    text = {r[0].strip(): f"{r[1].strip()} by {r[2].strip()} ({r[3].strip()})"
+            for r in _bx_csv(folder / "BX-Books.csv.gz")}
+    explicit = [(r[0].strip(), r[1].strip(), int(r[2])) for r in _bx_csv(folder / "BX-Book-Ratings.csv.gz")
+                if r[2].strip() not in ("", "0")]
+    order = np.random.default_rng(seed).permutation(len(explicit))
+    rows = ((explicit[j][0], explicit[j][1], int(explicit[j][2] >= 6), (SYNTHETIC_T0_S + k) * 1000)
+            for k, j in enumerate(order))
+    return _build("bookcrossing", rows, text)
+
+
+def load_videogames(root: Path, seed: int = 0) -> Interactions:
+    folder = root / "amazon" / "videogames-2018-lcrec"
+    inter_path = folder / "Games.inter.json.gz"
+    try:
+        with _open_text(inter_path, "utf-8") as fh:
+            sequences: dict[str, list[int]] = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError, EOFError, OSError) as exc:
+        raise DatasetError(f"{inter_path}: malformed JSON: {exc}") from exc
+    users = dict(_read_rows(folder / "Games.user2id.gz", lambda line: tuple(line.split("\t")[::-1])))
+    asins = dict(_read_rows(folder / "Games.item2id.gz", lambda line: tuple(line.split("\t")[::-1])))
+
+    def title(line: str) -> tuple[str, str] | None:
+        f = line.split("\t")
+        return None if f[0] == "item_id" else (f[1], f[2])
+
+    text = dict(_read_rows(folder / "items_with_titles.tsv", title))
+    n_items = len(asins)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for uidx, seq in sequences.items():
+        user, seen = users[uidx], set(seq)
+        for k, item in enumerate(seq):
+            ts = (SYNTHETIC_T0_S + round(k / len(seq) * 1e6)) * 1000
+            rows.append((user, asins[str(item)], 1, ts))
+            neg = int(rng.integers(n_items))
+            while neg in seen:
+                neg = int(rng.integers(n_items))
+            rows.append((user, asins[str(neg)], 0, ts))
+    return _build("videogames", rows, text)
+
+
+LOADERS: dict[str, Callable[[Path], Interactions]] = {
+    "ml-100k": load_ml100k,
+    "ml-1m": load_ml1m,
+    "bookcrossing": load_bookcrossing,
+    "videogames": load_videogames,
+}
+
+
+def load(name: str, root: Path) -> Interactions:
+    """Load dataset ``name`` (one of :data:`LOADERS`) from the data root (default ``../shared/data``)."""
+    if name not in LOADERS:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {sorted(LOADERS)}")
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"data directory not found: {root} (set EXITREC_DATA_DIR)")
+    return LOADERS[name](root)

@@ -1,0 +1,188 @@
+r"""LightGCN on a growing user–item bipartite graph, with incremental fold-in (pure math, no I/O).
+
+Nodes are users and items in one index space; an undirected edge joins a user and an item the user clicked
+(label 1). With :math:`d_v` the degree of node :math:`v`, LightGCN propagates base embeddings
+:math:`e^{(0)}` without weights or nonlinearity (He et al., 2020):
+
+.. math::
+    e_v^{(k+1)} = \sum_{u \in N(v)} \frac{e_u^{(k)}}{\sqrt{d_v d_u}}, \qquad
+    e_v = \frac{1}{K+1} \sum_{k=0}^{K} e_v^{(k)}
+
+which is ``torch_geometric.nn.LightGCN`` with its default ``alpha = 1/(K+1)``. Propagation is linear, so when
+edges change only the layers of nodes near the change move: layer :math:`k` of node :math:`v` changes only if
+:math:`v` lies within :math:`k` hops of an endpoint of a changed edge. :meth:`LightGCNGraph.refresh` recomputes
+layers ``1..K`` for the nodes within ``radius`` hops of the touched nodes, in layer order, reading cached layers
+of every other node. ``radius = K`` reproduces full propagation exactly; ``radius = 0`` (the streaming
+default) updates only the touched nodes themselves from their neighbours' cached layers, which is exact at
+layer 1 and approximate above (neighbours' own layers lag until they are touched or a full refresh runs).
+
+A node that joins with no trained base embedding is folded in from its neighbours:
+:math:`e_v^{(0)} = \frac{1}{|N(v)|} \sum_{u \in N(v)} e_u^{(0)}`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+USER, ITEM = "u", "i"
+
+
+def node_key(kind: str, external_id: str) -> str:
+    return f"{kind}:{external_id}"
+
+
+@dataclass(frozen=True)
+class EdgeChange:
+    """Add (``present=True``) or remove the click edge between ``user_id`` and ``item_id``."""
+
+    user_id: str
+    item_id: str
+    present: bool
+
+
+class LightGCNGraph:
+    """Node registry, adjacency sets, and cached per-layer embeddings ``layers[k, node]`` (float32)."""
+
+    def __init__(self, dim: int, num_layers: int, capacity: int = 1024) -> None:
+        self.dim, self.num_layers = dim, num_layers
+        self.index: dict[str, int] = {}
+        self.keys: list[str] = []
+        self.adj: list[set[int]] = []
+        self.layers = np.zeros((num_layers + 1, max(capacity, 16), dim), dtype=np.float32)
+        self.trained = np.zeros(max(capacity, 16), dtype=bool)  # base embedding learned (vs folded in)
+
+    # ---- registry -------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def node(self, kind: str, external_id: str) -> int | None:
+        return self.index.get(node_key(kind, external_id))
+
+    def _add_node(self, key: str) -> int:
+        idx = len(self.keys)
+        if idx == self.layers.shape[1]:
+            grown = np.zeros((self.num_layers + 1, 2 * idx, self.dim), dtype=np.float32)
+            grown[:, :idx] = self.layers
+            self.layers = grown
+            self.trained = np.concatenate([self.trained, np.zeros(idx, dtype=bool)])
+        self.index[key] = idx
+        self.keys.append(key)
+        self.adj.append(set())
+        return idx
+
+    def ensure_node(self, kind: str, external_id: str) -> int:
+        key = node_key(kind, external_id)
+        idx = self.index.get(key)
+        return self._add_node(key) if idx is None else idx
+
+    def degree(self, idx: int) -> int:
+        return len(self.adj[idx])
+
+    @property
+    def num_edges(self) -> int:
+        return sum(len(a) for a in self.adj) // 2
+
+    def edges(self) -> np.ndarray:
+        """Undirected edges as a ``(2, E)`` int64 array, each pair once (smaller index first)."""
+        pairs = [(v, u) for v, nbrs in enumerate(self.adj) for u in nbrs if v < u]
+        return np.array(pairs, dtype=np.int64).T.reshape(2, -1)
+
+    # ---- embeddings -----------------------------------------------------------------------------------------
+    def base(self) -> np.ndarray:
+        return self.layers[0, : len(self)]
+
+    def set_base(self, embeddings: np.ndarray, trained: np.ndarray | bool = True) -> None:
+        """Replace the base embeddings of all nodes and say which of them are learned (vs folded in)."""
+        n = len(self)
+        if embeddings.shape != (n, self.dim):
+            raise ValueError(f"expected base embeddings of shape {(n, self.dim)}, got {embeddings.shape}")
+        self.layers[0, :n] = embeddings
+        self.trained[:n] = trained
+
+    def final(self, nodes: np.ndarray | None = None) -> np.ndarray:
+        """Layer-averaged embeddings :math:`e_v` of ``nodes`` (all nodes when None)."""
+        sel = self.layers[:, : len(self)] if nodes is None else self.layers[:, nodes]
+        return sel.mean(axis=0)
+
+    def normalized_adjacency(self) -> torch.Tensor:
+        r""":math:`\hat A = D^{-1/2} A D^{-1/2}` as a sparse COO tensor (isolated nodes have empty rows)."""
+        n = len(self)
+        e = self.edges()
+        row = np.concatenate([e[0], e[1]])
+        col = np.concatenate([e[1], e[0]])
+        deg = np.fromiter((len(a) for a in self.adj), dtype=np.float32, count=n)
+        inv_sqrt = np.where(deg > 0, 1.0 / np.sqrt(np.maximum(deg, 1)), 0.0).astype(np.float32)
+        val = inv_sqrt[row] * inv_sqrt[col]
+        coo = torch.sparse_coo_tensor(torch.from_numpy(np.stack([row, col])), torch.from_numpy(val), (n, n))
+        return coo.coalesce()
+
+    def propagate_full(self) -> None:
+        """Recompute every cached layer from the base embeddings by sparse products with :math:`\\hat A`."""
+        n = len(self)
+        if n == 0:
+            return
+        adj = self.normalized_adjacency()
+        x = torch.from_numpy(self.layers[0, :n].copy())
+        for k in range(1, self.num_layers + 1):
+            x = adj @ x
+            self.layers[k, :n] = x.numpy()
+
+    # ---- incremental updates ----------------------------------------------------------------------------------
+    def apply(self, changes: Iterable[EdgeChange]) -> set[int]:
+        """Add/remove edges (registering new nodes); return the nodes whose edge sets changed."""
+        touched: set[int] = set()
+        for ch in changes:
+            u = self.ensure_node(USER, ch.user_id)
+            i = self.ensure_node(ITEM, ch.item_id)
+            if ch.present and i not in self.adj[u]:
+                self.adj[u].add(i)
+                self.adj[i].add(u)
+                touched.update((u, i))
+            elif not ch.present and i in self.adj[u]:
+                self.adj[u].discard(i)
+                self.adj[i].discard(u)
+                touched.update((u, i))
+        return touched
+
+    def hops(self, nodes: Iterable[int], radius: int) -> np.ndarray:
+        """All nodes within ``radius`` hops of ``nodes`` (sorted)."""
+        frontier = set(nodes)
+        seen = set(frontier)
+        for _ in range(radius):
+            frontier = {u for v in frontier for u in self.adj[v]} - seen
+            seen |= frontier
+        return np.fromiter(sorted(seen), dtype=np.int64, count=len(seen))
+
+    def fold_in(self, nodes: Iterable[int]) -> None:
+        """Give untrained nodes a base embedding: the mean of their neighbours' base embeddings."""
+        for v in nodes:
+            if not self.trained[v] and self.adj[v]:
+                nbrs = np.fromiter(self.adj[v], dtype=np.int64)
+                self.layers[0, v] = self.layers[0, nbrs].mean(axis=0)
+
+    def refresh(self, touched: Iterable[int], radius: int = 0) -> np.ndarray:
+        """Fold in new nodes, recompute layers ``1..K`` near ``touched``; return the nodes recomputed.
+
+        Layer ``k`` of each node in the recompute set is the normalised sum of its neighbours' layer ``k-1``
+        (fresh values for neighbours in the set, cached values otherwise).
+        """
+        touched = list(touched)
+        if not touched:
+            return np.zeros(0, dtype=np.int64)
+        self.fold_in(touched)
+        nodes = self.hops(touched, radius)
+        deg = np.fromiter((len(self.adj[v]) for v in nodes), dtype=np.int64, count=len(nodes))
+        owner = np.repeat(np.arange(len(nodes)), deg)
+        nbrs = np.fromiter((u for v in nodes for u in self.adj[v]), dtype=np.int64, count=int(deg.sum()))
+        all_deg = np.fromiter((len(a) for a in self.adj), dtype=np.float32, count=len(self))
+        weight = torch.from_numpy((1.0 / np.sqrt(all_deg[nodes][owner] * all_deg[nbrs])).astype(np.float32))
+        owner_t = torch.from_numpy(owner)
+        for k in range(1, self.num_layers + 1):
+            messages = torch.from_numpy(self.layers[k - 1, nbrs]) * weight[:, None]
+            out = torch.zeros((len(nodes), self.dim)).index_add_(0, owner_t, messages)
+            self.layers[k, nodes] = out.numpy()
+        return nodes

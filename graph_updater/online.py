@@ -1,0 +1,137 @@
+"""Click micro-batches -> changed user/item vectors with payload (pure: no Kafka, no vector store).
+
+:class:`GraphUpdater` owns the graph and each user's reaction history. ``apply`` is idempotent per click: an
+edge is a set member (click 1 adds it, a later 0 for the same pair removes it: the latest reaction wins), and a
+history entry is keyed by ``event_id``, so re-applying a click already applied changes nothing. That is what
+lets a restarted updater replay the click log up to its committed offsets and continue from there.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from graph_updater.graph import ITEM, USER, EdgeChange, LightGCNGraph
+from graph_updater.train import bpr_train
+from schemas.messages import Click
+
+
+@dataclass
+class UserHistory:
+    """A user's reactions: liked/disliked item ids (insertion-ordered, latest reaction wins) and recent events."""
+
+    liked: dict[str, int] = field(default_factory=dict)
+    disliked: dict[str, int] = field(default_factory=dict)
+    recent: deque = field(default_factory=lambda: deque(maxlen=20))  # (event_id, item_id, label, ts)
+    event_ids: set[str] = field(default_factory=set)
+
+    def record(self, event_id: str, item_id: str, label: int, ts: int) -> bool:
+        """Record one reaction; False if ``event_id`` was already recorded (nothing changes)."""
+        if event_id in self.event_ids:
+            return False
+        self.event_ids.add(event_id)
+        mine, other = (self.liked, self.disliked) if label == 1 else (self.disliked, self.liked)
+        other.pop(item_id, None)
+        mine.pop(item_id, None)
+        mine[item_id] = ts
+        self.recent.append((event_id, item_id, label, ts))
+        return True
+
+    def payload(self, user_id: str, recent_n: int) -> dict:
+        recent = list(self.recent)[-recent_n:]
+        return {
+            "user_id": user_id,
+            "liked": list(self.liked),
+            "disliked": list(self.disliked),
+            "recent_items": [r[1] for r in recent],
+            "recent_labels": [r[2] for r in recent],
+            "last_ts": max((r[3] for r in recent), default=0),
+        }
+
+
+@dataclass(frozen=True)
+class VectorRecord:
+    """One point to upsert: ``kind`` is ``u`` (users collection) or ``i`` (items collection)."""
+
+    kind: str
+    external_id: str
+    vector: list[float]
+    payload: dict
+
+
+class GraphUpdater:
+    """Applies click micro-batches to a :class:`LightGCNGraph` and reports the vectors that changed."""
+
+    def __init__(self, graph: LightGCNGraph, recent_n: int = 20, radius: int = 0,
+                 recent_edges: int = 50_000) -> None:
+        self.graph, self.recent_n, self.radius = graph, recent_n, radius
+        self.histories: dict[str, UserHistory] = {}
+        self.item_clicks: dict[str, int] = {}
+        self.recent_pairs: deque[tuple[int, int]] = deque(maxlen=recent_edges)
+        self.clicks_since_refine = 0
+
+    def history(self, user_id: str) -> UserHistory:
+        h = self.histories.get(user_id)
+        if h is None:
+            h = self.histories[user_id] = UserHistory(recent=deque(maxlen=self.recent_n))
+        return h
+
+    def _record(self, event_id: str, user_id: str, item_id: str, label: int, ts: int) -> EdgeChange | None:
+        if not self.history(user_id).record(event_id, item_id, label, ts):
+            return None
+        if label == 1:
+            self.item_clicks[item_id] = self.item_clicks.get(item_id, 0) + 1
+        return EdgeChange(user_id, item_id, present=label == 1)
+
+    def ingest(self, event_ids: Sequence[str], users: Sequence[str], items: Sequence[str],
+               labels: Sequence[int], ts: Sequence[int]) -> None:
+        """Load history rows (e.g. the offline training split) into the graph without recomputing layers."""
+        changes = [self._record(*row) for row in zip(event_ids, users, items, labels, ts, strict=True)]
+        self.graph.apply(ch for ch in changes if ch is not None)
+
+    def apply(self, clicks: Sequence[Click]) -> list[VectorRecord]:
+        """Apply a batch of clicks; return the changed user and item vectors (users with no edge are skipped)."""
+        changes = [ch for c in clicks if (ch := self._record(c.event_id, c.user_id, c.item_id, c.label, c.ts))]
+        touched = self.graph.apply(changes)
+        self.graph.refresh(touched, radius=self.radius)
+        self.clicks_since_refine += len(changes)
+        for ch in changes:
+            if ch.present:
+                u, i = self.graph.node(USER, ch.user_id), self.graph.node(ITEM, ch.item_id)
+                self.recent_pairs.append((u, i))
+        nodes = touched | {self.graph.node(USER, ch.user_id) for ch in changes}
+        return self.records(n for n in nodes if n is not None)
+
+    def refine(self, steps: int, lr: float = 0.005, batch_size: int = 2048, seed: int = 0,
+               min_change: float = 1e-3) -> list[VectorRecord]:
+        """A few BPR steps on recent click edges, then the vectors whose final embedding moved more than
+        ``min_change`` (Euclidean, relative to the vector's norm)."""
+        pairs = np.array([p for p in self.recent_pairs if p[1] in self.graph.adj[p[0]]], dtype=np.int64)
+        self.clicks_since_refine = 0
+        if len(pairs) == 0:
+            return []
+        before = self.graph.final()
+        bpr_train(self.graph, pairs.reshape(-1, 2), steps, lr=lr, batch_size=batch_size, seed=seed)
+        after = self.graph.final()
+        moved = np.linalg.norm(after - before, axis=1) > min_change * (np.linalg.norm(before, axis=1) + 1e-12)
+        return self.records(np.flatnonzero(moved))
+
+    def records(self, nodes) -> list[VectorRecord]:
+        out = []
+        for v in sorted(set(nodes)):
+            if not self.graph.adj[v]:
+                continue
+            kind, external_id = self.graph.keys[v].split(":", 1)
+            vector = self.graph.final(np.array([v]))[0].tolist()
+            if kind == USER:
+                payload = self.history(external_id).payload(external_id, self.recent_n)
+            else:
+                payload = {"item_id": external_id, "clicks": self.item_clicks.get(external_id, 0)}
+            out.append(VectorRecord(kind, external_id, vector, payload))
+        return out
+
+    def all_records(self) -> list[VectorRecord]:
+        return self.records(range(len(self.graph)))

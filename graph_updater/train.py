@@ -1,0 +1,88 @@
+r"""LightGCN training with the BPR loss (``torch_geometric.nn.LightGCN``), offline and as online refinement.
+
+BPR (Rendle et al., 2009) over sampled triples (user :math:`u`, clicked item :math:`i`, random item :math:`j`):
+
+.. math::
+    \mathcal{L} = -\frac{1}{|B|}\sum_{(u,i,j) \in B} \ln \sigma(e_u^\top e_i - e_u^\top e_j)
+                  + \lambda \lVert e^{(0)}_{u,i,j} \rVert^2
+
+with :math:`e` the layer-averaged LightGCN embeddings and only the base embeddings :math:`e^{(0)}` trained.
+The adjacency is handed to PyG as a sparse CSR tensor (same result as ``edge_index``, several times faster here).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch_geometric.nn import LightGCN
+from torch_geometric.utils import to_torch_csr_tensor
+from tqdm import tqdm
+
+from graph_updater.graph import ITEM, USER, LightGCNGraph
+
+
+def _model(graph: LightGCNGraph) -> tuple[LightGCN, torch.Tensor]:
+    n = len(graph)
+    e = torch.from_numpy(graph.edges())
+    edge_index = torch.cat([e, e.flip(0)], dim=1)
+    adjacency = to_torch_csr_tensor(edge_index, size=(n, n))
+    model = LightGCN(num_nodes=n, embedding_dim=graph.dim, num_layers=graph.num_layers)
+    with torch.no_grad():
+        model.embedding.weight.copy_(torch.from_numpy(graph.base().copy()))
+    return model, adjacency
+
+
+def positive_pairs(graph: LightGCNGraph) -> np.ndarray:
+    """All (user node, item node) click edges as an ``(E, 2)`` array."""
+    pairs = [(v, u) for v, key in enumerate(graph.keys) if key.startswith(USER + ":") for u in graph.adj[v]]
+    return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+def item_nodes(graph: LightGCNGraph) -> np.ndarray:
+    return np.array([v for v, key in enumerate(graph.keys) if key.startswith(ITEM + ":")], dtype=np.int64)
+
+
+def bpr_train(graph: LightGCNGraph, pairs: np.ndarray, steps: int, lr: float = 0.01,
+              batch_size: int = 4096, weight_decay: float = 1e-4, seed: int = 0,
+              progress: str | None = None) -> list[float]:
+    """Run ``steps`` Adam steps of BPR on batches drawn from ``pairs``; write the base embeddings back into
+    ``graph``, mark the nodes of ``pairs`` as trained and re-propagate all layers. Returns per-step losses."""
+    if len(pairs) == 0 or steps <= 0:
+        return []
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model, adjacency = _model(graph)
+    items = item_nodes(graph)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in tqdm(range(steps), desc=progress, disable=progress is None, unit="step"):
+        batch = pairs[rng.integers(len(pairs), size=min(batch_size, len(pairs)))]
+        neg = items[rng.integers(len(items), size=len(batch))]
+        users = torch.from_numpy(batch[:, 0])
+        pos, neg_t = torch.from_numpy(batch[:, 1]), torch.from_numpy(neg)
+        emb = model.get_embedding(adjacency)
+        pos_rank = (emb[users] * emb[pos]).sum(-1)
+        neg_rank = (emb[users] * emb[neg_t]).sum(-1)
+        node_id = torch.cat([users, pos, neg_t])
+        loss = model.recommendation_loss(pos_rank, neg_rank, node_id=node_id, lambda_reg=weight_decay)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    n = len(graph)
+    trained = graph.trained[:n] | np.isin(np.arange(n), pairs.ravel())
+    graph.set_base(model.embedding.weight.detach().numpy().copy(), trained=trained)
+    graph.propagate_full()
+    return losses
+
+
+def train_offline(graph: LightGCNGraph, epochs: int = 30, lr: float = 0.01, batch_size: int = 4096,
+                  seed: int = 0) -> list[float]:
+    """Train from a fresh Xavier initialisation on every edge of ``graph`` (``epochs`` passes over the edges)."""
+    torch.manual_seed(seed)
+    init = torch.empty(len(graph), graph.dim)
+    torch.nn.init.xavier_uniform_(init)
+    graph.set_base(init.numpy(), trained=False)
+    pairs = positive_pairs(graph)
+    steps = max(1, epochs * len(pairs) // batch_size)
+    return bpr_train(graph, pairs, steps, lr=lr, batch_size=batch_size, seed=seed, progress="LightGCN BPR")

@@ -1,0 +1,1 @@
+"""Versioned message contracts and the JSON codec shared by every topic."""

@@ -1,0 +1,62 @@
+"""The one JSON codec for every topic: bytes in, validated message out, and back.
+
+Nothing read from the wire is unpickled or evaluated: bytes are size-checked, decoded as UTF-8 JSON by
+pydantic's parser, and validated against the contract. Any failure raises :class:`InvalidMessage`, whose
+``error_class`` and message go into the dead-letter record.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import TypeVar
+
+from pydantic import ValidationError
+
+from schemas.messages import MAX_MESSAGE_BYTES, DeadLetter, Message
+
+M = TypeVar("M", bound=Message)
+
+
+class InvalidMessage(ValueError):
+    """An input message that violates its contract. ``error_class`` names the kind of violation."""
+
+    def __init__(self, error_class: str, message: str) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+
+
+def encode(message: Message) -> bytes:
+    """Compact UTF-8 JSON of ``message`` (fields in declaration order)."""
+    return message.model_dump_json().encode()
+
+
+def decode(contract: type[M], data: bytes | None) -> M:
+    """Parse and validate ``data`` as ``contract``; raise :class:`InvalidMessage` saying why it is not one."""
+    if data is None:
+        raise InvalidMessage("EmptyMessage", "message has no value (tombstone)")
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise InvalidMessage("MessageTooLarge", f"{len(data)} bytes exceeds the limit of {MAX_MESSAGE_BYTES}")
+    try:
+        return contract.model_validate_json(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        kind = "InvalidJson" if any(e["type"] == "json_invalid" for e in errors) else "SchemaViolation"
+        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in errors[:8])
+        raise InvalidMessage(kind, f"{contract.__name__}: {detail}") from None
+
+
+def dead_letter(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+                error: Exception) -> DeadLetter:
+    """The dead-letter record for an input message that failed with ``error`` (original bytes kept)."""
+    error_class = error.error_class if isinstance(error, InvalidMessage) else type(error).__name__
+    return DeadLetter(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key_b64=None if key is None else base64.b64encode(key).decode(),
+        value_b64=base64.b64encode(value or b"").decode(),
+        error_class=error_class[:128],
+        error_message=str(error)[:4096],
+        ts=int(time.time() * 1000),
+    )

@@ -1,0 +1,62 @@
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from graph_updater.datasets import DatasetError, load, time_split
+
+
+def test_ml100k_counts_and_labels(ml100k):
+    assert len(ml100k) == 100_000 and ml100k.dropped == 0
+    assert len(set(ml100k.users)) == 943 and len(set(ml100k.items)) == 1682
+    assert 0.55 < ml100k.positive_rate < 0.56  # ratings >= 4
+    assert np.all(np.diff(ml100k.ts) >= 0)
+    assert ml100k.item_text["1"].startswith("Toy Story (1995)")
+
+
+def test_ml1m_has_only_users_below_3000(data_dir):
+    d = load("ml-1m", data_dir)
+    assert len(d) == 487_650
+    users = d.users.astype(int)
+    assert users.min() == 1 and users.max() == 2999
+
+
+def test_bookcrossing_explicit_only(data_dir):
+    d = load("bookcrossing", data_dir)
+    assert len(d) + d.dropped == 433_671  # explicit (non-zero) ratings in the dump
+    assert d.dropped == 267  # ISBNs with characters outside the id contract (quotes, spaces, ...)
+    assert 0.83 < d.positive_rate < 0.85
+    assert len(set(d.users)) == 77_726
+
+
+def test_videogames_has_one_negative_per_positive(data_dir):
+    d = load("videogames", data_dir)
+    assert len(d) == 2 * 452_989
+    assert d.positive_rate == pytest.approx(0.5)
+    pos = set(zip(d.users[d.labels == 1], d.items[d.labels == 1], strict=True))
+    neg = set(zip(d.users[d.labels == 0], d.items[d.labels == 0], strict=True))
+    assert not pos & neg
+
+
+def test_time_split_is_ordered_and_complete(ml100k):
+    s = time_split(ml100k, train=0.7, stream=0.15)
+    assert len(s.train) + len(s.stream) + len(s.test) == len(ml100k)
+    assert s.train.ts.max() <= s.stream.ts.min() and s.stream.ts.max() <= s.test.ts.min()
+
+
+def test_missing_and_corrupt_files_name_the_file(tmp_path: Path):
+    with pytest.raises(DatasetError, match="u.item"):
+        load("ml-100k", tmp_path)
+    folder = tmp_path / "ml-1m"
+    folder.mkdir()
+    (folder / "movies.dat").write_text("1::Toy Story (1995)::Animation\n")
+    (folder / "ratings_head487650.dat.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DatasetError, match="ratings_head487650"):
+        load("ml-1m", tmp_path)
+    with gzip.open(folder / "ratings_head487650.dat.gz", "wt") as fh:
+        fh.write("1::2::five::978300760\n")
+    with pytest.raises(DatasetError, match="line 1"):
+        load("ml-1m", tmp_path)
+    with pytest.raises(DatasetError, match="unknown dataset"):
+        load("netflix", tmp_path)

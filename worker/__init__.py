@@ -1,0 +1,1 @@
+"""App wiring: settings, logging, Kafka topics, the faust app and the CLI."""

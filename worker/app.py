@@ -1,0 +1,69 @@
+"""The faust app factory and the topic declarations (all topics carry raw bytes; :mod:`schemas.codec` decodes).
+
+Values are declared ``raw`` so that a malformed message reaches the agent as bytes and can be dead-lettered
+with its reason, instead of failing inside faust's deserializer. Keys are user ids (UTF-8 bytes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faust
+
+from worker.settings import Settings
+
+CLICKS, IMPRESSIONS, SCORES, TELEMETRY = "clicks", "impressions", "ctr-scores", "exit-telemetry"
+DLQ_SUFFIX = ".dlq"
+
+
+@dataclass(frozen=True)
+class Topics:
+    clicks: faust.TopicT
+    clicks_dlq: faust.TopicT
+    impressions: faust.TopicT
+    impressions_dlq: faust.TopicT
+    scores: faust.TopicT
+    telemetry: faust.TopicT
+
+
+def create_app(settings: Settings) -> faust.App:
+    """A faust app for ``settings``: consumer group, broker, in-memory table store, no web server.
+
+    Offsets: faust commits an offset only once every event before it has been acked; the agents ack an event
+    after its outputs (vector upserts, dead letters, scores) have been written.
+    """
+    state_dir = settings.resolved_state_dir()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return faust.App(
+        settings.consumer_group,
+        broker=[f"kafka://{hp.strip()}" for hp in settings.kafka_bootstrap.split(",")],
+        key_serializer="raw",
+        value_serializer="raw",
+        store="memory://",
+        datadir=str(state_dir),
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        web_enabled=False,
+        producer_acks=-1,
+        logging_config=None,
+    )
+
+
+def declare_topics(app: faust.App, settings: Settings) -> Topics:
+    """Declare every topic of the contracts (``<prefix><name>``; ``<input>.dlq`` for the two input topics)."""
+
+    def topic(name: str, **kw) -> faust.TopicT:
+        return app.topic(settings.topic(name), key_type=bytes, value_type=bytes,
+                         partitions=settings.topic_partitions, **kw)
+
+    return Topics(
+        clicks=topic(CLICKS, retention=None),
+        clicks_dlq=topic(CLICKS + DLQ_SUFFIX),
+        impressions=topic(IMPRESSIONS),
+        impressions_dlq=topic(IMPRESSIONS + DLQ_SUFFIX),
+        scores=topic(SCORES),
+        telemetry=topic(TELEMETRY),
+    )

@@ -1,0 +1,54 @@
+"""Settings from environment variables (prefix ``EXITREC_``); the README's configuration table lists them all.
+
+One :class:`Settings` object is built per process (:func:`get_settings`); tests build their own.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_cache() -> Path:
+    return Path.home() / ".cache" / "exitrec"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EXITREC_", extra="ignore")
+
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]")
+    topic_prefix: str = Field("", description="prefix for every topic name (isolates tests and tenants)")
+    topic_partitions: int = Field(4, ge=1, le=1024, description="partitions of the topics the worker creates")
+    consumer_group: str = Field("exitrec", description="Kafka consumer group (faust app id)")
+    data_dir: Path = Field(REPO_ROOT.parent / "shared" / "data", description="root of the datasets")
+    cache_dir: Path = Field(default_factory=default_cache, description="models, checkpoints, venv, Kafka jars")
+    state_dir: Path | None = Field(None, description="faust table state; default <cache_dir>/state/<group>")
+    vector_backend: Literal["qdrant", "edge"] = Field(
+        "qdrant", description="qdrant = qdrant-client (embedded local mode or a server URL); edge = qdrant-edge-py")
+    qdrant_url: str | None = Field(None, description="Qdrant server URL; unset = embedded store")
+    qdrant_path: str = Field(":memory:", description="embedded store location: ':memory:' or a folder")
+    collection_prefix: str = Field("exitrec", description="Qdrant collections are <prefix>_users and <prefix>_items")
+    graph_checkpoint: Path | None = Field(None, description="LightGCN checkpoint folder the updater starts from")
+    updater_batch_size: int = Field(1024, ge=1, le=100_000, description="clicks per graph micro-batch (max)")
+    updater_batch_wait_ms: int = Field(100, ge=1, le=60_000, description="max wait to fill a micro-batch")
+    refine_every_clicks: int = Field(20_000, ge=0, description="BPR refinement after this many clicks (0 = off)")
+    refine_steps: int = Field(5, ge=1, le=1000, description="BPR steps per refinement")
+    payload_recent_items: int = Field(20, ge=1, le=1000, description="recent items kept per user in the payload")
+    log_level: str = Field("INFO", description="structlog level")
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    def resolved_state_dir(self) -> Path:
+        return self.state_dir or self.cache_dir / "state" / self.consumer_group
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
