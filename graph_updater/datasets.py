@@ -98,7 +98,7 @@ def _open_text(path: Path, encoding: str) -> io.TextIOBase:
 
 def _read_rows(path: Path, parse: Callable[[str], tuple | None], encoding: str = "utf-8") -> list[tuple]:
     """Parse every line of ``path`` with ``parse`` (None = skip); wrap any failure with the file and line."""
-    rows = []
+    rows, lineno = [], 0
     with _open_text(path, encoding) as fh:
         try:
             for lineno, line in enumerate(fh, 1):
