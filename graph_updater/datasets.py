@@ -92,7 +92,7 @@ def time_split(data: Interactions, train: float = 0.7, stream: float = 0.15) -> 
 def _open_text(path: Path, encoding: str) -> io.TextIOBase:
     if not path.exists():
         raise DatasetError(f"dataset file not found: {path}")
-    raw = gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
+    raw = gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")  # noqa: SIM115 (returned, caller closes)
     return io.TextIOWrapper(raw, encoding=encoding, newline="")
 
 
@@ -101,7 +101,7 @@ def _read_rows(path: Path, parse: Callable[[str], tuple | None], encoding: str =
     rows, lineno = [], 0
     with _open_text(path, encoding) as fh:
         try:
-            for lineno, line in enumerate(fh, 1):
+            for lineno, line in enumerate(fh, 1):  # noqa: B007 (read in the except clause)
                 if line.strip():
                     row = parse(line.rstrip("\r\n"))
                     if row is not None:

@@ -17,11 +17,13 @@ default) updates only the touched nodes themselves from their neighbours' cached
 layer 1 and approximate above (neighbours' own layers lag until they are touched or a full refresh runs).
 
 A node that joins with no trained base embedding is folded in from its neighbours:
-:math:`e_v^{(0)} = \frac{1}{|N(v)|} \sum_{u \in N(v)} e_u^{(0)}`.
+:math:`e_v^{(0)} = \frac{1}{|T(v)|} \sum_{u \in T(v)} e_u^{(0)}` over its trained neighbours :math:`T(v)`
+(random when it has none, i.e. on a graph that no training has seen yet).
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -158,11 +160,17 @@ class LightGCNGraph:
         return np.fromiter(sorted(seen), dtype=np.int64, count=len(seen))
 
     def fold_in(self, nodes: Iterable[int]) -> None:
-        """Give untrained nodes a base embedding: the mean of their neighbours' base embeddings."""
+        """Give untrained nodes a base embedding: the mean of their trained neighbours' base embeddings, or,
+        with no trained neighbour (a cold graph), a small random vector seeded by the node key."""
         for v in nodes:
             if not self.trained[v] and self.adj[v]:
                 nbrs = np.fromiter(self.adj[v], dtype=np.int64)
-                self.layers[0, v] = self.layers[0, nbrs].mean(axis=0)
+                nbrs = nbrs[self.trained[nbrs]]
+                if len(nbrs):
+                    self.layers[0, v] = self.layers[0, nbrs].mean(axis=0)
+                else:
+                    rng = np.random.default_rng(zlib.crc32(self.keys[v].encode()))
+                    self.layers[0, v] = rng.normal(0.0, 0.1, self.dim)
 
     def refresh(self, touched: Iterable[int], radius: int = 0) -> np.ndarray:
         """Fold in new nodes, recompute layers ``1..K`` near ``touched``; return the nodes recomputed.

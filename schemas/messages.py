@@ -6,7 +6,7 @@ dead-letter topic instead of being silently ignored.
 
 Limits (enforced on decode, see :mod:`schemas.codec`):
 - ids (user, item, event, request): 1–64 characters of ``[A-Za-z0-9._:@-]``;
-- ``ts``: epoch milliseconds in [2000-01-01, 2100-01-01) — datasets without clock times get synthetic ones;
+- ``ts``: epoch milliseconds in [1995-01-01, 2100-01-01) — datasets without clock times get synthetic ones;
 - ``label``: 1 = clicked, 0 = shown and not clicked;
 - an impression carries 1–:data:`MAX_CANDIDATES` distinct candidate items;
 - an encoded message is at most :data:`MAX_MESSAGE_BYTES` bytes.
@@ -23,7 +23,7 @@ SCHEMA_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_CANDIDATES = 100
 MAX_HEADS = 64
-TS_MIN_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+TS_MIN_MS = 788_918_400_000  # 1995-01-01T00:00:00Z (MovieLens-100K starts in 1997)
 TS_MAX_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
 
 Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:@-]+$")]

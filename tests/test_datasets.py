@@ -46,7 +46,7 @@ def test_time_split_is_ordered_and_complete(ml100k):
 
 
 def test_missing_and_corrupt_files_name_the_file(tmp_path: Path):
-    with pytest.raises(DatasetError, match="u.item"):
+    with pytest.raises(DatasetError, match=r"u\.item"):
         load("ml-100k", tmp_path)
     folder = tmp_path / "ml-1m"
     folder.mkdir()

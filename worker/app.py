@@ -6,14 +6,20 @@ with its reason, instead of failing inside faust's deserializer. Keys are user i
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 
 import faust
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
 
 from worker.settings import Settings
 
 CLICKS, IMPRESSIONS, SCORES, TELEMETRY = "clicks", "impressions", "ctr-scores", "exit-telemetry"
 DLQ_SUFFIX = ".dlq"
+ALL_TOPICS = (CLICKS, CLICKS + DLQ_SUFFIX, IMPRESSIONS, IMPRESSIONS + DLQ_SUFFIX, SCORES, TELEMETRY)
+UNLIMITED_RETENTION = {CLICKS: {"retention.ms": "-1"}}  # the click log is the updater's record (recovery)
 
 
 @dataclass(frozen=True)
@@ -67,3 +73,29 @@ def declare_topics(app: faust.App, settings: Settings) -> Topics:
         scores=topic(SCORES),
         telemetry=topic(TELEMETRY),
     )
+
+
+async def create_topics(settings: Settings, attempts: int = 60) -> list[str]:
+    """Create every topic that does not exist yet (``topic_partitions`` partitions, replication 1, unlimited
+    retention for ``clicks``); return the names created. Run before consumers start, so that a consumer group
+    never starts on a missing topic and misses its partitions."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        for attempt in range(attempts):
+            try:
+                existing = set(await admin.list_topics())
+                break
+            except Exception:
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(0.5)
+        missing = [NewTopic(settings.topic(name), settings.topic_partitions, 1,
+                            topic_configs=UNLIMITED_RETENTION.get(name, {}))
+                   for name in ALL_TOPICS if settings.topic(name) not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another replica created it first
+                await admin.create_topics(missing)
+        return [t.name for t in missing]
+    finally:
+        await admin.close()

@@ -71,7 +71,8 @@ def resolve_classpath(quiet: bool = True) -> Path:
         cmd.insert(1, "-q")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise BrokerError(f"mvn failed to resolve Kafka ({proc.returncode}):\n{proc.stdout[-4000:]}{proc.stderr[-2000:]}")
+        raise BrokerError(
+            f"mvn failed to resolve Kafka ({proc.returncode}):\n{proc.stdout[-4000:]}{proc.stderr[-2000:]}")
     done.touch()
     return libs
 

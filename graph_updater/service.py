@@ -1,0 +1,65 @@
+"""Assemble a graph-updater process: checkpoint -> replay of committed clicks -> store sync -> faust agent.
+
+Used by ``exitrec graph-updater`` (under a faust ``Worker``), by the demo, and in-process by the tests and the
+benchmark, so all of them run the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faust
+import structlog
+
+from graph_updater import checkpoint
+from graph_updater.agent import UpdaterStats, register_updater
+from graph_updater.graph import LightGCNGraph
+from graph_updater.online import GraphUpdater
+from graph_updater.recovery import replay_committed
+from graph_updater.store import VectorStore
+from worker.app import Topics, create_app, create_topics, declare_topics
+from worker.settings import Settings
+
+log = structlog.get_logger("graph_updater")
+DEFAULT_DIM, DEFAULT_LAYERS = 64, 3
+
+
+@dataclass
+class UpdaterService:
+    app: faust.App
+    topics: Topics
+    updater: GraphUpdater
+    store: VectorStore
+    stats: UpdaterStats
+    replayed: int  # committed clicks re-applied from the log at start
+
+
+def open_store(settings: Settings) -> VectorStore:
+    return VectorStore.open(settings.qdrant_url, settings.qdrant_path, settings.collection_prefix)
+
+
+def initial_updater(settings: Settings) -> GraphUpdater:
+    """The updater from ``settings.graph_checkpoint``, or an empty graph (cold deployment) when none is set."""
+    if settings.graph_checkpoint is None:
+        return GraphUpdater(LightGCNGraph(DEFAULT_DIM, DEFAULT_LAYERS), recent_n=settings.payload_recent_items)
+    updater, _ = checkpoint.load(settings.graph_checkpoint, recent_n=settings.payload_recent_items)
+    return updater
+
+
+async def prepare(settings: Settings, store: VectorStore | None = None,
+                  updater: GraphUpdater | None = None) -> UpdaterService:
+    """Rebuild state (checkpoint + committed clicks), write every vector once, declare the agent."""
+    await create_topics(settings)
+    updater = updater or initial_updater(settings)
+    replayed = await replay_committed(settings.kafka_bootstrap, settings.consumer_group,
+                                      settings.topic("clicks"), updater)
+    store = store or open_store(settings)
+    store.ensure_collections(updater.graph.dim)
+    written = store.upsert(updater.all_records())
+    log.info("graph_updater_ready", nodes=len(updater.graph), edges=updater.graph.num_edges,
+             replayed_clicks=replayed, vectors_written=written)
+    app = create_app(settings)
+    topics = declare_topics(app, settings)
+    stats = UpdaterStats()
+    register_updater(app, topics, updater, store, settings, stats)
+    return UpdaterService(app, topics, updater, store, stats, replayed)
