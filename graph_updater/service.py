@@ -16,7 +16,7 @@ from graph_updater.agent import UpdaterStats, register_updater
 from graph_updater.graph import LightGCNGraph
 from graph_updater.online import GraphUpdater
 from graph_updater.recovery import replay_committed
-from graph_updater.store import VectorStore
+from graph_updater.store import VectorStore, open_store
 from worker.app import Topics, create_app, create_topics, declare_topics
 from worker.settings import Settings
 
@@ -34,8 +34,9 @@ class UpdaterService:
     replayed: int  # committed clicks re-applied from the log at start
 
 
-def open_store(settings: Settings) -> VectorStore:
-    return VectorStore.open(settings.qdrant_url, settings.qdrant_path, settings.collection_prefix)
+def store_for(settings: Settings) -> VectorStore:
+    return open_store(settings.vector_backend, settings.qdrant_url, settings.qdrant_path,
+                      settings.collection_prefix)
 
 
 def initial_updater(settings: Settings) -> GraphUpdater:
@@ -53,9 +54,10 @@ async def prepare(settings: Settings, store: VectorStore | None = None,
     updater = updater or initial_updater(settings)
     replayed = await replay_committed(settings.kafka_bootstrap, settings.consumer_group,
                                       settings.topic("clicks"), updater)
-    store = store or open_store(settings)
+    store = store or store_for(settings)
     store.ensure_collections(updater.graph.dim)
     written = store.upsert(updater.all_records())
+    store.optimize()
     log.info("graph_updater_ready", nodes=len(updater.graph), edges=updater.graph.num_edges,
              replayed_clicks=replayed, vectors_written=written)
     app = create_app(settings)

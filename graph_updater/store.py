@@ -1,19 +1,27 @@
-"""Vector store of user and item vectors: Qdrant through qdrant-client (embedded local mode or a server URL).
+"""Vector store of user and item vectors, in Qdrant: two interchangeable backends behind :class:`VectorStore`.
+
+- :class:`QdrantStore`: qdrant-client, embedded local mode (``:memory:`` or a folder) or a server URL;
+- :class:`EdgeStore`: qdrant-edge-py, Qdrant's own Rust engine embedded in the process (one shard per
+  collection in a folder), for when local mode's Python-side filtering is too slow (see ``bench/``).
 
 Two collections, ``<prefix>_users`` and ``<prefix>_items``, cosine distance. A point's id is a UUIDv5 of the
 external id (Qdrant ids must be integers or UUIDs); the external id is kept in the payload. User payload:
 ``user_id``, ``liked``, ``disliked`` (item ids), ``recent_items``, ``recent_labels``, ``last_ts``; item payload:
 ``item_id``, ``clicks``. "Has interacted with item X" is the filter ``liked ∋ X or disliked ∋ X``.
 
-Local mode (``:memory:`` or a folder) runs Qdrant's query logic in Python inside this process; a URL talks to
-a Qdrant server (docker-compose). Both go through the same client API, so code and tests are shared.
+qdrant-client's local mode runs Qdrant's query logic in Python inside this process; a URL talks to a Qdrant
+server (docker-compose). Both go through the same client API, so code and tests are shared.
 """
 
 from __future__ import annotations
 
+import tempfile
 import uuid
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 
+import qdrant_edge as edge
 from qdrant_client import QdrantClient, models
 
 from graph_updater.graph import ITEM, USER
@@ -35,8 +43,39 @@ class Neighbour:
     payload: dict
 
 
-class VectorStore:
-    """Users and items collections in one Qdrant (embedded or server)."""
+class VectorStore(ABC):
+    """Users and items collections; every backend answers the same five calls."""
+
+    @abstractmethod
+    def ensure_collections(self, dim: int) -> None:
+        """Create both collections (cosine, ``dim``) and keyword indexes of the filter fields if missing."""
+
+    @abstractmethod
+    def upsert(self, records: list[VectorRecord]) -> int:
+        """Write ``records`` so that they are readable on return; return how many were written."""
+
+    @abstractmethod
+    def count(self, kind: str) -> int: ...
+
+    @abstractmethod
+    def get(self, kind: str, external_id: str) -> tuple[list[float], dict] | None:
+        """The (unit) vector and payload of one user or item, or None if absent."""
+
+    @abstractmethod
+    def similar_users(self, vector: list[float], k: int = 20, exclude_user: str | None = None,
+                      interacted_with: str | None = None) -> list[Neighbour]:
+        """Top-``k`` users by cosine similarity to ``vector``, optionally only users who reacted to an item."""
+
+    @abstractmethod
+    def optimize(self) -> None:
+        """Build indexes after a bulk load (backends that index lazily)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class QdrantStore(VectorStore):
+    """qdrant-client: embedded local mode or a Qdrant server."""
 
     def __init__(self, client: QdrantClient, prefix: str = "exitrec") -> None:
         self.client = client
@@ -44,7 +83,7 @@ class VectorStore:
 
     @classmethod
     def open(cls, url: str | None = None, path: str = ":memory:", prefix: str = "exitrec",
-             timeout_s: float = 5.0) -> VectorStore:
+             timeout_s: float = 5.0) -> QdrantStore:
         if url:
             client = QdrantClient(url=url, timeout=int(max(1, timeout_s)))
         elif path == ":memory:":
@@ -54,7 +93,6 @@ class VectorStore:
         return cls(client, prefix)
 
     def ensure_collections(self, dim: int) -> None:
-        """Create both collections (cosine, ``dim``) and the keyword indexes of the filter fields if missing."""
         for kind, name in self.collections.items():
             if not self.client.collection_exists(name):
                 self.client.create_collection(
@@ -64,7 +102,6 @@ class VectorStore:
                     self.client.create_payload_index(name, field, models.PayloadSchemaType.KEYWORD)
 
     def upsert(self, records: list[VectorRecord], batch: int = 1024) -> int:
-        """Write ``records`` (waiting until they are readable); return how many were written."""
         by_kind: dict[str, list[models.PointStruct]] = {USER: [], ITEM: []}
         for r in records:
             by_kind[r.kind].append(models.PointStruct(id=point_id(r.kind, r.external_id), vector=r.vector,
@@ -78,7 +115,6 @@ class VectorStore:
         return self.client.count(self.collections[kind], exact=True).count
 
     def get(self, kind: str, external_id: str) -> tuple[list[float], dict] | None:
-        """The vector and payload of one user or item, or None if absent."""
         found = self.client.retrieve(self.collections[kind], ids=[point_id(kind, external_id)],
                                      with_vectors=True, with_payload=True)
         if not found:
@@ -87,7 +123,6 @@ class VectorStore:
 
     def similar_users(self, vector: list[float], k: int = 20, exclude_user: str | None = None,
                       interacted_with: str | None = None) -> list[Neighbour]:
-        """Top-``k`` users by cosine similarity to ``vector``, optionally only users who reacted to an item."""
         must_not = [models.HasIdCondition(has_id=[point_id(USER, exclude_user)])] if exclude_user else None
         should = None
         if interacted_with is not None:
@@ -98,5 +133,82 @@ class VectorStore:
                                         with_payload=True).points
         return [Neighbour(str(h.payload["user_id"]), float(h.score), dict(h.payload)) for h in hits]
 
+    def optimize(self) -> None:
+        return None  # Qdrant (server and local mode) indexes as it writes
+
     def close(self) -> None:
         self.client.close()
+
+
+class EdgeStore(VectorStore):
+    """qdrant-edge-py: one :class:`qdrant_edge.EdgeShard` per collection under ``folder`` (Rust, in-process)."""
+
+    def __init__(self, folder: str | Path | None = None, prefix: str = "exitrec") -> None:
+        self.folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="exitrec-edge-"))
+        self.paths = {USER: self.folder / f"{prefix}_users", ITEM: self.folder / f"{prefix}_items"}
+        self.shards: dict[str, edge.EdgeShard] = {}
+
+    def ensure_collections(self, dim: int) -> None:
+        for kind, path in self.paths.items():
+            if kind in self.shards:
+                continue
+            if path.exists() and any(path.iterdir()):
+                self.shards[kind] = edge.EdgeShard.load(str(path))
+                continue
+            path.mkdir(parents=True, exist_ok=True)
+            shard = edge.EdgeShard.create(str(path), edge.EdgeConfig(
+                vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine)))
+            fields = ("user_id", "liked", "disliked") if kind == USER else ("item_id",)
+            for field in fields:
+                shard.update(edge.UpdateOperation.create_field_index(field, edge.PayloadSchemaType.Keyword))
+            self.shards[kind] = shard
+
+    def upsert(self, records: list[VectorRecord], batch: int = 4096) -> int:
+        by_kind: dict[str, list[edge.Point]] = {USER: [], ITEM: []}
+        for r in records:
+            by_kind[r.kind].append(edge.Point(point_id(r.kind, r.external_id), r.vector, r.payload))
+        for kind, points in by_kind.items():
+            for start in range(0, len(points), batch):
+                self.shards[kind].update(edge.UpdateOperation.upsert_points(points[start:start + batch]))
+        return len(records)
+
+    def count(self, kind: str) -> int:
+        return self.shards[kind].count(edge.CountRequest(exact=True))
+
+    def get(self, kind: str, external_id: str) -> tuple[list[float], dict] | None:
+        found = self.shards[kind].retrieve([point_id(kind, external_id)], with_payload=True, with_vector=True)
+        if not found:
+            return None
+        return list(found[0].vector), dict(found[0].payload or {})
+
+    def similar_users(self, vector: list[float], k: int = 20, exclude_user: str | None = None,
+                      interacted_with: str | None = None) -> list[Neighbour]:
+        must_not = [edge.HasIdCondition({point_id(USER, exclude_user)})] if exclude_user else None
+        should = None
+        if interacted_with is not None:
+            should = [edge.FieldCondition(key=f, match=edge.MatchValue(interacted_with))
+                      for f in ("liked", "disliked")]
+        query_filter = edge.Filter(must_not=must_not, should=should) if (must_not or should) else None
+        hits = self.shards[USER].query(edge.QueryRequest(limit=k, query=edge.Query.Nearest(vector),
+                                                         filter=query_filter, with_payload=True))
+        return [Neighbour(str(h.payload["user_id"]), float(h.score), dict(h.payload)) for h in hits]
+
+    def optimize(self) -> None:
+        for shard in self.shards.values():
+            shard.optimize()
+
+    def close(self) -> None:
+        for shard in self.shards.values():
+            shard.close()
+        self.shards.clear()
+
+
+def open_store(backend: str = "qdrant", url: str | None = None, path: str = ":memory:",
+               prefix: str = "exitrec") -> VectorStore:
+    """The store ``backend`` names: ``qdrant`` (qdrant-client; ``url`` or ``path``) or ``edge`` (folder
+    ``path``; ``:memory:`` means a fresh temporary folder)."""
+    if backend == "edge":
+        return EdgeStore(None if path == ":memory:" else path, prefix)
+    if backend == "qdrant":
+        return QdrantStore.open(url, path, prefix)
+    raise ValueError(f"unknown vector backend {backend!r}: use 'qdrant' or 'edge'")

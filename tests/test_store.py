@@ -1,0 +1,49 @@
+"""Both vector-store backends answer the same calls the same way (real qdrant-client and qdrant-edge)."""
+
+import numpy as np
+import pytest
+
+from graph_updater.graph import ITEM, USER
+from graph_updater.online import VectorRecord
+from graph_updater.store import open_store
+
+
+@pytest.fixture(params=["qdrant", "edge"])
+def store(request, tmp_path):
+    s = open_store(request.param, path=":memory:" if request.param == "qdrant" else str(tmp_path / "edge"))
+    s.ensure_collections(4)
+    yield s
+    s.close()
+
+
+def user(uid: str, vec, liked=(), disliked=()) -> VectorRecord:
+    return VectorRecord(USER, uid, list(map(float, vec)), {"user_id": uid, "liked": list(liked),
+                                                             "disliked": list(disliked)})
+
+
+def test_upsert_get_count_and_overwrite(store):
+    store.upsert([user("a", [1, 0, 0, 0], liked=["x"]), VectorRecord(ITEM, "x", [0, 2, 0, 0], {"item_id": "x"})])
+    assert (store.count(USER), store.count(ITEM)) == (1, 1)
+    vec, payload = store.get(ITEM, "x")
+    np.testing.assert_allclose(vec, [0, 1, 0, 0], atol=1e-6)  # cosine collections store unit vectors
+    store.upsert([user("a", [0, 0, 3, 0], disliked=["y"])])
+    vec, payload = store.get(USER, "a")
+    assert store.count(USER) == 1 and payload["disliked"] == ["y"] and payload["liked"] == []
+    np.testing.assert_allclose(vec, [0, 0, 1, 0], atol=1e-6)
+    assert store.get(USER, "nobody") is None
+
+
+def test_similar_users_ranking_exclusion_and_item_filter(store):
+    store.upsert([
+        user("me", [1, 0, 0, 0], liked=["x"]),
+        user("close", [0.9, 0.1, 0, 0], liked=["y"]),
+        user("mid", [0.5, 0.5, 0, 0], disliked=["x"]),
+        user("far", [0, 0, 1, 0], liked=["x"]),
+    ])
+    store.optimize()
+    ranked = store.similar_users([1, 0, 0, 0], k=3, exclude_user="me")
+    assert [n.user_id for n in ranked] == ["close", "mid", "far"]
+    assert ranked[0].score > ranked[1].score > ranked[2].score
+    reacted = store.similar_users([1, 0, 0, 0], k=5, exclude_user="me", interacted_with="x")
+    assert [n.user_id for n in reacted] == ["mid", "far"]  # liked or disliked x, nearest first
+    assert reacted[0].payload["disliked"] == ["x"]
