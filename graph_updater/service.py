@@ -47,9 +47,10 @@ def initial_updater(settings: Settings) -> GraphUpdater:
     return updater
 
 
-async def prepare(settings: Settings, store: VectorStore | None = None,
-                  updater: GraphUpdater | None = None) -> UpdaterService:
-    """Rebuild state (checkpoint + committed clicks), write every vector once, declare the agent."""
+async def rebuild(settings: Settings, store: VectorStore | None = None,
+                  updater: GraphUpdater | None = None) -> tuple[GraphUpdater, VectorStore, int]:
+    """Create missing topics, rebuild state (checkpoint + committed clicks), write every vector once.
+    Returns the updater, the store and how many committed clicks were replayed."""
     await create_topics(settings)
     updater = updater or initial_updater(settings)
     replayed = await replay_committed(settings.kafka_bootstrap, settings.consumer_group,
@@ -60,8 +61,19 @@ async def prepare(settings: Settings, store: VectorStore | None = None,
     store.optimize()
     log.info("graph_updater_ready", nodes=len(updater.graph), edges=updater.graph.num_edges,
              replayed_clicks=replayed, vectors_written=written)
+    return updater, store, replayed
+
+
+def build(settings: Settings, updater: GraphUpdater, store: VectorStore, replayed: int) -> UpdaterService:
+    """The faust app with the click agent declared (outside a running loop when a faust Worker runs it)."""
     app = create_app(settings)
     topics = declare_topics(app, settings)
     stats = UpdaterStats()
     register_updater(app, topics, updater, store, settings, stats)
     return UpdaterService(app, topics, updater, store, stats, replayed)
+
+
+async def prepare(settings: Settings, store: VectorStore | None = None,
+                  updater: GraphUpdater | None = None) -> UpdaterService:
+    """:func:`rebuild` then :func:`build`, for callers that run the app in their own loop (tests, demo)."""
+    return build(settings, *await rebuild(settings, store, updater))

@@ -1,0 +1,176 @@
+"""``exitrec`` command line: broker, schemas, graph training, replay, the graph updater and the demo."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import click
+
+from worker.logging import configure_logging
+from worker.settings import Settings, get_settings
+
+
+def _settings() -> Settings:
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    return settings
+
+
+@click.group()
+def main() -> None:
+    """exitrec: streaming CTR recommender (Kafka clicks -> LightGCN in Qdrant -> early-exit LM scores)."""
+
+
+# ---- Kafka ---------------------------------------------------------------------------------------------------
+@main.group()
+def kafka() -> None:
+    """A local single-node Apache Kafka broker (KRaft), resolved from Maven Central."""
+
+
+def _run_dir(settings: Settings) -> Path:
+    return settings.cache_dir / "kafka-run"
+
+
+@kafka.command("fetch")
+def kafka_fetch() -> None:
+    """Resolve the broker's jars into the cache (needs Maven once)."""
+    from infra.kafka import broker
+
+    click.echo(broker.resolve_classpath(quiet=False))
+
+
+@kafka.command("up")
+@click.option("--port", default=9092, show_default=True, help="PLAINTEXT listener port on 127.0.0.1")
+@click.option("--partitions", default=4, show_default=True, help="default partitions of new topics")
+def kafka_up(port: int, partitions: int) -> None:
+    """Start the broker (fresh storage) and print its bootstrap address."""
+    from infra.kafka import broker
+
+    info = broker.start(_run_dir(_settings()), port=port, partitions=partitions)
+    click.echo(f"Kafka up at {info.bootstrap} (pid {info.pid}); export EXITREC_KAFKA_BOOTSTRAP={info.bootstrap}")
+
+
+@kafka.command("down")
+def kafka_down() -> None:
+    """Stop the broker started by ``exitrec kafka up``."""
+    from infra.kafka import broker
+
+    click.echo("stopped" if broker.stop(_run_dir(_settings())) else "no broker was running")
+
+
+@kafka.command("status")
+def kafka_status() -> None:
+    from infra.kafka import broker
+
+    info = broker.status(_run_dir(_settings()))
+    click.echo(f"running at {info.bootstrap} (pid {info.pid})" if info else "not running")
+
+
+@main.command("topics")
+def topics() -> None:
+    """Create the contract topics that are missing (partitions from EXITREC_TOPIC_PARTITIONS)."""
+    from worker.app import create_topics
+
+    created = asyncio.run(create_topics(_settings()))
+    click.echo(f"created: {', '.join(created) if created else 'none (all exist)'}")
+
+
+# ---- schemas ---------------------------------------------------------------------------------------------------
+@main.group()
+def schemas() -> None:
+    """Message contracts."""
+
+
+@schemas.command("export")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="folder (default schemas/json)")
+def schemas_export(out: Path | None) -> None:
+    """Write the JSON Schema of every contract for analytics consumers."""
+    from schemas.export import JSON_DIR, export
+
+    for path in export(out or JSON_DIR):
+        click.echo(path)
+
+
+# ---- graph -----------------------------------------------------------------------------------------------------
+DATASETS = click.Choice(["ml-100k", "ml-1m", "bookcrossing", "videogames"])
+
+
+@main.command("train-graph")
+@click.option("--dataset", type=DATASETS, default="ml-100k", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="checkpoint folder (default <cache>/graph/<dataset>)")
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--dim", default=64, show_default=True)
+@click.option("--layers", default=3, show_default=True)
+@click.option("--lr", default=0.01, show_default=True)
+@click.option("--batch-size", default=4096, show_default=True)
+@click.option("--train-share", default=0.7, show_default=True, help="time-ordered share used as history")
+def train_graph(dataset: str, out: Path | None, epochs: int, dim: int, layers: int, lr: float, batch_size: int,
+                train_share: float) -> None:
+    """Train LightGCN (BPR) on the dataset's training history and save a checkpoint the updater starts from."""
+    from graph_updater import checkpoint
+    from graph_updater.datasets import load, time_split
+    from graph_updater.evaluate import ranking_report
+    from graph_updater.train import train_offline
+
+    settings = _settings()
+    split = time_split(load(dataset, settings.data_dir), train=train_share, stream=(1 - train_share) / 2)
+    updater = checkpoint.build_updater(split.train, dim, layers, recent_n=settings.payload_recent_items)
+    losses = train_offline(updater.graph, epochs=epochs, lr=lr, batch_size=batch_size)
+    report = ranking_report(updater.graph, split.stream)
+    out = out or settings.cache_dir / "graph" / dataset
+    checkpoint.save(out, updater, split.train, {
+        "dataset": dataset, "epochs": epochs, "lr": lr, "batch_size": batch_size, "train_share": train_share,
+        "final_loss": losses[-1] if losses else None, "ranking_on_stream": report})
+    click.echo(json.dumps({"checkpoint": str(out), **report}, indent=2))
+
+
+@main.command("replay")
+@click.option("--dataset", type=DATASETS, default="ml-100k", show_default=True)
+@click.option("--part", type=click.Choice(["stream", "test", "all"]), default="stream", show_default=True,
+              help="which time slice to publish (the updater's checkpoint holds the training slice)")
+@click.option("--rate", type=float, default=None, help="clicks per second (default: as fast as possible)")
+@click.option("--limit", type=int, default=None, help="publish at most this many clicks")
+@click.option("--train-share", default=0.7, show_default=True)
+def replay(dataset: str, part: str, rate: float | None, limit: int | None, train_share: float) -> None:
+    """Publish clicks from a real dataset to the ``clicks`` topic in time order, with a progress bar."""
+    from graph_updater.datasets import load, time_split
+    from worker.app import create_topics
+    from worker.replay import clicks_of, publish
+
+    settings = _settings()
+    data = load(dataset, settings.data_dir)
+    split = time_split(data, train=train_share, stream=(1 - train_share) / 2)
+    first = {"stream": len(split.train), "test": len(split.train) + len(split.stream), "all": 0}[part]
+    rows = {"stream": split.stream, "test": split.test, "all": data}[part]
+    rows = rows.take(slice(0, limit)) if limit else rows
+    asyncio.run(create_topics(settings))
+    sent = asyncio.run(publish(settings.kafka_bootstrap, settings.topic("clicks"), clicks_of(rows, first), rate))
+    click.echo(f"published {sent} clicks to {settings.topic('clicks')}")
+
+
+@main.command("graph-updater")
+def graph_updater() -> None:
+    """Run the click agent (faust worker) until interrupted: clicks -> LightGCN fold-in -> vector store."""
+    import faust
+
+    from graph_updater.service import build, rebuild
+
+    settings = _settings()
+    state = asyncio.run(rebuild(settings))
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    service = build(settings, *state)
+    faust.Worker(service.app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
+
+
+@main.command("demo")
+@click.option("--dataset", type=DATASETS, default="ml-100k", show_default=True)
+@click.option("--rate", type=float, default=500.0, show_default=True, help="replayed clicks per second")
+@click.option("--limit", type=int, default=10_000, show_default=True, help="clicks to replay")
+def demo(dataset: str, rate: float, limit: int) -> None:
+    """Start a local broker, load or train LightGCN, run the updater and watch it fold in replayed clicks."""
+    from worker.demo import run_demo
+
+    run_demo(_settings(), dataset, rate, limit)
