@@ -170,14 +170,17 @@ def _bx_csv(path: Path) -> list[list[str]]:
     return rows
 
 
-def load_bookcrossing(root: Path, seed: int = 0) -> Interactions:
+def load_bookcrossing(root: Path, seed: int = 0, explicit: bool = True) -> Interactions:
+    """Explicit ratings with the label rule above; ``explicit=False`` gives instead the implicit-only rows
+    (rating 0: the user touched the book without rating it) as label-1 interactions, which only the retrieval
+    benchmark uses, to reach Book-Crossing's ~105k users."""
     folder = root / "bookcrossing"
     text = {r[0].strip(): f"{r[1].strip()} by {r[2].strip()} ({r[3].strip()})"
             for r in _bx_csv(folder / "BX-Books.csv.gz")}
-    explicit = [(r[0].strip(), r[1].strip(), int(r[2])) for r in _bx_csv(folder / "BX-Book-Ratings.csv.gz")
-                if r[2].strip() not in ("", "0")]
-    order = np.random.default_rng(seed).permutation(len(explicit))
-    rows = ((explicit[j][0], explicit[j][1], int(explicit[j][2] >= 6), (SYNTHETIC_T0_S + k) * 1000)
+    chosen = [(r[0].strip(), r[1].strip(), int(r[2])) for r in _bx_csv(folder / "BX-Book-Ratings.csv.gz")
+              if (r[2].strip() not in ("", "0")) == explicit]
+    order = np.random.default_rng(seed).permutation(len(chosen))
+    rows = ((chosen[j][0], chosen[j][1], int(chosen[j][2] >= 6 or not explicit), (SYNTHETIC_T0_S + k) * 1000)
             for k, j in enumerate(order))
     return _build("bookcrossing", rows, text)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import tempfile
 import uuid
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,8 +99,10 @@ class QdrantStore(VectorStore):
                 self.client.create_collection(
                     name, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE))
                 fields = ("user_id", "liked", "disliked") if kind == USER else ("item_id",)
-                for field in fields:
-                    self.client.create_payload_index(name, field, models.PayloadSchemaType.KEYWORD)
+                with warnings.catch_warnings():  # local mode warns that it has no payload indexes: known
+                    warnings.simplefilter("ignore", UserWarning)
+                    for field in fields:
+                        self.client.create_payload_index(name, field, models.PayloadSchemaType.KEYWORD)
 
     def upsert(self, records: list[VectorRecord], batch: int = 1024) -> int:
         by_kind: dict[str, list[models.PointStruct]] = {USER: [], ITEM: []}

@@ -12,6 +12,8 @@ The adjacency is handed to PyG as a sparse CSR tensor (same result as ``edge_ind
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch_geometric.nn import LightGCN
@@ -19,6 +21,8 @@ from torch_geometric.utils import to_torch_csr_tensor
 from tqdm import tqdm
 
 from graph_updater.graph import ITEM, USER, LightGCNGraph
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")  # PyG's CSR path: fine
 
 
 def _model(graph: LightGCNGraph) -> tuple[LightGCN, torch.Tensor]:
@@ -68,7 +72,7 @@ def bpr_train(graph: LightGCNGraph, pairs: np.ndarray, steps: int, lr: float = 0
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.detach().item())
     n = len(graph)
     trained = graph.trained[:n] | np.isin(np.arange(n), pairs.ravel())
     graph.set_base(model.embedding.weight.detach().numpy().copy(), trained=trained)

@@ -1,0 +1,256 @@
+"""Graph-path benchmark: ranking quality, freshness, updater throughput, retrieval latency -> graph.json + PNG.
+
+    python -m bench.graph_bench [--quick]
+
+1. **Ranking** (MovieLens-100K, Book-Crossing): LightGCN trained on the first 85% of the time-ordered table,
+   Recall@20 / NDCG@20 on the clicks of the last 15% (users with history only), popularity on the same users.
+2. **Freshness**: the updater runs in this process on the real broker; a separate producer process replays
+   Book-Crossing clicks at a fixed rate; per click, time from the producer's timestamp to the moment the
+   upsert holding it returned (``wait=True``: readable).
+3. **Max sustained clicks/s**: a backlog of clicks is produced first, then the updater drains it; its drain
+   rate is the most it can hold without lag growing.
+4. **Retrieval**: top-20 similar users (cosine, excluding the query user), with and without the filter "has
+   reacted to item X", at 10k and 100k users, qdrant-client local mode vs qdrant-edge, on real vectors:
+   Book-Crossing's trained users plus its implicit-only users folded in from their items.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from graph_updater import checkpoint
+from graph_updater.datasets import DatasetError, load, load_bookcrossing, time_split
+from graph_updater.evaluate import ranking_report
+from graph_updater.graph import USER
+from graph_updater.online import GraphUpdater
+from graph_updater.service import prepare
+from graph_updater.store import open_store
+from graph_updater.train import train_offline
+from infra.kafka import broker
+from worker.replay import clicks_of, publish
+from worker.settings import Settings
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TRAIN = {"ml-100k": {"epochs": 30, "lr": 0.01, "batch_size": 4096},
+         "bookcrossing": {"epochs": 20, "lr": 0.05, "batch_size": 32768}}
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                      if line.startswith("MemTotal")))
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1),
+            "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "os": platform.platform()}
+
+
+def pct(values, q) -> float:
+    return round(float(np.percentile(np.asarray(values), q)), 3)
+
+
+# ---- 1. ranking ------------------------------------------------------------------------------------------------
+def trained(dataset: str, data_dir: Path, train_share: float, epochs_scale: float = 1.0):
+    split = time_split(load(dataset, data_dir), train=train_share, stream=0.0)
+    updater = checkpoint.build_updater(split.train, 64, 3)
+    cfg = dict(TRAIN[dataset], epochs=max(1, int(TRAIN[dataset]["epochs"] * epochs_scale)))
+    started = time.perf_counter()
+    train_offline(updater.graph, **cfg)
+    return updater, split, {**cfg, "train_s": round(time.perf_counter() - started, 1)}
+
+
+def ranking(data_dir: Path, quick: bool) -> tuple[dict, GraphUpdater]:
+    out, bx = {}, None
+    for dataset, suffix in (("ml-100k", ""), ("bookcrossing", "_bookcrossing")):
+        updater, split, cfg = trained(dataset, data_dir, 0.85, 0.25 if quick else 1.0)
+        report = ranking_report(updater.graph, split.test)
+        out.update({f"{key}{suffix}": round(value, 5) if isinstance(value, float) else value
+                    for key, value in report.items()})
+        out[f"train{suffix}"] = cfg
+        print(dataset, report, cfg)
+        if dataset == "bookcrossing":
+            bx = updater
+    return out, bx
+
+
+# ---- 2./3. freshness and throughput on the real broker ------------------------------------------------------
+def _produce(bootstrap: str, topic: str, clicks, rate: float | None) -> None:
+    asyncio.run(publish(bootstrap, topic, clicks, rate, progress=False))
+
+
+async def run_updater(settings: Settings, ckpt: Path, clicks, rate: float | None, backlog: bool) -> dict:
+    """Replay ``clicks`` from a separate process (paced at ``rate`` or, with ``backlog``, all before the
+    updater starts) and run the updater until it has folded in every click."""
+    settings = settings.model_copy(update={"graph_checkpoint": ckpt})
+    producer = mp.get_context("spawn").Process(target=_produce,
+                                               args=(settings.kafka_bootstrap, settings.topic("clicks"), clicks, rate))
+    service = await prepare(settings)
+    if backlog:
+        producer.start()
+        await asyncio.get_running_loop().run_in_executor(None, producer.join)
+    await service.app.start()
+    started = time.perf_counter()
+    if not backlog:
+        producer.start()
+    progress = tqdm(total=len(clicks), desc="updater", unit="click")
+    while service.stats.clicks + service.stats.dead_letters < len(clicks):
+        await asyncio.sleep(0.2)
+        progress.update(service.stats.clicks - progress.n)
+    elapsed = time.perf_counter() - started
+    progress.close()
+    await service.app.stop()
+    if not backlog:
+        producer.join()
+    return {"clicks": service.stats.clicks, "seconds": round(elapsed, 2), "batches": service.stats.batches,
+            "freshness_ms": list(service.stats.freshness_ms), "upserts": service.stats.upserts}
+
+
+def streaming(base: Settings, bx: GraphUpdater, data_dir: Path, work: Path, quick: bool) -> tuple[dict, dict]:
+    split = time_split(load("bookcrossing", data_dir), train=0.85, stream=0.0)
+    ckpt = checkpoint.save(work / "bx-ckpt", bx, split.train, {"dataset": "bookcrossing"})
+    stream = clicks_of(split.test, first_row=len(split.train))
+    rate = 1000.0
+    n_fresh = int(rate * (10 if quick else 30))
+    tag = f"bench{int(time.time())}"
+    fresh = asyncio.run(run_updater(base.model_copy(update={"topic_prefix": f"{tag}f.", "consumer_group": f"{tag}f",
+                                                            "updater_batch_wait_ms": 50}),
+                                    ckpt, stream[:n_fresh], rate, backlog=False))
+    n_max = min(len(stream), 20_000 if quick else 60_000)
+    drain = asyncio.run(run_updater(base.model_copy(update={"topic_prefix": f"{tag}m.", "consumer_group": f"{tag}m",
+                                                            "updater_batch_size": 4096}),
+                                    ckpt, stream[:n_max], None, backlog=True))
+    result = {"freshness_p50_ms": pct(fresh["freshness_ms"], 50), "freshness_p99_ms": pct(fresh["freshness_ms"], 99),
+              "freshness_rate_per_s": rate, "freshness_clicks": fresh["clicks"],
+              "freshness_achieved_rate_per_s": round(fresh["clicks"] / fresh["seconds"], 1),
+              "max_sustained_clicks_per_s": round(drain["clicks"] / drain["seconds"], 1),
+              "max_sustained_clicks": drain["clicks"], "max_sustained_batches": drain["batches"],
+              "updater_dataset": "bookcrossing", "refinement": "off (refine_every_clicks=0)"}
+    return result, fresh
+
+
+# ---- 4. retrieval latency ------------------------------------------------------------------------------------
+def retrieval_corpus(bx: GraphUpdater, data_dir: Path) -> GraphUpdater:
+    """Book-Crossing users with vectors: the trained explicit-rating users plus every implicit-only user folded
+    in from the items they touched (the updater's own fold-in), ~105k users."""
+    implicit = load_bookcrossing(data_dir, explicit=False)
+    bx.ingest([f"imp{k}" for k in range(len(implicit))], implicit.users, implicit.items,
+              implicit.labels.tolist(), implicit.ts.tolist())
+    touched = [v for v, key in enumerate(bx.graph.keys) if bx.graph.adj[v] and not bx.graph.trained[v]]
+    bx.graph.refresh(touched, radius=0)
+    return bx
+
+
+def time_queries(store, queries, filtered: bool) -> list[float]:
+    out = []
+    for user_id, vector, item in queries:
+        started = time.perf_counter()
+        store.similar_users(vector, k=20, exclude_user=user_id, interacted_with=item if filtered else None)
+        out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+def retrieval(corpus: GraphUpdater, work: Path, quick: bool) -> dict:
+    users = [r for r in corpus.records(v for v, key in enumerate(corpus.graph.keys) if key.startswith(USER + ":"))
+             if r.payload["liked"] or r.payload["disliked"]]
+    rng = np.random.default_rng(0)
+    out: dict = {"retrieval_users_available": len(users)}
+    for size, label in ((10_000, "10k"), (100_000, "100k")):
+        chosen = [users[i] for i in rng.choice(len(users), min(size, len(users)), replace=False)]
+        picks = rng.choice(len(chosen), 200, replace=False)
+        queries = [(chosen[i].external_id, chosen[i].vector,
+                    (chosen[i].payload["liked"] or chosen[i].payload["disliked"])[0]) for i in picks]
+        for backend in ("qdrant", "edge"):
+            store = open_store(backend, path=":memory:" if backend == "qdrant" else str(work / f"edge-{label}"))
+            store.ensure_collections(corpus.graph.dim)
+            started = time.perf_counter()
+            for start in range(0, len(chosen), 2048):
+                store.upsert(chosen[start:start + 2048])
+            store.optimize()
+            load_s = time.perf_counter() - started
+            n_q = 200 if backend == "edge" or size <= 10_000 else (10 if quick else 40)
+            plain = time_queries(store, queries[:n_q], filtered=False)
+            filtered = time_queries(store, queries[: n_q if backend == "edge" else max(10, n_q // 4)], filtered=True)
+            prefix = "" if backend == "edge" else "qdrant_local_"
+            out.update({
+                f"{prefix}retrieval_p50_ms_{label}": pct(plain, 50),
+                f"{prefix}retrieval_p99_ms_{label}": pct(plain, 99),
+                f"{prefix}retrieval_p50_ms_{label}_filtered": pct(filtered, 50),
+                f"{prefix}retrieval_p99_ms_{label}_filtered": pct(filtered, 99),
+                f"{prefix}load_s_{label}": round(load_s, 2),
+                f"{prefix}queries_{label}": [len(plain), len(filtered)]})
+            print(backend, label, out)
+            store.close()
+    out["retrieval_backend"] = "qdrant-edge-py (keys without prefix); qdrant-client local mode under qdrant_local_"
+    return out
+
+
+def plot(result: dict, fresh: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4))
+    labels, local, edge_ = [], [], []
+    for size in ("10k", "100k"):
+        for suffix in ("", "_filtered"):
+            labels.append(f"{size}{' filtered' if suffix else ''}")
+            local.append(result[f"qdrant_local_retrieval_p99_ms_{size}{suffix}"])
+            edge_.append(result[f"retrieval_p99_ms_{size}{suffix}"])
+    x = np.arange(len(labels))
+    a.bar(x - 0.2, local, 0.4, label="qdrant-client local mode")
+    a.bar(x + 0.2, edge_, 0.4, label="qdrant-edge")
+    a.set_yscale("log")
+    a.set_xticks(x, labels)
+    a.set_ylabel("top-20 similar users, p99 (ms, log)")
+    a.legend()
+    b.hist(fresh["freshness_ms"], bins=60)
+    b.set_xlabel(f"click produced -> vector readable (ms), {result['freshness_rate_per_s']:.0f} clicks/s")
+    b.set_ylabel("clicks")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer epochs, clicks and queries (smoke run)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "graph.json")
+    args = parser.parse_args()
+    base = Settings(refine_every_clicks=0)
+    if not base.data_dir.exists():
+        raise DatasetError(f"data directory not found: {base.data_dir}")
+    work = base.cache_dir / "bench" / f"graph-{int(time.time())}"
+    work.mkdir(parents=True, exist_ok=True)
+    info = broker.start(work / "kafka")
+    try:
+        result: dict = {"machine": machine(), "quick": args.quick,
+                        "command": "python -m bench.graph_bench" + (" --quick" if args.quick else "")}
+        rank, bx = ranking(base.data_dir, args.quick)
+        result.update(rank)
+        stream_result, fresh = streaming(base.model_copy(update={"kafka_bootstrap": info.bootstrap}), bx,
+                                         base.data_dir, work, args.quick)
+        result.update(stream_result)
+        result.update(retrieval(retrieval_corpus(bx, base.data_dir), work, args.quick))
+    finally:
+        broker.stop(work / "kafka")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, fresh, args.out.with_suffix(".png"))
+    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
