@@ -162,15 +162,14 @@ def time_queries(store, queries, filtered: bool) -> list[float]:
 
 
 def retrieval(corpus: GraphUpdater, work: Path, quick: bool) -> dict:
-    users = [r for r in corpus.records(v for v, key in enumerate(corpus.graph.keys) if key.startswith(USER + ":"))
-             if r.payload["liked"] or r.payload["disliked"]]
+    users = corpus.records(v for v, key in enumerate(corpus.graph.keys) if key.startswith(USER + ":"))
     rng = np.random.default_rng(0)
     out: dict = {"retrieval_users_available": len(users)}
     for size, label in ((10_000, "10k"), (100_000, "100k")):
         chosen = [users[i] for i in rng.choice(len(users), min(size, len(users)), replace=False)]
         picks = rng.choice(len(chosen), 200, replace=False)
-        queries = [(chosen[i].external_id, chosen[i].vector,
-                    (chosen[i].payload["liked"] or chosen[i].payload["disliked"])[0]) for i in picks]
+        queries = [(chosen[i].external_id, chosen[i].vector, next(iter(corpus.histories[chosen[i].external_id].liked)))
+                   for i in picks]
         for backend in ("qdrant", "edge"):
             store = open_store(backend, path=":memory:" if backend == "qdrant" else str(work / f"edge-{label}"))
             store.ensure_collections(corpus.graph.dim)

@@ -56,6 +56,7 @@ class LightGCNGraph:
         self.adj: list[set[int]] = []
         self.layers = np.zeros((num_layers + 1, max(capacity, 16), dim), dtype=np.float32)
         self.trained = np.zeros(max(capacity, 16), dtype=bool)  # base embedding learned (vs folded in)
+        self.deg = np.zeros(max(capacity, 16), dtype=np.float32)  # len(adj[v]), kept in step with adj
 
     # ---- registry -------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -71,6 +72,7 @@ class LightGCNGraph:
             grown[:, :idx] = self.layers
             self.layers = grown
             self.trained = np.concatenate([self.trained, np.zeros(idx, dtype=bool)])
+            self.deg = np.concatenate([self.deg, np.zeros(idx, dtype=np.float32)])
         self.index[key] = idx
         self.keys.append(key)
         self.adj.append(set())
@@ -116,7 +118,7 @@ class LightGCNGraph:
         e = self.edges()
         row = np.concatenate([e[0], e[1]])
         col = np.concatenate([e[1], e[0]])
-        deg = np.fromiter((len(a) for a in self.adj), dtype=np.float32, count=n)
+        deg = self.deg[:n]
         inv_sqrt = np.where(deg > 0, 1.0 / np.sqrt(np.maximum(deg, 1)), 0.0).astype(np.float32)
         val = inv_sqrt[row] * inv_sqrt[col]
         coo = torch.sparse_coo_tensor(torch.from_numpy(np.stack([row, col])), torch.from_numpy(val), (n, n))
@@ -143,10 +145,12 @@ class LightGCNGraph:
             if ch.present and i not in self.adj[u]:
                 self.adj[u].add(i)
                 self.adj[i].add(u)
+                self.deg[[u, i]] += 1
                 touched.update((u, i))
             elif not ch.present and i in self.adj[u]:
                 self.adj[u].discard(i)
                 self.adj[i].discard(u)
+                self.deg[[u, i]] -= 1
                 touched.update((u, i))
         return touched
 
@@ -183,11 +187,10 @@ class LightGCNGraph:
             return np.zeros(0, dtype=np.int64)
         self.fold_in(touched)
         nodes = self.hops(touched, radius)
-        deg = np.fromiter((len(self.adj[v]) for v in nodes), dtype=np.int64, count=len(nodes))
-        owner = np.repeat(np.arange(len(nodes)), deg)
-        nbrs = np.fromiter((u for v in nodes for u in self.adj[v]), dtype=np.int64, count=int(deg.sum()))
-        all_deg = np.fromiter((len(a) for a in self.adj), dtype=np.float32, count=len(self))
-        weight = torch.from_numpy((1.0 / np.sqrt(all_deg[nodes][owner] * all_deg[nbrs])).astype(np.float32))
+        nbrs_of = [np.fromiter(self.adj[v], dtype=np.int64, count=len(self.adj[v])) for v in nodes]
+        nbrs = np.concatenate(nbrs_of) if nbrs_of else np.zeros(0, dtype=np.int64)
+        owner = np.repeat(np.arange(len(nodes)), self.deg[nodes].astype(np.int64))
+        weight = torch.from_numpy((1.0 / np.sqrt(self.deg[nodes][owner] * self.deg[nbrs])).astype(np.float32))
         owner_t = torch.from_numpy(owner)
         for k in range(1, self.num_layers + 1):
             messages = torch.from_numpy(self.layers[k - 1, nbrs]) * weight[:, None]

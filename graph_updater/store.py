@@ -1,13 +1,17 @@
 """Vector store of user and item vectors, in Qdrant: two interchangeable backends behind :class:`VectorStore`.
 
-- :class:`QdrantStore`: qdrant-client, embedded local mode (``:memory:`` or a folder) or a server URL;
-- :class:`EdgeStore`: qdrant-edge-py, Qdrant's own Rust engine embedded in the process (one shard per
-  collection in a folder), for when local mode's Python-side filtering is too slow (see ``bench/``).
+- :class:`EdgeStore` (the embedded default): qdrant-edge-py, Qdrant's own Rust engine in the process, one shard
+  per collection in a folder. ``bench/results/graph.json``: 10-100x faster queries than local mode, which
+  evaluates filters in Python;
+- :class:`QdrantStore`: qdrant-client, a Qdrant server (URL) or its embedded local mode.
 
 Two collections, ``<prefix>_users`` and ``<prefix>_items``, cosine distance. A point's id is a UUIDv5 of the
-external id (Qdrant ids must be integers or UUIDs); the external id is kept in the payload. User payload:
-``user_id``, ``liked``, ``disliked`` (item ids), ``recent_items``, ``recent_labels``, ``last_ts``; item payload:
-``item_id``, ``clicks``. "Has interacted with item X" is the filter ``liked ∋ X or disliked ∋ X``.
+external id (Qdrant ids must be integers or UUIDs); the external id is kept in the payload.
+
+User payload: ``user_id``; ``liked_keys`` / ``disliked_keys``, the :func:`~graph_updater.online.item_key` of the
+user's latest 100 liked / disliked items; ``n_liked``, ``n_disliked`` (totals); ``recent``, a JSON string of the
+latest ``[item_id, label, ts]`` reactions (for prompts); ``last_ts``. Item payload: ``item_id``, ``clicks``.
+"Has reacted to item X" is the filter ``liked_keys ∋ key(X) or disliked_keys ∋ key(X)``.
 
 qdrant-client's local mode runs Qdrant's query logic in Python inside this process; a URL talks to a Qdrant
 server (docker-compose). Both go through the same client API, so code and tests are shared.
@@ -15,6 +19,8 @@ server (docker-compose). Both go through the same client API, so code and tests 
 
 from __future__ import annotations
 
+import functools
+import shutil
 import tempfile
 import uuid
 import warnings
@@ -26,11 +32,15 @@ import qdrant_edge as edge
 from qdrant_client import QdrantClient, models
 
 from graph_updater.graph import ITEM, USER
-from graph_updater.online import VectorRecord
+from graph_updater.online import VectorRecord, item_key
 
 NAMESPACE = uuid.UUID("6f1c7c9e-7a58-4f59-9d0e-6f8f3b6d2a11")
+REACTION_FIELDS = ("liked_keys", "disliked_keys")
+USER_INDEXES = {"user_id": "KEYWORD", "liked_keys": "INTEGER", "disliked_keys": "INTEGER"}
+ITEM_INDEXES = {"item_id": "KEYWORD"}
 
 
+@functools.lru_cache(maxsize=1 << 20)
 def point_id(kind: str, external_id: str) -> str:
     return str(uuid.uuid5(NAMESPACE, f"{kind}:{external_id}"))
 
@@ -42,6 +52,15 @@ class Neighbour:
     user_id: str
     score: float
     payload: dict
+
+    def reaction_to(self, item_id: str) -> int | None:
+        """1 if this user recently liked ``item_id``, 0 if disliked, None if no recent reaction."""
+        key = item_key(item_id)
+        if key in self.payload.get("liked_keys", ()):
+            return 1
+        if key in self.payload.get("disliked_keys", ()):
+            return 0
+        return None
 
 
 class VectorStore(ABC):
@@ -98,11 +117,11 @@ class QdrantStore(VectorStore):
             if not self.client.collection_exists(name):
                 self.client.create_collection(
                     name, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE))
-                fields = ("user_id", "liked", "disliked") if kind == USER else ("item_id",)
+                fields = USER_INDEXES if kind == USER else ITEM_INDEXES
                 with warnings.catch_warnings():  # local mode warns that it has no payload indexes: known
                     warnings.simplefilter("ignore", UserWarning)
-                    for field in fields:
-                        self.client.create_payload_index(name, field, models.PayloadSchemaType.KEYWORD)
+                    for field, schema in fields.items():
+                        self.client.create_payload_index(name, field, getattr(models.PayloadSchemaType, schema))
 
     def upsert(self, records: list[VectorRecord], batch: int = 1024) -> int:
         by_kind: dict[str, list[models.PointStruct]] = {USER: [], ITEM: []}
@@ -129,8 +148,8 @@ class QdrantStore(VectorStore):
         must_not = [models.HasIdCondition(has_id=[point_id(USER, exclude_user)])] if exclude_user else None
         should = None
         if interacted_with is not None:
-            should = [models.FieldCondition(key=f, match=models.MatchValue(value=interacted_with))
-                      for f in ("liked", "disliked")]
+            should = [models.FieldCondition(key=f, match=models.MatchValue(value=item_key(interacted_with)))
+                      for f in REACTION_FIELDS]
         query_filter = models.Filter(must_not=must_not, should=should) if (must_not or should) else None
         hits = self.client.query_points(self.collections[USER], query=vector, limit=k, query_filter=query_filter,
                                         with_payload=True).points
@@ -147,6 +166,7 @@ class EdgeStore(VectorStore):
     """qdrant-edge-py: one :class:`qdrant_edge.EdgeShard` per collection under ``folder`` (Rust, in-process)."""
 
     def __init__(self, folder: str | Path | None = None, prefix: str = "exitrec") -> None:
+        self.temporary = folder is None  # removed on close, like an in-memory store
         self.folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="exitrec-edge-"))
         self.paths = {USER: self.folder / f"{prefix}_users", ITEM: self.folder / f"{prefix}_items"}
         self.shards: dict[str, edge.EdgeShard] = {}
@@ -161,9 +181,9 @@ class EdgeStore(VectorStore):
             path.mkdir(parents=True, exist_ok=True)
             shard = edge.EdgeShard.create(str(path), edge.EdgeConfig(
                 vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine)))
-            fields = ("user_id", "liked", "disliked") if kind == USER else ("item_id",)
-            for field in fields:
-                shard.update(edge.UpdateOperation.create_field_index(field, edge.PayloadSchemaType.Keyword))
+            for field, schema in (USER_INDEXES if kind == USER else ITEM_INDEXES).items():
+                shard.update(edge.UpdateOperation.create_field_index(field, getattr(edge.PayloadSchemaType,
+                                                                                    schema.title())))
             self.shards[kind] = shard
 
     def upsert(self, records: list[VectorRecord], batch: int = 4096) -> int:
@@ -189,8 +209,8 @@ class EdgeStore(VectorStore):
         must_not = [edge.HasIdCondition({point_id(USER, exclude_user)})] if exclude_user else None
         should = None
         if interacted_with is not None:
-            should = [edge.FieldCondition(key=f, match=edge.MatchValue(interacted_with))
-                      for f in ("liked", "disliked")]
+            should = [edge.FieldCondition(key=f, match=edge.MatchValue(item_key(interacted_with)))
+                      for f in REACTION_FIELDS]
         query_filter = edge.Filter(must_not=must_not, should=should) if (must_not or should) else None
         hits = self.shards[USER].query(edge.QueryRequest(limit=k, query=edge.Query.Nearest(vector),
                                                          filter=query_filter, with_payload=True))
@@ -204,14 +224,18 @@ class EdgeStore(VectorStore):
         for shard in self.shards.values():
             shard.close()
         self.shards.clear()
+        if self.temporary:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def open_store(backend: str = "qdrant", url: str | None = None, path: str = ":memory:",
+def open_store(backend: str = "edge", url: str | None = None, path: str = ":memory:",
                prefix: str = "exitrec") -> VectorStore:
-    """The store ``backend`` names: ``qdrant`` (qdrant-client; ``url`` or ``path``) or ``edge`` (folder
-    ``path``; ``:memory:`` means a fresh temporary folder)."""
+    """A Qdrant server through qdrant-client when ``url`` is set; otherwise the embedded ``backend``: ``edge``
+    (qdrant-edge; ``path`` a folder, ``:memory:`` a temporary one) or ``qdrant`` (qdrant-client local mode)."""
+    if url:
+        return QdrantStore.open(url, path, prefix)
     if backend == "edge":
         return EdgeStore(None if path == ":memory:" else path, prefix)
     if backend == "qdrant":
-        return QdrantStore.open(url, path, prefix)
-    raise ValueError(f"unknown vector backend {backend!r}: use 'qdrant' or 'edge'")
+        return QdrantStore.open(None, path, prefix)
+    raise ValueError(f"unknown vector backend {backend!r}: use 'edge' or 'qdrant'")

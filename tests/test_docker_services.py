@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from graph_updater.graph import USER
-from graph_updater.online import VectorRecord
+from graph_updater.online import UserHistory, VectorRecord, item_key
 from graph_updater.store import QdrantStore
 
 
@@ -36,11 +36,13 @@ def test_qdrant_server_store_round_trip():
     with QdrantContainer() as qdrant:
         store = QdrantStore.open(url=f"http://{qdrant.rest_host_address}")
         store.ensure_collections(4)
-        store.upsert([VectorRecord(USER, "a", [1.0, 0, 0, 0], {"user_id": "a", "liked": ["x"], "disliked": []}),
-                      VectorRecord(USER, "b", [0.9, 0.1, 0, 0], {"user_id": "b", "liked": [], "disliked": []})])
+        liker = UserHistory()
+        liker.record("e1", "x", 1, 900_000_000_000)
+        store.upsert([VectorRecord(USER, "a", [1.0, 0, 0, 0], liker.payload("a", 20)),
+                      VectorRecord(USER, "b", [0.9, 0.1, 0, 0], UserHistory().payload("b", 20))])
         vec, payload = store.get(USER, "a")
         np.testing.assert_allclose(vec, [1, 0, 0, 0], atol=1e-6)
-        assert payload["liked"] == ["x"]
+        assert payload["liked_keys"] == [item_key("x")]
         assert [n.user_id for n in store.similar_users([1, 0, 0, 0], k=5, interacted_with="x")] == ["a"]
 
 

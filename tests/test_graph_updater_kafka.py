@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from graph_updater import checkpoint
 from graph_updater.datasets import time_split
 from graph_updater.graph import ITEM, USER
+from graph_updater.online import item_key
 from graph_updater.recovery import committed_offsets
 from graph_updater.service import prepare
 from graph_updater.train import train_offline
@@ -122,7 +123,8 @@ async def test_replay_updates_vectors_and_dead_letters_bad_messages(settings, sp
     assert found is not None
     vector, payload = found
     assert np.linalg.norm(vector) > 0
-    assert set(payload["liked"]) == set(ref.histories[new_user].liked)
+    assert set(payload["liked_keys"]) == {item_key(i) for i in ref.histories[new_user].liked}
+    assert payload["n_liked"] == len(ref.histories[new_user].liked)
     node = service.updater.graph.node(USER, new_user)
     expected = service.updater.graph.final(np.array([node]))[0]
     np.testing.assert_allclose(vector, expected / np.linalg.norm(expected), rtol=1e-4)  # cosine: stored unit
@@ -171,3 +173,45 @@ async def test_restart_mid_stream_loses_nothing(settings, split, trained_checkpo
     total_users = sum(1 for v, k in enumerate(second.updater.graph.keys) if k.startswith("u:")
                       and second.updater.graph.adj[v])
     assert second.store.count(USER) == total_users
+
+
+async def test_killed_updater_process_loses_nothing(settings, split, trained_checkpoint):
+    """`exitrec graph-updater` in its own process, SIGKILLed mid-stream (no graceful commit), then replaced."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    n = 4000
+    settings = settings.model_copy(update={"graph_checkpoint": trained_checkpoint, "updater_batch_size": 50,
+                                           "updater_batch_wait_ms": 20, "session_timeout_s": 6.0})
+    clicks = clicks_of(split.stream.take(slice(0, n)), first_row=len(split.train))
+    topic = settings.topic("clicks")
+    await publish(settings.kafka_bootstrap, topic, clicks, progress=False)
+    env = {**os.environ, **{f"EXITREC_{k.upper()}": str(v) for k, v in settings.model_dump().items()
+                            if v is not None}}
+    proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "graph-updater"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    committed: dict[int, int] = {}
+    try:
+        deadline = time.monotonic() + 180
+        while sum(committed.values()) < 500:
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the updater process committed nothing"
+            await asyncio.sleep(0.3)
+            committed = await committed_offsets(settings.kafka_bootstrap, settings.consumer_group, topic)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert sum(committed.values()) < n, "the process must be killed mid-stream"
+
+    second = await prepare(settings)
+    assert second.replayed >= sum(committed.values())
+    await second.app.start()
+    try:
+        await wait_for(lambda: second.replayed + second.stats.clicks >= n, what="replacement caught up")
+        await asyncio.sleep(1.0)
+    finally:
+        await second.app.stop()
+    assert second.replayed + second.stats.clicks == n
+    assert_same_state(second.updater, reference(split, n))

@@ -13,7 +13,7 @@ def test_every_setting_is_in_the_readme_table():
 
 def test_settings_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("EXITREC_TOPIC_PARTITIONS", "12")
-    monkeypatch.setenv("EXITREC_VECTOR_BACKEND", "edge")
+    monkeypatch.setenv("EXITREC_VECTOR_BACKEND", "qdrant")
     s = Settings()
-    assert s.topic_partitions == 12 and s.vector_backend == "edge"
+    assert s.topic_partitions == 12 and s.vector_backend == "qdrant"
     assert s.topic("clicks") == "clicks"

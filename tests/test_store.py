@@ -1,10 +1,12 @@
 """Both vector-store backends answer the same calls the same way (real qdrant-client and qdrant-edge)."""
 
+import json
+
 import numpy as np
 import pytest
 
 from graph_updater.graph import ITEM, USER
-from graph_updater.online import VectorRecord
+from graph_updater.online import UserHistory, VectorRecord, item_key
 from graph_updater.store import open_store
 
 
@@ -17,8 +19,10 @@ def store(request, tmp_path):
 
 
 def user(uid: str, vec, liked=(), disliked=()) -> VectorRecord:
-    return VectorRecord(USER, uid, list(map(float, vec)), {"user_id": uid, "liked": list(liked),
-                                                             "disliked": list(disliked)})
+    history = UserHistory()
+    for k, (item, label) in enumerate([(i, 1) for i in liked] + [(i, 0) for i in disliked]):
+        history.record(f"{uid}-{k}", item, label, 900_000_000_000 + k)
+    return VectorRecord(USER, uid, list(map(float, vec)), history.payload(uid, recent_n=20))
 
 
 def test_upsert_get_count_and_overwrite(store):
@@ -28,7 +32,8 @@ def test_upsert_get_count_and_overwrite(store):
     np.testing.assert_allclose(vec, [0, 1, 0, 0], atol=1e-6)  # cosine collections store unit vectors
     store.upsert([user("a", [0, 0, 3, 0], disliked=["y"])])
     vec, payload = store.get(USER, "a")
-    assert store.count(USER) == 1 and payload["disliked"] == ["y"] and payload["liked"] == []
+    assert store.count(USER) == 1 and payload["disliked_keys"] == [item_key("y")] and payload["liked_keys"] == []
+    assert json.loads(payload["recent"]) == [["y", 0, 900_000_000_000]]
     np.testing.assert_allclose(vec, [0, 0, 1, 0], atol=1e-6)
     assert store.get(USER, "nobody") is None
 
@@ -46,4 +51,5 @@ def test_similar_users_ranking_exclusion_and_item_filter(store):
     assert ranked[0].score > ranked[1].score > ranked[2].score
     reacted = store.similar_users([1, 0, 0, 0], k=5, exclude_user="me", interacted_with="x")
     assert [n.user_id for n in reacted] == ["mid", "far"]  # liked or disliked x, nearest first
-    assert reacted[0].payload["disliked"] == ["x"]
+    assert [n.reaction_to("x") for n in reacted] == [0, 1]
+    assert ranked[0].reaction_to("x") is None

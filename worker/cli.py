@@ -174,3 +174,7 @@ def demo(dataset: str, rate: float, limit: int) -> None:
     from worker.demo import run_demo
 
     run_demo(_settings(), dataset, rate, limit)
+
+
+if __name__ == "__main__":
+    main()

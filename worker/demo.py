@@ -62,7 +62,7 @@ def status_table(service: UpdaterService, sent: int, total: int, watched: str, s
         table.add_row(f"new user {watched}", "not in the store yet (no click folded in)")
     else:
         neighbours = service.store.similar_users(found[0], k=5, exclude_user=watched)
-        table.add_row(f"new user {watched}", f"likes {len(found[1]['liked'])} items; nearest users: "
+        table.add_row(f"new user {watched}", f"likes {found[1]['n_liked']} items; nearest users: "
                       + ", ".join(f"{n.user_id} ({n.score:.2f})" for n in neighbours))
     return table
 

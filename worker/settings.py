@@ -26,13 +26,16 @@ class Settings(BaseSettings):
     topic_prefix: str = Field("", description="prefix for every topic name (isolates tests and tenants)")
     topic_partitions: int = Field(4, ge=1, le=1024, description="partitions of the topics the worker creates")
     consumer_group: str = Field("exitrec", description="Kafka consumer group (faust app id)")
+    session_timeout_s: float = Field(10.0, ge=1.0, le=300.0,
+                                     description="consumer session timeout: how fast a dead replica's partitions move")
     data_dir: Path = Field(REPO_ROOT.parent / "shared" / "data", description="root of the datasets")
     cache_dir: Path = Field(default_factory=default_cache, description="models, checkpoints, venv, Kafka jars")
     state_dir: Path | None = Field(None, description="faust table state; default <cache_dir>/state/<group>")
-    vector_backend: Literal["qdrant", "edge"] = Field(
-        "qdrant", description="qdrant = qdrant-client (embedded local mode or a server URL); edge = qdrant-edge-py")
-    qdrant_url: str | None = Field(None, description="Qdrant server URL; unset = embedded store")
-    qdrant_path: str = Field(":memory:", description="embedded store location: ':memory:' or a folder")
+    vector_backend: Literal["edge", "qdrant"] = Field(
+        "edge", description="embedded engine when no URL is set: edge = qdrant-edge-py (Qdrant's Rust engine in "
+                            "process), qdrant = qdrant-client local mode (Python; filtered queries are slow)")
+    qdrant_url: str | None = Field(None, description="Qdrant server URL (qdrant-client); unset = embedded store")
+    qdrant_path: str = Field(":memory:", description="embedded store folder; ':memory:' = a temporary one")
     collection_prefix: str = Field("exitrec", description="Qdrant collections are <prefix>_users and <prefix>_items")
     graph_checkpoint: Path | None = Field(None, description="LightGCN checkpoint folder the updater starts from")
     updater_batch_size: int = Field(1024, ge=1, le=100_000, description="clicks per graph micro-batch (max)")
