@@ -1,0 +1,91 @@
+"""Prompt text for one (user, candidate item) pair, within a token budget (pure).
+
+Layout::
+
+    The user's history (oldest first):
+    - liked: <item text>
+    - disliked: <item text>
+    ...
+    Similar users: 7 of 10 similar users who reacted to it liked it.
+    Candidate: <item text>
+    Will the user like the candidate? Answer:
+
+Without neighbours (the no-RAG ablation, or a neighbour-free degraded request) the "Similar users" line is
+omitted; a user with no history gets "The user has no history yet." in place of the list.
+
+Truncation order when the text exceeds ``budget`` tokens: (1) history lines are dropped oldest first, down to
+none; (2) the candidate's text is cut (by words, from the end) down to one word; (3) if the fixed lines alone
+still exceed the budget, :class:`PromptTooLong` is raised (the budget is misconfigured, not the request).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+HEADER = "The user's history (oldest first):"
+NO_HISTORY = "The user has no history yet."
+QUESTION = "Will the user like the candidate? Answer:"
+
+
+class PromptTooLong(ValueError):
+    """Even with no history and a one-word candidate the prompt exceeds the token budget."""
+
+
+@dataclass(frozen=True)
+class NeighbourEvidence:
+    """How the retrieved similar users reacted to the candidate."""
+
+    liked: int
+    disliked: int
+
+    @property
+    def reacted(self) -> int:
+        return self.liked + self.disliked
+
+
+@dataclass(frozen=True)
+class PromptInputs:
+    target: str
+    history: Sequence[tuple[str, int]] = field(default_factory=tuple)  # (item text, label), oldest first
+    neighbours: NeighbourEvidence | None = None
+
+
+def neighbour_line(evidence: NeighbourEvidence) -> str:
+    if evidence.reacted == 0:
+        return "Similar users: none of the similar users has reacted to it yet."
+    return (f"Similar users: {evidence.liked} of {evidence.reacted} similar users who reacted to it "
+            f"liked it.")
+
+
+def render(inputs: PromptInputs, history: Sequence[tuple[str, int]], target: str) -> str:
+    lines = [HEADER] if history else [NO_HISTORY]
+    lines += [f"- {'liked' if label == 1 else 'disliked'}: {text}" for text, label in history]
+    if inputs.neighbours is not None:
+        lines.append(neighbour_line(inputs.neighbours))
+    lines += [f"Candidate: {target}", QUESTION]
+    return "\n".join(lines)
+
+
+def build_prompt(inputs: PromptInputs, count_tokens: Callable[[str], int], budget: int) -> str:
+    """The prompt for ``inputs`` with at most ``budget`` tokens as counted by ``count_tokens``."""
+    history = list(inputs.history)
+    # drop history oldest first (binary search on how many of the newest lines fit)
+    lo, hi = 0, len(history)
+    while lo < hi:
+        keep = (lo + hi + 1) // 2
+        if count_tokens(render(inputs, history[-keep:], inputs.target)) <= budget:
+            lo = keep
+        else:
+            hi = keep - 1
+    history = history[len(history) - lo:]
+    text = render(inputs, history, inputs.target)
+    if count_tokens(text) <= budget:
+        return text
+    words = inputs.target.split()
+    while len(words) > 1:
+        words = words[:-1]
+        text = render(inputs, history, " ".join(words))
+        if count_tokens(text) <= budget:
+            return text
+    raise PromptTooLong(f"the fixed prompt lines alone need {count_tokens(text)} tokens; budget is {budget}")
