@@ -73,6 +73,7 @@ def trained(dataset: str, data_dir: Path, train_share: float, epochs_scale: floa
 
 
 def ranking(data_dir: Path, quick: bool) -> tuple[dict, GraphUpdater]:
+    """Ranking metrics of both datasets; also returns the trained Book-Crossing updater."""
     out, bx = {}, None
     for dataset, suffix in (("ml-100k", ""), ("bookcrossing", "_bookcrossing")):
         updater, split, cfg = trained(dataset, data_dir, 0.85, 0.25 if quick else 1.0)
@@ -121,12 +122,11 @@ async def run_updater(settings: Settings, ckpt: Path, clicks, rate: float | None
             "freshness_ms": list(service.stats.freshness_ms), "upserts": service.stats.upserts}
 
 
-def streaming(base: Settings, bx: GraphUpdater, data_dir: Path, work: Path, quick: bool) -> tuple[dict, dict]:
+def streaming(base: Settings, ckpt: Path, data_dir: Path, quick: bool) -> tuple[dict, dict]:
     split = time_split(load("bookcrossing", data_dir), train=0.85, stream=0.0)
-    ckpt = checkpoint.save(work / "bx-ckpt", bx, split.train, {"dataset": "bookcrossing"})
     stream = clicks_of(split.test, first_row=len(split.train))
     rate = 1000.0
-    n_fresh = int(rate * (10 if quick else 30))
+    n_fresh = int(rate * (10 if quick else 60))
     tag = f"bench{int(time.time())}"
     fresh = asyncio.run(run_updater(base.model_copy(update={"topic_prefix": f"{tag}f.", "consumer_group": f"{tag}f",
                                                             "updater_batch_wait_ms": 50}),
@@ -142,6 +142,47 @@ def streaming(base: Settings, bx: GraphUpdater, data_dir: Path, work: Path, quic
               "max_sustained_clicks": drain["clicks"], "max_sustained_batches": drain["batches"],
               "updater_dataset": "bookcrossing", "refinement": "off (refine_every_clicks=0)"}
     return result, fresh
+
+
+async def consume_rates(settings: Settings, n: int) -> dict:
+    """Records/s of an empty loop body: aiokafka ``getmany`` + commit vs a faust ``take_events`` agent."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    from worker.app import create_app, create_topics, declare_topics
+
+    await create_topics(settings)
+    topic = settings.topic("clicks")
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)
+    await producer.start()
+    for k in range(n):
+        await producer.send(topic, b'{"k":%d}' % k, key=str(k % 1000).encode())
+    await producer.stop()
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, group_id=f"{topic}.raw",
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    seen, started = 0, time.perf_counter()
+    while seen < n:
+        seen += sum(len(v) for v in (await consumer.getmany(timeout_ms=1000, max_records=4096)).values())
+        await consumer.commit()
+    raw = n / (time.perf_counter() - started)
+    await consumer.stop()
+    app = create_app(settings)
+    topics = declare_topics(app, settings)
+    count, first = [0], [0.0]
+
+    @app.agent(topics.clicks, name=f"{topic}.noop")
+    async def noop(stream):
+        async for events in stream.take_events(4096, within=0.1):
+            first[0] = first[0] or time.perf_counter()
+            count[0] += len(events)
+
+    await app.start()
+    while count[0] < n:
+        await asyncio.sleep(0.05)
+    faust_rate = n / (time.perf_counter() - first[0])
+    await app.stop()
+    return {"consume_aiokafka_getmany_per_s": round(raw), "consume_faust_take_events_per_s": round(faust_rate),
+            "consume_records": n}
 
 
 # ---- 4. retrieval latency ------------------------------------------------------------------------------------
@@ -227,32 +268,54 @@ def plot(result: dict, fresh: dict, out: Path) -> None:
     plt.close(fig)
 
 
+PARTS = ("ranking", "streaming", "consume", "retrieval")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer epochs, clicks and queries (smoke run)")
+    parser.add_argument("--only", default=",".join(PARTS),
+                        help="comma-separated parts to (re)run; the others keep their figures in --out")
     parser.add_argument("--out", type=Path, default=RESULTS / "graph.json")
     args = parser.parse_args()
+    parts = set(args.only.split(","))
+    if parts - set(PARTS):
+        parser.error(f"--only takes {PARTS}")
     configure_logging("WARNING")
     base = Settings(refine_every_clicks=0)
     if not base.data_dir.exists():
         raise DatasetError(f"data directory not found: {base.data_dir}")
     work = base.cache_dir / "bench" / f"graph-{int(time.time())}"
     work.mkdir(parents=True, exist_ok=True)
+    bx_ckpt = base.cache_dir / "bench" / f"bookcrossing-85{'-quick' if args.quick else ''}"
+    result: dict = json.loads(args.out.read_text()) if args.out.exists() and parts != set(PARTS) else {}
+    result.update({"machine": machine(), "quick": args.quick, "command": "python -m bench.graph_bench"
+                   + (" --quick" if args.quick else "") + ("" if parts == set(PARTS) else f" --only {args.only}")})
     info = broker.start(work / "kafka")
+    fresh = None
     try:
-        result: dict = {"machine": machine(), "quick": args.quick,
-                        "command": "python -m bench.graph_bench" + (" --quick" if args.quick else "")}
-        rank, bx = ranking(base.data_dir, args.quick)
-        result.update(rank)
-        stream_result, fresh = streaming(base.model_copy(update={"kafka_bootstrap": info.bootstrap}), bx,
-                                         base.data_dir, work, args.quick)
-        result.update(stream_result)
-        result.update(retrieval(retrieval_corpus(bx, base.data_dir), work, args.quick))
+        if "ranking" in parts:
+            rank, bx = ranking(base.data_dir, args.quick)
+            result.update(rank)
+            split = time_split(load("bookcrossing", base.data_dir), train=0.85, stream=0.0)
+            checkpoint.save(bx_ckpt, bx, split.train, {"dataset": "bookcrossing", **rank["train_bookcrossing"]})
+        kafka = base.model_copy(update={"kafka_bootstrap": info.bootstrap})
+        if "streaming" in parts:
+            stream_result, fresh = streaming(kafka, bx_ckpt, base.data_dir, args.quick)
+            result.update(stream_result)
+        if "consume" in parts:
+            tag = f"consume{int(time.time())}"
+            result.update(asyncio.run(consume_rates(kafka.model_copy(update={
+                "topic_prefix": f"{tag}.", "consumer_group": tag}), 20_000 if args.quick else 60_000)))
+        if "retrieval" in parts:
+            corpus, _ = checkpoint.load(bx_ckpt)
+            result.update(retrieval(retrieval_corpus(corpus, base.data_dir), work, args.quick))
     finally:
         broker.stop(work / "kafka")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, fresh, args.out.with_suffix(".png"))
+    if fresh is not None:
+        plot(result, fresh, args.out.with_suffix(".png"))
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
 
 

@@ -12,7 +12,7 @@ import faust
 import structlog
 
 from graph_updater import checkpoint
-from graph_updater.agent import UpdaterStats, register_updater
+from graph_updater.agent import UpdaterStats, register_updater, updater_group
 from graph_updater.graph import LightGCNGraph
 from graph_updater.online import GraphUpdater
 from graph_updater.recovery import replay_committed
@@ -53,7 +53,7 @@ async def rebuild(settings: Settings, store: VectorStore | None = None,
     Returns the updater, the store and how many committed clicks were replayed."""
     await create_topics(settings)
     updater = updater or initial_updater(settings)
-    replayed = await replay_committed(settings.kafka_bootstrap, settings.consumer_group,
+    replayed = await replay_committed(settings.kafka_bootstrap, updater_group(settings),
                                       settings.topic("clicks"), updater)
     store = store or store_for(settings)
     store.ensure_collections(updater.graph.dim)
@@ -65,7 +65,7 @@ async def rebuild(settings: Settings, store: VectorStore | None = None,
 
 
 def build(settings: Settings, updater: GraphUpdater, store: VectorStore, replayed: int) -> UpdaterService:
-    """The faust app with the click agent declared (outside a running loop when a faust Worker runs it)."""
+    """The faust app hosting the click loop (built outside a running loop when a faust Worker runs it)."""
     app = create_app(settings)
     topics = declare_topics(app, settings)
     stats = UpdaterStats()

@@ -11,6 +11,7 @@ positive to the negative probability, as in OptiRAG-Rec) and confidence :math:`c
 - :class:`MaxProbRule`: :math:`\max(p_h, 1-p_h) \ge \tau`.
 - :class:`EntropyRule` (DeeBERT): binary entropy :math:`H(p_h) \le \tau` nats.
 - :class:`PatienceRule` (PABEE): the last ``k`` heads predict the same class.
+- :class:`FixedHeadRule`: everyone exits at one head (forced depth).
 """
 
 from __future__ import annotations
@@ -90,7 +91,19 @@ class PatienceRule(ExitRule):
         return last.all(axis=1) | (~last).all(axis=1)
 
 
-RULES: dict[str, type[ExitRule]] = {r.name: r for r in (RatioTrendRule, MaxProbRule, EntropyRule, PatienceRule)}
+@dataclass(frozen=True)
+class FixedHeadRule(ExitRule):
+    """Every sample exits at head ``head`` (0-based): a forced depth, for benchmarks and load shedding."""
+
+    head: int = 0
+    name: ClassVar[str] = "fixed_head"
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        return np.full(len(probs), probs.shape[1] == self.head + 1)
+
+
+RULES: dict[str, type[ExitRule]] = {r.name: r for r in (RatioTrendRule, MaxProbRule, EntropyRule, PatienceRule,
+                                                        FixedHeadRule)}
 
 
 def rule_from_dict(spec: dict) -> ExitRule:

@@ -4,6 +4,7 @@ import pytest
 from scorer.exit_rules import (
     EntropyRule,
     ExitRule,
+    FixedHeadRule,
     MaxProbRule,
     PatienceRule,
     RatioTrendRule,
@@ -49,6 +50,7 @@ def test_exit_points_replays_a_rule_over_all_heads():
     probs = np.array([[0.55, 0.95, 0.99, 0.99], [0.5, 0.5, 0.5, 0.5], [0.05, 0.5, 0.5, 0.5]])
     assert exit_points(probs, MaxProbRule(0.9)).tolist() == [1, 3, 0]
     assert exit_points(probs, ExitRule()).tolist() == [3, 3, 3]
+    assert exit_points(probs, FixedHeadRule(head=2)).tolist() == [2, 2, 2]
 
 
 @pytest.mark.parametrize("rule", [RatioTrendRule(3.0, True), MaxProbRule(0.8), EntropyRule(0.4), PatienceRule(2)])

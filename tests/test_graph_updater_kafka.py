@@ -11,6 +11,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from graph_updater import checkpoint
+from graph_updater.agent import updater_group
 from graph_updater.datasets import time_split
 from graph_updater.graph import ITEM, USER
 from graph_updater.online import item_key
@@ -143,7 +144,7 @@ async def test_replay_updates_vectors_and_dead_letters_bad_messages(settings, sp
         assert base64.b64decode(letter.key_b64) == key
         assert letter.topic == topic
 
-    committed = await committed_offsets(settings.kafka_bootstrap, settings.consumer_group, topic)
+    committed = await committed_offsets(settings.kafka_bootstrap, updater_group(settings), topic)
     assert sum(committed.values()) == n + len(BAD_MESSAGES)
 
 
@@ -199,7 +200,7 @@ async def test_killed_updater_process_loses_nothing(settings, split, trained_che
             assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
             assert time.monotonic() < deadline, "the updater process committed nothing"
             await asyncio.sleep(0.3)
-            committed = await committed_offsets(settings.kafka_bootstrap, settings.consumer_group, topic)
+            committed = await committed_offsets(settings.kafka_bootstrap, updater_group(settings), topic)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -165,6 +165,74 @@ def graph_updater() -> None:
     faust.Worker(service.app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
 
 
+# ---- early-exit model ------------------------------------------------------------------------------------------
+@main.command("train-model")
+@click.option("--dataset", type=DATASETS, default="bookcrossing", show_default=True)
+@click.option("--backbone", default="minilm", show_default=True, help="minilm, smollm2 or a local HF model folder")
+@click.option("--n-train", default=2000, show_default=True)
+@click.option("--n-val", default=500, show_default=True)
+@click.option("--max-length", default=128, show_default=True, help="prompt token budget")
+@click.option("--head-layers", default=None, help="comma-separated 1-based layers (default per backbone)")
+@click.option("--epochs", default=1, show_default=True, help="fine-tuning epochs (encoders)")
+@click.option("--head-epochs", default=30, show_default=True, help="head epochs (frozen decoders)")
+@click.option("--rule", type=click.Choice(["ratio_trend", "max_prob", "entropy", "patience"]), default="ratio_trend",
+              show_default=True)
+@click.option("--budget", default=0.002, show_default=True, help="allowed AUC loss of early exit vs full depth")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="checkpoint folder (default <cache>/models/early-exit-<dataset>-<backbone>)")
+def train_model(dataset: str, backbone: str, n_train: int, n_val: int, max_length: int, head_layers: str | None,
+                epochs: int, head_epochs: int, rule: str, budget: float, out: Path | None) -> None:
+    """Train the early-exit model on prequential RAG prompts, calibrate its exit rule, save a checkpoint."""
+    from scorer import checkpoint, experiment
+    from scorer.train import calibrate, head_probabilities, train
+
+    settings = _settings()
+    sets = experiment.sample_sets(dataset, settings.data_dir, settings.cache_dir, n_train, n_val, 200)
+    layers = [int(x) for x in head_layers.split(",")] if head_layers else None
+    model, tokenizer = experiment.new_model(backbone, settings.cache_dir, layers)
+    regime = experiment.BACKBONE_DEFAULTS.get(backbone, {}).get("regime", "frozen")
+    train_set = experiment.encode(tokenizer, sets.train, max_length)
+    val = experiment.encode(tokenizer, sets.val, max_length)
+    train(model, train_set.ids, train_set.mask, train_set.labels, regime=regime,
+          epochs=epochs if regime == "full" else head_epochs)
+    chosen, curve = calibrate(head_probabilities(model, val.ids, val.mask), val.labels.numpy(), model.head_layers,
+                              rule, budget)
+    card = checkpoint.ModelCard(backbone, model.head_layers, model.pooling, max_length, regime == "full",
+                                chosen.to_dict(), curve, {"dataset": dataset, "n_train": len(sets.train)})
+    name = Path(backbone).name
+    out = out or settings.cache_dir / "models" / f"early-exit-{dataset}-{name}"
+    checkpoint.save(out, model, tokenizer, card)
+    click.echo(json.dumps({"checkpoint": str(out), "rule": chosen.to_dict()}, indent=2))
+
+
+@main.command("eval-model")
+@click.option("--checkpoint", "folder", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--dataset", type=DATASETS, default="bookcrossing", show_default=True)
+@click.option("--n-test", default=1000, show_default=True)
+def eval_model(folder: Path, dataset: str, n_test: int) -> None:
+    """AUC, log loss, exit histogram and requests/s of a checkpoint on the dataset's test slice."""
+    import numpy as np
+
+    from scorer import checkpoint, experiment
+    from scorer.exit_rules import ExitRule
+    from scorer.train import auc
+
+    settings = _settings()
+    model, tokenizer, card, rule = checkpoint.load(folder, settings.cache_dir, experiment.backbones.best_device())
+    sets = experiment.sample_sets(dataset, settings.data_dir, settings.cache_dir, 1000, 0, n_test)  # baseline fit
+    test = experiment.encode(tokenizer, sets.test, card.max_length)
+    y = test.labels.numpy()
+    rps_full, full = experiment.throughput(model, test, ExitRule())
+    rps_exit, exited = experiment.throughput(model, test, rule)
+    click.echo(json.dumps({
+        "n_test": len(y), "auc_full": auc(y, full.ctr), "auc_exit": auc(y, exited.ctr),
+        "logloss_exit": experiment.logloss(y, exited.ctr), "auc_baseline": sets.baseline_auc,
+        "mean_exit_layer": float(exited.exit_layer.mean()),
+        "exit_histogram": {int(k): int(v) for k, v in zip(*np.unique(exited.exit_layer, return_counts=True),
+                                                          strict=True)},
+        "rps_full": rps_full, "rps_exit": rps_exit, "speedup": rps_exit / rps_full}, indent=2))
+
+
 @main.command("demo")
 @click.option("--dataset", type=DATASETS, default="ml-100k", show_default=True)
 @click.option("--rate", type=float, default=500.0, show_default=True, help="replayed clicks per second")

@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]")
     topic_prefix: str = Field("", description="prefix for every topic name (isolates tests and tenants)")
     topic_partitions: int = Field(4, ge=1, le=1024, description="partitions of the topics the worker creates")
-    consumer_group: str = Field("exitrec", description="Kafka consumer group (faust app id)")
+    consumer_group: str = Field("exitrec", description="faust app id; the click loop consumes as <group>.graph-updater")
     session_timeout_s: float = Field(10.0, ge=1.0, le=300.0,
                                      description="consumer session timeout: how fast a dead replica's partitions move")
     data_dir: Path = Field(REPO_ROOT.parent / "shared" / "data", description="root of the datasets")

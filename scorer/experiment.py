@@ -1,0 +1,165 @@
+"""Offline train / evaluate runs of the early-exit model on real data, shared by the CLI and ``bench/``.
+
+Protocol (one dataset): the time split of :mod:`graph_updater.datasets` (70% history / 15% stream / 15% test).
+LightGCN is trained on the history (or loaded from ``<cache>/graph/<dataset>``); training and validation
+samples are drawn from the stream slice, test samples from the test slice, all built prequentially
+(:mod:`scorer.samples`). The classical baseline is a logistic regression on the user's and the item's mean click
+rate before the sample (target encoding with a prior), fitted on the same training rows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+
+from graph_updater import checkpoint as graph_checkpoint
+from graph_updater.datasets import Interactions, load, time_split
+from graph_updater.graph import USER
+from graph_updater.train import train_offline
+from scorer import backbones
+from scorer.exit_rules import ExitRule, FixedHeadRule
+from scorer.model import EarlyExitModel
+from scorer.prompt import build_prompt
+from scorer.samples import CtrSample, build_samples
+from scorer.train import auc
+
+BACKBONE_DEFAULTS = {
+    # reference: head layers, regime, pooling
+    "minilm": {"head_layers": [1, 2, 3, 4, 5, 6], "regime": "full"},
+    "smollm2": {"head_layers": [6, 12, 18, 24, 30], "regime": "frozen"},
+}
+
+
+@dataclass
+class Encoded:
+    ids: torch.Tensor
+    mask: torch.Tensor
+    labels: torch.Tensor
+
+
+@dataclass
+class SampleSets:
+    train: list[CtrSample]
+    val: list[CtrSample]
+    test: list[CtrSample]
+    baseline_auc: float
+    baseline_logloss: float
+
+
+def gcn_vectors(dataset: str, history: Interactions, cache_dir: Path):
+    """``user_id -> LightGCN vector`` from ``<cache>/graph/<dataset>`` when it matches ``history``, else trained."""
+    folder = cache_dir / "graph" / dataset
+    updater = None
+    if (folder / "config.json").exists():
+        updater, config = graph_checkpoint.load(folder)
+        if config.get("train_share", 0.7) != 0.7:
+            updater = None
+    if updater is None:
+        updater = graph_checkpoint.build_updater(history, 64, 3)
+        train_offline(updater.graph, epochs=20 if len(history) > 200_000 else 30,
+                      lr=0.05 if len(history) > 200_000 else 0.01,
+                      batch_size=32768 if len(history) > 200_000 else 4096)
+    final = updater.graph.final()
+
+    def vector_of(user: str) -> np.ndarray | None:
+        v = updater.graph.node(USER, user)
+        return None if v is None or not updater.graph.adj[v] else final[v]
+
+    return vector_of
+
+
+def mean_rate_features(data: Interactions, rows: np.ndarray, prior: float, strength: float = 5.0) -> np.ndarray:
+    """Per row: the user's and the item's smoothed click rate from rows strictly before it."""
+    wanted = set(int(r) for r in rows)
+    stats: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    feats = {}
+    for t in range(max(wanted) + 1):
+        u, i, y = ("u", data.users[t]), ("i", data.items[t]), float(data.labels[t])
+        if t in wanted:
+            feats[t] = [(stats[k][0] + strength * prior) / (stats[k][1] + strength) for k in (u, i)]
+        for k in (u, i):
+            stats[k][0] += y
+            stats[k][1] += 1
+    return np.array([feats[int(r)] for r in rows])
+
+
+def sample_sets(dataset: str, data_dir: Path, cache_dir: Path, n_train: int, n_val: int, n_test: int,
+                seed: int = 0) -> SampleSets:
+    data = load(dataset, data_dir)
+    split = time_split(data)
+    rng = np.random.default_rng(seed)
+    a, b = len(split.train), len(split.train) + len(split.stream)
+    stream_rows = np.sort(rng.choice(np.arange(a, b), min(n_train + n_val, b - a), replace=False))
+    rng.shuffle(stream_rows)
+    train_rows, val_rows = np.sort(stream_rows[:n_train]), np.sort(stream_rows[n_train:n_train + n_val])
+    test_rows = np.sort(rng.choice(np.arange(b, len(data)), min(n_test, len(data) - b), replace=False))
+    vector_of = gcn_vectors(dataset, split.train, cache_dir)
+    train, val, test = (build_samples(data, rows, vector_of) for rows in (train_rows, val_rows, test_rows))
+    prior = float(split.train.labels.mean())
+    lr = LogisticRegression().fit(mean_rate_features(data, train_rows, prior), data.labels[train_rows])
+    p = lr.predict_proba(mean_rate_features(data, test_rows, prior))[:, 1]
+    y = data.labels[test_rows]
+    return SampleSets(train, val, test, auc(y, p), float(log_loss(y, p, labels=[0, 1])))
+
+
+def encode(tokenizer, samples: list[CtrSample], max_length: int, neighbours: bool = True) -> Encoded:
+    """Prompts within ``max_length`` tokens (truncation order of :mod:`scorer.prompt`), tokenized and padded."""
+    def count(text: str) -> int:
+        return len(tokenizer(text).input_ids)
+
+    texts = [build_prompt(s.inputs if neighbours else s.without_neighbours(), count, max_length) for s in samples]
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return Encoded(enc["input_ids"], enc["attention_mask"], torch.tensor([s.label for s in samples]))
+
+
+def new_model(reference: str, cache_dir: Path, head_layers: list[int] | None = None,
+              device: torch.device | None = None):
+    folder = backbones.resolve(reference, cache_dir)
+    device = device or backbones.best_device()
+    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    backbone, tokenizer = backbones.load(folder, device, dtype)
+    layers = head_layers or BACKBONE_DEFAULTS.get(reference, {}).get("head_layers") \
+        or list(range(1, backbone.config.num_hidden_layers + 1))
+    model = EarlyExitModel(backbone, layers).to(device)
+    return model, tokenizer
+
+
+def throughput(model: EarlyExitModel, data: Encoded, rule: ExitRule, batch_size: int = 32) -> tuple[float, object]:
+    """Requests/s of batched early-exit inference over ``data`` (one pass), and the concatenated result."""
+    device = next(model.parameters()).device
+    started = time.perf_counter()
+    results = [model.predict(data.ids[s:s + batch_size].to(device), data.mask[s:s + batch_size].to(device), rule)
+               for s in range(0, len(data.ids), batch_size)]
+    elapsed = time.perf_counter() - started
+    merged = type(results[0])(*(np.concatenate([getattr(r, f) for r in results])
+                                for f in ("probs", "exit_head", "exit_layer", "ctr")))
+    return len(data.ids) / elapsed, merged
+
+
+def latencies_ms(model: EarlyExitModel, data: Encoded, rule: ExitRule, n: int) -> np.ndarray:
+    """Batch-1 latency of ``n`` requests (padding stripped, as a lone request would arrive)."""
+    device = next(model.parameters()).device
+    out = []
+    for r in range(min(n, len(data.ids))):
+        length = int(data.mask[r].sum())
+        ids, mask = data.ids[r:r + 1, :length].to(device), data.mask[r:r + 1, :length].to(device)
+        started = time.perf_counter()
+        model.predict(ids, mask, rule)
+        out.append((time.perf_counter() - started) * 1000)
+    return np.array(out)
+
+
+def per_head_latency_ms(model: EarlyExitModel, data: Encoded, n: int) -> list[float]:
+    """Median batch-1 latency when every request is forced to exit at head j, for each head."""
+    return [float(np.median(latencies_ms(model, data, FixedHeadRule(j), n))) for j in range(len(model.head_layers))]
+
+
+def logloss(labels: np.ndarray, p: np.ndarray) -> float:
+    return float(log_loss(labels, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1]))
