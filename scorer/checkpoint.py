@@ -28,7 +28,7 @@ class ModelCard:
     pooling: str
     max_length: int
     fine_tuned: bool
-    rule: dict = field(default_factory=lambda: {"rule": "ratio_trend", "threshold": float("inf")})
+    rule: dict = field(default_factory=lambda: {"rule": "never"})
     calibration: list[dict] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
 

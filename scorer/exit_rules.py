@@ -31,7 +31,7 @@ def _confidence(p: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ExitRule:
-    """Base: ``decide(probs)`` -> bool array, one per sample."""
+    """Base, and the ``never`` rule (full depth): ``decide(probs)`` -> bool array, one per sample."""
 
     name: ClassVar[str] = "never"
 
@@ -102,8 +102,8 @@ class FixedHeadRule(ExitRule):
         return np.full(len(probs), probs.shape[1] == self.head + 1)
 
 
-RULES: dict[str, type[ExitRule]] = {r.name: r for r in (RatioTrendRule, MaxProbRule, EntropyRule, PatienceRule,
-                                                        FixedHeadRule)}
+RULES: dict[str, type[ExitRule]] = {r.name: r for r in (ExitRule, RatioTrendRule, MaxProbRule, EntropyRule,
+                                                        PatienceRule, FixedHeadRule)}
 
 
 def rule_from_dict(spec: dict) -> ExitRule:

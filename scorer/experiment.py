@@ -54,7 +54,8 @@ class SampleSets:
 
 
 def gcn_vectors(dataset: str, history: Interactions, cache_dir: Path):
-    """``user_id -> LightGCN vector`` from ``<cache>/graph/<dataset>`` when it matches ``history``, else trained."""
+    """``user_id -> LightGCN vector`` from ``<cache>/graph/<dataset>`` (what ``exitrec train-graph`` writes) when
+    it was trained on the same 70% history; otherwise trained now and saved there."""
     folder = cache_dir / "graph" / dataset
     updater = None
     if (folder / "config.json").exists():
@@ -63,9 +64,10 @@ def gcn_vectors(dataset: str, history: Interactions, cache_dir: Path):
             updater = None
     if updater is None:
         updater = graph_checkpoint.build_updater(history, 64, 3)
-        train_offline(updater.graph, epochs=20 if len(history) > 200_000 else 30,
-                      lr=0.05 if len(history) > 200_000 else 0.01,
-                      batch_size=32768 if len(history) > 200_000 else 4096)
+        large = len(history) > 200_000  # Book-Crossing / ML-1M: big batches, few epochs (sparse data overfits)
+        config = {"epochs": 6 if large else 30, "lr": 0.05 if large else 0.01, "batch_size": 32768 if large else 4096}
+        train_offline(updater.graph, **config)
+        graph_checkpoint.save(folder, updater, history, {"dataset": dataset, "train_share": 0.7, **config})
     final = updater.graph.final()
 
     def vector_of(user: str) -> np.ndarray | None:

@@ -59,7 +59,7 @@ def build_samples(data: Interactions, rows: np.ndarray, vector_of: Callable[[str
             evidence = None
             if me is not None:
                 seen = [(v, y) for r, y in reactors[item] if r != user and (v := vector_of(r)) is not None]
-                vectors = np.array([v for v, _ in seen]).reshape(len(seen), -1)
+                vectors = np.array([v for v, _ in seen]).reshape(len(seen), len(me))
                 evidence = neighbour_evidence(me, vectors, np.array([y for _, y in seen], dtype=np.int64),
                                               n_neighbours)
             inputs = PromptInputs(text.get(item, f"item {item}"), tuple(history[user]), evidence)

@@ -24,7 +24,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from tqdm import tqdm
 
-from scorer.exit_rules import ExitRule, RatioTrendRule, exit_points
+from scorer.exit_rules import ExitRule, exit_points
 from scorer.model import ENCODER, EarlyExitModel
 
 RULE_GRIDS: dict[str, tuple[str, Sequence[float]]] = {
@@ -131,7 +131,8 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 def calibrate(probs: np.ndarray, labels: np.ndarray, head_layers: Sequence[int], rule: str = "ratio_trend",
               budget: float = 0.002) -> tuple[ExitRule, list[dict]]:
     """Choose the rule parameter that minimises the expected layers run subject to
-    ``AUC(full) - AUC(exit) <= budget`` on validation data; returns the rule and the whole curve."""
+    ``AUC(full) - AUC(exit) <= budget`` on validation data; returns the rule (the ``never`` rule when no
+    parameter saves a layer within the budget) and the whole curve."""
     if rule not in RULE_GRIDS:
         raise ValueError(f"unknown rule {rule!r}; choose one of {sorted(RULE_GRIDS)}")
     from scorer.exit_rules import RULES
@@ -150,4 +151,4 @@ def calibrate(probs: np.ndarray, labels: np.ndarray, head_layers: Sequence[int],
         curve.append(point)
         if auc_full - point["auc"] <= budget and point["mean_layers"] < best_layers:
             best, best_layers = candidate, point["mean_layers"]
-    return (best or RatioTrendRule(threshold=float("inf"))), curve
+    return (best or ExitRule()), curve  # ExitRule() never exits early: no threshold met the budget

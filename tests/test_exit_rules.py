@@ -53,6 +53,7 @@ def test_exit_points_replays_a_rule_over_all_heads():
     assert exit_points(probs, FixedHeadRule(head=2)).tolist() == [2, 2, 2]
 
 
-@pytest.mark.parametrize("rule", [RatioTrendRule(3.0, True), MaxProbRule(0.8), EntropyRule(0.4), PatienceRule(2)])
+@pytest.mark.parametrize("rule", [RatioTrendRule(3.0, True), MaxProbRule(0.8), EntropyRule(0.4), PatienceRule(2),
+                                  FixedHeadRule(1), ExitRule()])
 def test_rules_round_trip_through_dicts(rule):
     assert rule_from_dict(rule.to_dict()) == rule
