@@ -64,6 +64,17 @@ def assert_same_state(updater, ref) -> None:
         assert set(updater.histories[user].disliked) == set(h.disliked), user
 
 
+async def run_until_caught_up(service, n: int) -> None:
+    """Run a restarted updater until replayed + consumed clicks reach ``n``; each click must count once."""
+    await service.app.start()
+    try:
+        await wait_for(lambda: service.replayed + service.stats.clicks >= n, what="restarted updater caught up")
+        await asyncio.sleep(1.0)  # a click applied twice would show up here
+    finally:
+        await service.app.stop()
+    assert service.replayed + service.stats.clicks == n
+
+
 BAD_MESSAGES = [
     (b"196", b"not json at all", "InvalidJson"),
     (b"196", b'{"event_id": "x", "user_id": "196"}', "SchemaViolation"),
@@ -163,13 +174,7 @@ async def test_restart_mid_stream_loses_nothing(settings, split, trained_checkpo
 
     second = await prepare(settings)  # fresh process state: checkpoint + committed clicks + empty store
     assert 0 < second.replayed <= first.stats.clicks
-    await second.app.start()
-    try:
-        await wait_for(lambda: second.replayed + second.stats.clicks >= n, what="second updater caught up")
-        await asyncio.sleep(1.0)
-    finally:
-        await second.app.stop()
-    assert second.replayed + second.stats.clicks == n  # every click exactly once in the rebuilt state
+    await run_until_caught_up(second, n)
     assert_same_state(second.updater, reference(split, n))
     total_users = sum(1 for v, k in enumerate(second.updater.graph.keys) if k.startswith("u:")
                       and second.updater.graph.adj[v])
@@ -208,11 +213,5 @@ async def test_killed_updater_process_loses_nothing(settings, split, trained_che
 
     second = await prepare(settings)
     assert second.replayed >= sum(committed.values())
-    await second.app.start()
-    try:
-        await wait_for(lambda: second.replayed + second.stats.clicks >= n, what="replacement caught up")
-        await asyncio.sleep(1.0)
-    finally:
-        await second.app.stop()
-    assert second.replayed + second.stats.clicks == n
+    await run_until_caught_up(second, n)
     assert_same_state(second.updater, reference(split, n))

@@ -22,6 +22,7 @@ def test_train_then_eval_a_minilm_checkpoint(tmp_path, monkeypatch, data_dir):
     assert json.loads(trained.stdout)["checkpoint"] == str(out)
     config = json.loads((out / "config.json").read_text())
     assert config["head_layers"] == [2, 4, 6] and config["fine_tuned"] and config["calibration"]
+    assert len(config["metrics"]["val_auc_heads"]) == 3 and config["metrics"]["n_train"] == 48
     assert (out / "backbone" / "config.json").exists() and (out / "heads.safetensors").exists()
     evaluated = runner.invoke(main, ["eval-model", "--checkpoint", str(out), "--dataset", "ml-100k", "--n-test",
                                      "40"], catch_exceptions=False)

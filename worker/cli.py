@@ -184,7 +184,7 @@ def train_model(dataset: str, backbone: str, n_train: int, n_val: int, max_lengt
                 epochs: int, head_epochs: int, rule: str, budget: float, out: Path | None) -> None:
     """Train the early-exit model on prequential RAG prompts, calibrate its exit rule, save a checkpoint."""
     from scorer import checkpoint, experiment
-    from scorer.train import calibrate, head_probabilities, train
+    from scorer.train import auc, calibrate, head_probabilities, train
 
     settings = _settings()
     sets = experiment.sample_sets(dataset, settings.data_dir, settings.cache_dir, n_train, n_val, 200)
@@ -195,10 +195,13 @@ def train_model(dataset: str, backbone: str, n_train: int, n_val: int, max_lengt
     val = experiment.encode(tokenizer, sets.val, max_length)
     train(model, train_set.ids, train_set.mask, train_set.labels, regime=regime,
           epochs=epochs if regime == "full" else head_epochs)
-    chosen, curve = calibrate(head_probabilities(model, val.ids, val.mask), val.labels.numpy(), model.head_layers,
-                              rule, budget)
+    val_probs = head_probabilities(model, val.ids, val.mask)
+    y_val = val.labels.numpy()
+    chosen, curve = calibrate(val_probs, y_val, model.head_layers, rule, budget)
+    metrics = {"dataset": dataset, "n_train": len(sets.train), "n_val": len(sets.val),
+               "val_auc_heads": [auc(y_val, val_probs[:, j]) for j in range(val_probs.shape[1])]}
     card = checkpoint.ModelCard(backbone, model.head_layers, model.pooling, max_length, regime == "full",
-                                chosen.to_dict(), curve, {"dataset": dataset, "n_train": len(sets.train)})
+                                chosen.to_dict(), curve, metrics)
     name = Path(backbone).name
     out = out or settings.cache_dir / "models" / f"early-exit-{dataset}-{name}"
     checkpoint.save(out, model, tokenizer, card)

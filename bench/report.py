@@ -1,0 +1,78 @@
+"""Markdown tables of ``bench/results/*.json`` for the README: ``python -m bench.report``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def graph_table(d: dict) -> str:
+    rows = [
+        ("Recall@20 LightGCN / popularity, MovieLens-100K", f"{fmt(d['recall20_lightgcn'])} / "
+         f"{fmt(d['recall20_popularity'])}", f"{d['eval_users']} warm test users"),
+        ("NDCG@20 LightGCN / popularity, MovieLens-100K", f"{fmt(d['ndcg20_lightgcn'])} / "
+         f"{fmt(d['ndcg20_popularity'])}", ""),
+        ("Recall@20 LightGCN / popularity, Book-Crossing", f"{fmt(d['recall20_lightgcn_bookcrossing'], 4)} / "
+         f"{fmt(d['recall20_popularity_bookcrossing'], 4)}", f"{d['eval_users_bookcrossing']:,} test users"),
+        ("NDCG@20 LightGCN / popularity, Book-Crossing", f"{fmt(d['ndcg20_lightgcn_bookcrossing'], 4)} / "
+         f"{fmt(d['ndcg20_popularity_bookcrossing'], 4)}", ""),
+        ("freshness p50 / p99 (click produced → vector readable)",
+         f"{fmt(d['freshness_p50_ms'], 0)} / {fmt(d['freshness_p99_ms'], 0)} ms",
+         f"{fmt(d['freshness_rate_per_s'], 0)} clicks/s for {d['freshness_clicks']:,} clicks, Book-Crossing"),
+        ("max sustained clicks/s (backlog drain)", fmt(d["max_sustained_clicks_per_s"], 0),
+         f"{d['max_sustained_clicks']:,} clicks, batches of ≤4096"),
+        ("consume rate, empty body: aiokafka getmany / faust take_events",
+         f"{fmt(d.get('consume_aiokafka_getmany_per_s'))} / {fmt(d.get('consume_faust_take_events_per_s'))} /s", ""),
+    ]
+    for size in ("10k", "100k"):
+        rows.append((f"top-20 similar users p50 / p99, {size} users (qdrant-edge)",
+                     f"{fmt(d[f'retrieval_p50_ms_{size}'], 2)} / {fmt(d[f'retrieval_p99_ms_{size}'], 2)} ms",
+                     f"local mode: {fmt(d[f'qdrant_local_retrieval_p50_ms_{size}'], 0)} / "
+                     f"{fmt(d[f'qdrant_local_retrieval_p99_ms_{size}'], 0)} ms"))
+        rows.append((f"… filtered \"reacted to item X\", {size} users (qdrant-edge)",
+                     f"{fmt(d[f'retrieval_p50_ms_{size}_filtered'], 2)} / "
+                     f"{fmt(d[f'retrieval_p99_ms_{size}_filtered'], 2)} ms",
+                     f"local mode: {fmt(d[f'qdrant_local_retrieval_p50_ms_{size}_filtered'], 0)} / "
+                     f"{fmt(d[f'qdrant_local_retrieval_p99_ms_{size}_filtered'], 0)} ms"))
+    lines = ["| graph path (`bench/results/graph.json`) | measured | note |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    lines.append(f"\n100k = all {d['retrieval_users_available']:,} Book-Crossing users with a vector.")
+    return "\n".join(lines)
+
+
+def early_exit_table(results: list[dict]) -> str:
+    head = ("| dataset / backbone | n train / test | AUC full | AUC exit | AUC no-RAG | AUC baseline | mean exit "
+            "layer | rps full → exit | speedup | p50 / p99 ms full | p50 / p99 ms exit |")
+    lines = [head, "|" + "---|" * 11]
+    for d in results:
+        lines.append(
+            f"| {d['dataset']} / {d['backbone']} | {d['n_train']:,} / {d['n_test']:,} | {fmt(d['auc_full'])} | "
+            f"{fmt(d['auc_exit'])} | {fmt(d['auc_norag'])} | {fmt(d['auc_baseline'])} | "
+            f"{fmt(d['mean_exit_layer'], 2)} of {d['n_layers']} | {fmt(d['rps_full'], 1)} → {fmt(d['rps_exit'], 1)} | "
+            f"{fmt(d['speedup'], 2)}× | {fmt(d['p50_ms_full'], 0)} / {fmt(d['p99_ms_full'], 0)} | "
+            f"{fmt(d['p50_ms_exit'], 0)} / {fmt(d['p99_ms_exit'], 0)} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    graph = RESULTS / "graph.json"
+    if graph.exists():
+        print(graph_table(json.loads(graph.read_text())))
+    early = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("early_exit_*.json"))]
+    if early:
+        print()
+        print(early_exit_table(early))
+
+
+if __name__ == "__main__":
+    main()
