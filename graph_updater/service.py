@@ -6,6 +6,7 @@ benchmark, so all of them run the same code.
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 
 import faust
@@ -59,6 +60,8 @@ async def rebuild(settings: Settings, store: VectorStore | None = None,
     store.ensure_collections(updater.graph.dim)
     written = store.upsert(updater.all_records())
     store.optimize()
+    gc.collect()
+    gc.freeze()  # the rebuilt graph is millions of long-lived objects: keep them out of every later GC pass
     log.info("graph_updater_ready", nodes=len(updater.graph), edges=updater.graph.num_edges,
              replayed_clicks=replayed, vectors_written=written)
     return updater, store, replayed
