@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.graph_bench import machine
+from bench.machine import machine
 from scorer import experiment
 from scorer.exit_rules import ExitRule
 from scorer.train import auc, calibrate, head_probabilities, train

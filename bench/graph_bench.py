@@ -20,15 +20,13 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
+from bench.machine import machine
 from graph_updater import checkpoint
 from graph_updater.datasets import DatasetError, load, load_bookcrossing, time_split
 from graph_updater.evaluate import ranking_report
@@ -45,17 +43,6 @@ from worker.settings import Settings
 RESULTS = Path(__file__).resolve().parent / "results"
 TRAIN = {"ml-100k": {"epochs": 30, "lr": 0.01, "batch_size": 4096},
          "bookcrossing": {"epochs": 20, "lr": 0.05, "batch_size": 32768}}
-
-
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                      if line.startswith("MemTotal")))
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1),
-            "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "os": platform.platform()}
 
 
 def pct(values, q) -> float:
