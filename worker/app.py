@@ -1,7 +1,7 @@
 """The faust app factory and the topic declarations (all topics carry raw bytes; :mod:`schemas.codec` decodes).
 
-Values are declared ``raw`` so that a malformed message reaches the agent as bytes and can be dead-lettered
-with its reason, instead of failing inside faust's deserializer. Keys are user ids (UTF-8 bytes).
+Values are declared ``raw`` so that a malformed message reaches its consumer as bytes and can be dead-lettered
+with its reason, instead of failing inside a deserializer. Keys are user ids (UTF-8 bytes).
 """
 
 from __future__ import annotations
@@ -33,10 +33,9 @@ class Topics:
 
 
 def create_app(settings: Settings) -> faust.App:
-    """A faust app for ``settings``: consumer group, broker, in-memory table store, no web server.
-
-    Offsets: faust commits an offset only once every event before it has been acked; the agents ack an event
-    after its outputs (vector upserts, dead letters, scores) have been written.
+    """A faust app for ``settings``: app id (= faust's consumer group), broker, in-memory table store, no web
+    server. It hosts the process: lifecycle, signals, tasks (the graph updater's click loop, which commits its
+    own offsets after its outputs) and the producer behind every ``topic.send``.
     """
     state_dir = settings.resolved_state_dir()
     state_dir.mkdir(parents=True, exist_ok=True)
