@@ -11,7 +11,7 @@ Per micro-batch (up to ``updater_batch_size`` clicks, or what arrived within ``u
 The loop runs as a task of the faust app (which hosts the process: lifecycle, signals, the producer for dead
 letters) but reads with aiokafka's batch API under its own consumer group ``<group>.graph-updater``: faust's
 per-event stream machinery tops out near 5,000 events/s on this 2-core machine even with an empty loop body,
-against ~250,000 records/s for ``getmany`` + commit (``bench/results/graph.json``, ``consume_*`` keys).
+against ~200,000 records/s for ``getmany`` + commit (``bench/results/graph.json``, ``consume_*`` keys).
 """
 
 from __future__ import annotations
