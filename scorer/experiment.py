@@ -122,13 +122,15 @@ def encode(tokenizer, samples: list[CtrSample], max_length: int, neighbours: boo
 
 
 def new_model(reference: str, cache_dir: Path, head_layers: list[int] | None = None,
-              device: torch.device | None = None):
+              device: torch.device | None = None, seed: int = 0):
+    """Backbone + freshly initialised heads (seeded, so runs do not depend on what consumed the RNG before)."""
     folder = backbones.resolve(reference, cache_dir)
     device = device or backbones.best_device()
     dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     backbone, tokenizer = backbones.load(folder, device, dtype)
     layers = head_layers or BACKBONE_DEFAULTS.get(reference, {}).get("head_layers") \
         or list(range(1, backbone.config.num_hidden_layers + 1))
+    torch.manual_seed(seed)
     model = EarlyExitModel(backbone, layers).to(device)
     return model, tokenizer
 
