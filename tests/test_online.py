@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 
 from graph_updater import checkpoint
@@ -63,3 +65,17 @@ def test_refine_moves_vectors_and_reports_them():
     for r in moved[:5]:
         v = updater.graph.node(r.kind, r.external_id)
         np.testing.assert_allclose(r.vector, updater.graph.final(np.array([v]))[0], rtol=1e-6)
+
+
+def test_payload_keeps_the_latest_reactions_oldest_first():
+    from graph_updater.online import PAYLOAD_MAX_ITEMS, UserHistory, item_key
+
+    h = UserHistory()
+    for k in range(PAYLOAD_MAX_ITEMS + 50):
+        h.record(f"e{k}", f"i{k}", 1, TS + k)
+    h.record("late", "i0", 0, TS + 999)  # i0 moves from liked to disliked
+    payload = h.payload("u", recent_n=3)
+    assert payload["liked_keys"] == [item_key(f"i{k}") for k in range(50, PAYLOAD_MAX_ITEMS + 50)]
+    assert payload["disliked_keys"] == [item_key("i0")]
+    assert (payload["n_liked"], payload["n_disliked"]) == (PAYLOAD_MAX_ITEMS + 49, 1)
+    assert json.loads(payload["recent"])[-1] == ["i0", 0, TS + 999] and payload["last_ts"] == TS + 999
