@@ -122,8 +122,9 @@ class GraphUpdater:
         changes = [self._record(*row) for row in zip(event_ids, users, items, labels, ts, strict=True)]
         self.graph.apply(ch for ch in changes if ch is not None)
 
-    def apply(self, clicks: Sequence[Click]) -> list[VectorRecord]:
-        """Apply a batch of clicks; return the changed user and item vectors (users with no edge are skipped)."""
+    def update(self, clicks: Sequence[Click]) -> set[int]:
+        """Apply a batch of clicks to the graph and histories; return the nodes whose vector or payload changed.
+        (Recovery replays with this alone: its vectors are written once, after the whole replay.)"""
         changes = [ch for c in clicks if (ch := self._record(c.event_id, c.user_id, c.item_id, c.label, c.ts))]
         touched = self.graph.apply(changes)
         self.graph.refresh(touched, radius=self.radius)
@@ -132,8 +133,12 @@ class GraphUpdater:
             if ch.present:
                 u, i = self.graph.node(USER, ch.user_id), self.graph.node(ITEM, ch.item_id)
                 self.recent_pairs.append((u, i))
-        nodes = touched | {self.graph.node(USER, ch.user_id) for ch in changes}
-        return self.records(n for n in nodes if n is not None)
+        users = {self.graph.node(USER, ch.user_id) for ch in changes}
+        return touched | {n for n in users if n is not None}
+
+    def apply(self, clicks: Sequence[Click]) -> list[VectorRecord]:
+        """Apply a batch of clicks; return the changed user and item vectors (users with no edge are skipped)."""
+        return self.records(self.update(clicks))
 
     def refine(self, steps: int, lr: float = 0.005, batch_size: int = 2048, seed: int = 0,
                min_change: float = 1e-3) -> list[VectorRecord]:

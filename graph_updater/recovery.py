@@ -3,7 +3,7 @@
 The consumer group's committed offsets mark the clicks whose outputs were written. On start the updater
 re-reads ``clicks`` from the beginning up to those offsets (exclusive) with a group-less consumer, applies the
 valid ones to the graph (no upserts: they were written before), then upserts every vector once (an embedded
-``:memory:`` store starts empty) and hands over to the agent, which resumes at the committed offsets. Clicks
+``:memory:`` store starts empty) and hands over to the click loop, which resumes at the committed offsets. Clicks
 are applied idempotently (:mod:`graph_updater.online`), so a click delivered twice cannot count twice.
 The ``clicks`` topic is therefore created with unlimited retention.
 """
@@ -64,7 +64,7 @@ async def replay_committed(bootstrap: str, group: str, topic: str, updater: Grap
                         clicks.append(parse_click(rec.key, rec.value))
                     except InvalidMessage:
                         continue  # it was dead-lettered when first consumed
-            updater.apply(clicks)
+            updater.update(clicks)
             applied += len(clicks)
             remaining = {tp for tp in remaining if await consumer.position(tp) < targets[tp.partition]}
     finally:

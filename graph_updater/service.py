@@ -1,4 +1,4 @@
-"""Assemble a graph-updater process: checkpoint -> replay of committed clicks -> store sync -> faust agent.
+"""Assemble a graph-updater process: checkpoint -> replay of committed clicks -> store sync -> click loop.
 
 Used by ``exitrec graph-updater`` (under a faust ``Worker``), by the demo, and in-process by the tests and the
 benchmark, so all of them run the same code.

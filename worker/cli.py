@@ -153,7 +153,7 @@ def replay(dataset: str, part: str, rate: float | None, limit: int | None, train
 
 @main.command("graph-updater")
 def graph_updater() -> None:
-    """Run the click agent (faust worker) until interrupted: clicks -> LightGCN fold-in -> vector store."""
+    """Run the click loop (in a faust worker) until interrupted: clicks -> LightGCN fold-in -> vector store."""
     import faust
 
     from graph_updater.service import build, rebuild
