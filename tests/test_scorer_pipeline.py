@@ -9,10 +9,9 @@ from graph_updater import checkpoint as graph_checkpoint
 from graph_updater.datasets import time_split
 from graph_updater.graph import USER
 from graph_updater.train import train_offline
-from scorer import backbones, checkpoint
+from scorer import backbones, checkpoint, experiment
 from scorer.exit_rules import ExitRule
 from scorer.model import EarlyExitModel
-from scorer.prompt import build_prompt
 from scorer.samples import build_samples, neighbour_evidence
 from scorer.train import RULE_GRIDS, calibrate, head_probabilities, joint_loss, train
 
@@ -39,11 +38,10 @@ def samples(ml100k):
     return build_samples(ml100k, rows, vector_of)
 
 
-def encode(tokenizer, samples, budget=96):
-    count = lambda s: len(tokenizer(s).input_ids)  # noqa: E731
-    texts = [build_prompt(s.inputs, count, budget) for s in samples]
-    enc = tokenizer(texts, padding=True, truncation=True, max_length=budget, return_tensors="pt")
-    return enc["input_ids"], enc["attention_mask"], torch.tensor([s.label for s in samples])
+def encode(tokenizer, samples):
+    """The experiment's own prompt encoding, at a 96-token budget."""
+    data = experiment.encode(tokenizer, samples, max_length=96)
+    return data.ids, data.mask, data.labels
 
 
 def tiny_bert(vocab: int) -> EarlyExitModel:
