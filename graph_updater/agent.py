@@ -37,8 +37,10 @@ log = structlog.get_logger("graph_updater")
 
 
 def updater_group(settings: Settings) -> str:
-    """The consumer group of the click loop (separate from faust's own group, which uses another assignor)."""
-    return f"{settings.consumer_group}.graph-updater"
+    """The consumer group of the click loop (separate from faust's own group, which uses another assignor);
+    per replica when ``replica_id`` is set, so that every replica reads every click into its own graph."""
+    group = f"{settings.consumer_group}.graph-updater"
+    return f"{group}.{settings.replica_id}" if settings.replica_id else group
 
 
 @dataclass

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from graph_updater.datasets import load
+from graph_updater import checkpoint
+from graph_updater.datasets import load, time_split
+from graph_updater.train import train_offline
 from infra.kafka import broker
 from worker.settings import Settings
 
@@ -44,6 +46,41 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def ml100k(data_dir: Path):
     return load("ml-100k", data_dir)
+
+
+@pytest.fixture(scope="session")
+def split(ml100k):
+    return time_split(ml100k, train=0.7, stream=0.15)
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(split, tmp_path_factory) -> Path:
+    """A LightGCN checkpoint (dim 32, 3 epochs) of MovieLens-100K's first 70%."""
+    updater = checkpoint.build_updater(split.train, dim=32, num_layers=3)
+    train_offline(updater.graph, epochs=3)
+    return checkpoint.save(tmp_path_factory.mktemp("ckpt"), updater, split.train, {"dataset": "ml-100k"})
+
+
+@pytest.fixture(scope="session")
+def tiny_scorer_checkpoint(tmp_path_factory) -> Path:
+    """An early-exit checkpoint with a tiny BERT (2 layers, hidden 32, random weights) and MiniLM's real
+    tokenizer: the whole serving path at a fraction of the cost. ``max_prob`` at 0.51 lets some rows exit at
+    head 1 and sends the rest to head 2."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from scorer import backbones
+    from scorer import checkpoint as model_checkpoint
+    from scorer.model import EarlyExitModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(backbones.resolve("minilm", Path("."))))
+    torch.manual_seed(0)
+    backbone = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                    num_attention_heads=2, intermediate_size=64, max_position_embeddings=128))
+    model = EarlyExitModel(backbone, [1, 2])
+    card = model_checkpoint.ModelCard("tiny-bert", [1, 2], model.pooling, 64, True,
+                                      {"rule": "max_prob", "threshold": 0.51})
+    return model_checkpoint.save(tmp_path_factory.mktemp("tiny-scorer"), model, tokenizer, card)
 
 
 @pytest.fixture

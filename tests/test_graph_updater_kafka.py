@@ -8,33 +8,20 @@ import time
 
 import numpy as np
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
+from kafka_io import read_topic, settings_env, wait_for
 
 from graph_updater import checkpoint
 from graph_updater.agent import updater_group
-from graph_updater.datasets import time_split
 from graph_updater.graph import ITEM, USER
 from graph_updater.online import item_key
 from graph_updater.recovery import committed_offsets
 from graph_updater.service import prepare
-from graph_updater.train import train_offline
 from schemas.codec import decode
 from schemas.messages import DeadLetter
 from worker.replay import clicks_of, publish
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def split(ml100k):
-    return time_split(ml100k, train=0.7, stream=0.15)
-
-
-@pytest.fixture(scope="module")
-def trained_checkpoint(split, tmp_path_factory):
-    updater = checkpoint.build_updater(split.train, dim=32, num_layers=3)
-    train_offline(updater.graph, epochs=3)
-    return checkpoint.save(tmp_path_factory.mktemp("ckpt"), updater, split.train, {"dataset": "ml-100k"})
 
 
 def reference(split, n_stream: int):
@@ -44,14 +31,6 @@ def reference(split, n_stream: int):
     ref.ingest([f"s{k}" for k in range(n_stream)], stream.users, stream.items, stream.labels.tolist(),
                stream.ts.tolist())
     return ref
-
-
-async def wait_for(condition, timeout_s: float = 120.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 def assert_same_state(updater, ref) -> None:
@@ -83,23 +62,6 @@ BAD_MESSAGES = [
      "KeyMismatch"),
     (b"196", None, "EmptyMessage"),
 ]
-
-
-async def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 30.0) -> list:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
-    await consumer.start()
-    out = []
-    try:
-        deadline = time.monotonic() + timeout_s
-        while len(out) < expected and time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                out.extend(records)
-        await asyncio.sleep(1.0)  # anything beyond `expected` would show up here
-        for records in (await consumer.getmany(timeout_ms=500)).values():
-            out.extend(records)
-    finally:
-        await consumer.stop()
-    return out
 
 
 async def test_replay_updates_vectors_and_dead_letters_bad_messages(settings, split, trained_checkpoint):
@@ -194,8 +156,7 @@ async def test_killed_updater_process_loses_nothing(settings, split, trained_che
     clicks = clicks_of(split.stream.take(slice(0, n)), first_row=len(split.train))
     topic = settings.topic("clicks")
     await publish(settings.kafka_bootstrap, topic, clicks, progress=False)
-    env = {**os.environ, **{f"EXITREC_{k.upper()}": str(v) for k, v in settings.model_dump().items()
-                            if v is not None}}
+    env = settings_env(settings)
     proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "graph-updater"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     committed: dict[int, int] = {}

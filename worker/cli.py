@@ -1,4 +1,5 @@
-"""``exitrec`` command line: broker, schemas, graph training, replay, the graph updater and the demo."""
+"""``exitrec`` command line: broker, schemas, graph training, replay, the graph updater, the scorer, analytics
+and the demo."""
 
 from __future__ import annotations
 
@@ -163,6 +164,43 @@ def graph_updater() -> None:
     asyncio.set_event_loop(asyncio.new_event_loop())
     service = build(settings, *state)
     faust.Worker(service.app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
+
+
+def _run_worker(settings: Settings, follow_clicks: bool) -> None:
+    import faust
+
+    from scorer.service import build_worker, rebuild_worker
+
+    state = asyncio.run(rebuild_worker(settings, follow_clicks))
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    service = build_worker(settings, *state)
+    faust.Worker(service.app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
+
+
+@main.command("worker")
+def worker() -> None:
+    """Run a full replica until interrupted: its own graph updater (embedded store) and the scorer.
+
+    With EXITREC_QDRANT_URL set the store is shared: run one `exitrec graph-updater` and `exitrec scorer` replicas
+    instead."""
+    from scorer.service import replica_settings
+
+    settings = _settings()
+    if settings.qdrant_url:
+        raise click.UsageError("with EXITREC_QDRANT_URL set, run `exitrec graph-updater` once and `exitrec scorer` "
+                               "per replica (a shared store has one writer)")
+    _run_worker(replica_settings(settings), follow_clicks=True)
+
+
+@main.command("scorer")
+def scorer() -> None:
+    """Run the impression loop until interrupted, reading the vector store a graph updater writes
+    (EXITREC_QDRANT_URL). Replicas share the impressions partitions (group <group>.scorer)."""
+    settings = _settings()
+    if not settings.qdrant_url:
+        click.echo("warning: no EXITREC_QDRANT_URL: an embedded store is private to this process and stays empty; "
+                   "every request is scored cold (use `exitrec worker`)", err=True)
+    _run_worker(settings, follow_clicks=False)
 
 
 # ---- early-exit model ------------------------------------------------------------------------------------------

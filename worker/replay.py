@@ -1,8 +1,10 @@
-"""Publish a dataset's interactions to ``clicks`` in time order, at a chosen rate, with a progress bar.
+"""Publish a dataset's interactions to ``clicks`` (and impression requests to ``impressions``) in time order.
 
 Each row becomes a :class:`~schemas.messages.Click` keyed by user id with a deterministic event id
 ``<dataset>-<row>`` (row = position in the time-ordered table), so a replay repeated by mistake produces
-duplicates that the updater recognises.
+duplicates that the updater recognises. :func:`impressions_of` turns the same rows into the requests an ad system
+would have sent just before: consecutive rows of one user become one request (up to ``max_candidates``
+distinct items), id ``<dataset>-imp-<first row>``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from tqdm import tqdm
 
 from graph_updater.datasets import Interactions
 from schemas.codec import encode
-from schemas.messages import Click
+from schemas.messages import Click, ImpressionRequest
 
 
 def clicks_of(data: Interactions, first_row: int = 0) -> list[Click]:
@@ -24,9 +26,27 @@ def clicks_of(data: Interactions, first_row: int = 0) -> list[Click]:
             for k, (u, i, y, t) in enumerate(zip(data.users, data.items, data.labels, data.ts, strict=True))]
 
 
-async def publish(bootstrap: str, topic: str, clicks: list[Click], rate_per_s: float | None = None,
-                  progress: bool = True, producer: AIOKafkaProducer | None = None) -> int:
-    """Send ``clicks`` in order (paced to ``rate_per_s`` when given) and wait until all are acknowledged."""
+def impressions_of(data: Interactions, first_row: int = 0, max_candidates: int = 1) -> list[ImpressionRequest]:
+    """Requests for the rows of ``data`` (see the module docstring); ``ts`` is the first row's time."""
+    out: list[ImpressionRequest] = []
+    start = 0
+    while start < len(data):
+        user, items, end = data.users[start], [data.items[start]], start + 1
+        while (end < len(data) and len(items) < max_candidates and data.users[end] == user
+               and data.items[end] not in items):
+            items.append(data.items[end])
+            end += 1
+        out.append(ImpressionRequest(request_id=f"{data.name}-imp-{first_row + start}", user_id=user,
+                                     item_ids=items, ts=int(data.ts[start])))
+        start = end
+    return out
+
+
+async def publish(bootstrap: str, topic: str, clicks: list[Click] | list[ImpressionRequest],
+                  rate_per_s: float | None = None, progress: bool = True,
+                  producer: AIOKafkaProducer | None = None) -> int:
+    """Send ``clicks`` (or requests) keyed by user id, in order (paced to ``rate_per_s`` when given), and wait
+    until all are acknowledged."""
     own = producer is None
     if own:
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
@@ -34,7 +54,7 @@ async def publish(bootstrap: str, topic: str, clicks: list[Click], rate_per_s: f
     start = time.perf_counter()
     futures = []
     try:
-        for k, click in enumerate(tqdm(clicks, desc=f"replay -> {topic}", unit="click", disable=not progress)):
+        for k, click in enumerate(tqdm(clicks, desc=f"replay -> {topic}", unit="msg", disable=not progress)):
             if rate_per_s:
                 ahead = start + k / rate_per_s - time.perf_counter()
                 if ahead > 0:

@@ -43,6 +43,24 @@ class Settings(BaseSettings):
     refine_every_clicks: int = Field(20_000, ge=0, description="BPR refinement after this many clicks (0 = off)")
     refine_steps: int = Field(5, ge=1, le=1000, description="BPR steps per refinement")
     payload_recent_items: int = Field(20, ge=1, le=1000, description="recent items kept per user in the payload")
+    replica_id: str | None = Field(
+        None, description="worker replica name; with an embedded store each replica follows the click log itself "
+                          "as <group>.graph-updater.<replica_id> (default: the host name)")
+    scorer_checkpoint: Path | None = Field(None, description="early-exit model folder (exitrec train-model writes "
+                                                             "<cache>/models/early-exit-<dataset>-<backbone>)")
+    scorer_batch_size: int = Field(64, ge=1, le=10_000, description="impression requests per micro-batch (max)")
+    scorer_batch_wait_ms: int = Field(5, ge=1, le=60_000, description="max wait to fill an impression micro-batch")
+    model_batch_size: int = Field(32, ge=1, le=4096, description="candidates per model pass (sorted by length)")
+    retriever: Literal["gcn", "text", "none"] = Field(
+        "gcn", description="neighbour retrieval: gcn = LightGCN vectors, text = MiniLM history embeddings, none")
+    neighbours: int = Field(10, ge=1, le=1000, description="similar users retrieved per (user, candidate)")
+    history_len: int = Field(10, ge=0, le=100, description="recent reactions of the user in the prompt")
+    retrieval_budget_ms: float = Field(50.0, gt=0, le=60_000,
+                                       description="retrieval time per request; candidates past it get no neighbours")
+    exit_rule: Literal["calibrated", "never"] = Field(
+        "calibrated", description="calibrated = the checkpoint's exit rule, never = full depth")
+    catalogue: str | None = Field(None, description="dataset whose item texts name items in prompts "
+                                                    "(ml-100k, ml-1m, bookcrossing, videogames); unset = item ids")
     log_level: str = Field("INFO", description="structlog level")
 
     def topic(self, name: str) -> str:

@@ -1,0 +1,171 @@
+"""The impression loop: micro-batch -> retrieval -> early-exit scoring -> ``ctr-scores`` + ``exit-telemetry``.
+
+Per micro-batch (up to ``scorer_batch_size`` requests, or what arrived within ``scorer_batch_wait_ms``):
+1. decode each record; an invalid one (or one whose key is not its user id) is dead-lettered to
+   ``impressions.dlq`` with the reason and its original bytes;
+2. retrieval for every request (:meth:`Scorer.context`), on the event loop;
+3. the model scores all candidates in a worker thread (the loop keeps heartbeating to the group coordinator);
+4. one ``ctr-scores`` message per candidate (key = user id) and one ``exit-telemetry`` message per request
+   (key = request id) are sent and their delivery awaited;
+5. only then are the offsets committed: a scorer that dies mid-batch leaves the batch uncommitted and whoever
+   owns the partitions next scores it again. Outputs carry the request id (and item id), so a consumer drops
+   re-delivered duplicates by ``(request_id, item_id)`` / ``request_id``.
+
+Replicas share the ``impressions`` partitions through the consumer group ``<group>.scorer``. Like the click loop
+it reads with aiokafka's batch API inside the faust app that hosts the process and owns the producer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import faust
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
+
+from schemas.codec import InvalidMessage, dead_letter, decode, encode
+from schemas.messages import ImpressionRequest
+from scorer.scoring import Scorer, now_ms
+from worker.app import Topics
+from worker.settings import Settings
+
+log = structlog.get_logger("scorer")
+
+
+class ScoringError(RuntimeError):
+    """A valid request whose scoring raised: dead-lettered with the error instead of stopping the worker."""
+
+
+def scorer_group(settings: Settings) -> str:
+    return f"{settings.consumer_group}.scorer"
+
+
+@dataclass
+class ScorerStats:
+    """Counters an operator (and the tests and benchmarks) read from a running scorer."""
+
+    requests: int = 0
+    candidates: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+    degraded: dict[str, int] = field(default_factory=dict)
+    exit_layers: dict[int, int] = field(default_factory=dict)
+    latency_ms: deque = field(default_factory=lambda: deque(maxlen=100_000), repr=False)
+
+
+def parse_request(key: bytes | None, value: bytes | None) -> ImpressionRequest:
+    """Decode an ``impressions`` record; its key, when present, must be the user id."""
+    request = decode(ImpressionRequest, value)
+    if key is not None and key != request.user_id.encode():
+        raise InvalidMessage("KeyMismatch", f"message key {key[:64]!r} is not user_id {request.user_id!r}")
+    return request
+
+
+def parse_batch(records: Sequence[ConsumerRecord]):
+    """Split raw records into (request, record) pairs and (record, error) pairs for the dead-letter topic."""
+    good, bad = [], []
+    for record in records:
+        try:
+            good.append((parse_request(record.key, record.value), record))
+        except InvalidMessage as err:
+            bad.append((record, err))
+    return good, bad
+
+
+class ImpressionLoop:
+    """Consumes ``impressions`` in micro-batches and answers them (see the module docstring)."""
+
+    def __init__(self, topics: Topics, scorer: Scorer, settings: Settings, stats: ScorerStats) -> None:
+        self.topics, self.scorer, self.settings, self.stats = topics, scorer, settings, stats
+
+    async def dead_letter(self, record: ConsumerRecord, err: Exception) -> None:
+        letter = dead_letter(record.topic, record.partition, record.offset, record.key, record.value, err)
+        await (await self.topics.impressions_dlq.send(key=record.key, value=encode(letter)))
+        self.stats.dead_letters += 1
+        log.warning("impression_dead_lettered", partition=record.partition, offset=record.offset,
+                    error_class=letter.error_class, reason=letter.error_message[:300])
+
+    async def process(self, records: Sequence[ConsumerRecord]) -> None:
+        """Dead-letter the invalid records, answer the valid ones. If answering the batch raises (a request that
+        passes validation but breaks scoring), the requests are retried one by one and those that still fail are
+        dead-lettered as ``ScoringError``: one poison request neither stops the worker nor takes its batch down."""
+        requests, bad = parse_batch(records)
+        for record, err in bad:
+            await self.dead_letter(record, err)
+        if not requests:
+            return
+        try:
+            await self.answer(requests)
+        except Exception as exc:
+            log.error("impression_batch_failed", error=repr(exc)[:500], requests=len(requests))
+            for one in requests:
+                try:
+                    await self.answer([one])
+                except Exception as err:
+                    await self.dead_letter(one[1], ScoringError(repr(err)[:2000]))
+
+    async def answer(self, requests: list[tuple[ImpressionRequest, ConsumerRecord]]) -> None:
+        taken = now_ms()
+        contexts = [self.scorer.context(request, float(record.timestamp), taken) for request, record in requests]
+        inference = await asyncio.to_thread(self.scorer.infer, contexts)
+        produced = now_ms()
+        pending = []
+        for scores, telemetry in self.scorer.outputs(contexts, inference, produced):
+            for score in scores:
+                pending.append(await self.topics.scores.send(key=score.user_id.encode(), value=encode(score)))
+            pending.append(await self.topics.telemetry.send(key=telemetry.request_id.encode(),
+                                                            value=encode(telemetry)))
+            self.record(telemetry, produced - taken)
+        await asyncio.gather(*pending)
+        self.stats.batches += 1
+        log.debug("impression_batch", requests=len(requests), request_ids=[r.request_id for r, _ in requests[:5]],
+                  inference_ms=round(inference.inference_ms, 1))
+
+    def record(self, telemetry, work_ms: float) -> None:
+        s = self.stats
+        s.requests += 1
+        s.candidates += len(telemetry.candidates)
+        s.latency_ms.append(telemetry.queue_ms + work_ms)  # enqueued in Kafka -> outputs produced
+        for flag in telemetry.degraded:
+            s.degraded[flag.value] = s.degraded.get(flag.value, 0) + 1
+        for c in telemetry.candidates:
+            s.exit_layers[c.exit_layer] = s.exit_layers.get(c.exit_layer, 0) + 1
+
+    async def run(self) -> None:
+        s = self.settings
+        consumer = AIOKafkaConsumer(
+            s.topic("impressions"), bootstrap_servers=s.kafka_bootstrap, group_id=scorer_group(s),
+            enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=s.scorer_batch_size,
+            session_timeout_ms=int(s.session_timeout_s * 1000),
+            heartbeat_interval_ms=max(500, int(s.session_timeout_s * 250)))
+        await consumer.start()
+        try:
+            while True:
+                batches = await consumer.getmany(timeout_ms=s.scorer_batch_wait_ms, max_records=s.scorer_batch_size)
+                records = [r for part in batches.values() for r in part]
+                if not records:
+                    continue
+                await self.process(records)
+                try:
+                    await consumer.commit({TopicPartition(tp.topic, tp.partition): part[-1].offset + 1
+                                           for tp, part in batches.items() if part})
+                except (CommitFailedError, IllegalStateError) as exc:  # partitions moved to another replica
+                    log.warning("impression_commit_skipped", error=repr(exc)[:300], records=len(records))
+        finally:
+            await consumer.stop()
+
+
+def register_scorer(app: faust.App, topics: Topics, scorer: Scorer, settings: Settings,
+                    stats: ScorerStats) -> ImpressionLoop:
+    """Run an :class:`ImpressionLoop` as a task of ``app`` (started and cancelled with it)."""
+    loop = ImpressionLoop(topics, scorer, settings, stats)
+
+    @app.task
+    async def impression_loop() -> None:
+        await loop.run()
+
+    return loop

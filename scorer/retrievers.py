@@ -1,0 +1,134 @@
+"""Retrievers: who are the requester's most similar users among those who reacted to a candidate (store I/O).
+
+- :class:`GcnRetriever` (OptiRAG-Rec's GCN-Retriever): the requester's LightGCN vector, as the graph updater
+  keeps it in the users collection, is the query; one filtered vector search per candidate.
+- :class:`TextRetriever` (the "LLM retriever" it is compared against): the query is a MiniLM sentence embedding
+  of the requester's recent history text, computed at request time, searched in a second users collection of
+  history embeddings in the same kind of store. Users enter that collection in bulk (:meth:`TextRetriever.index`)
+  and again, with a fresh embedding and payload, each time they are the requester.
+
+Both read the same user payload (history for prompts, reaction keys for the filter) and return
+:class:`~graph_updater.store.Neighbour` lists, so everything downstream is shared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from graph_updater.graph import ITEM, USER
+from graph_updater.online import VectorRecord
+from graph_updater.store import Neighbour, VectorStore
+from scorer import backbones
+from scorer.context import history_from_payload
+
+
+@dataclass(frozen=True)
+class UserView:
+    """A known user: query vector and payload."""
+
+    user_id: str
+    vector: list[float]
+    payload: dict
+
+
+class Retriever(Protocol):
+    name: str
+
+    def user(self, user_id: str) -> UserView | None:
+        """The requester's query vector and payload; None for a user without a vector (cold)."""
+
+    def item_known(self, item_id: str) -> bool:
+        """Whether the item has a vector (someone reacted to it)."""
+
+    def neighbours(self, user: UserView, item_id: str, k: int) -> list[Neighbour]:
+        """Top-``k`` users most similar to ``user`` among those who reacted to ``item_id``."""
+
+
+class GcnRetriever:
+    name = "gcn"
+
+    def __init__(self, store: VectorStore) -> None:
+        self.store = store
+
+    def user(self, user_id: str) -> UserView | None:
+        found = self.store.get(USER, user_id)
+        return None if found is None else UserView(user_id, found[0], found[1])
+
+    def item_known(self, item_id: str) -> bool:
+        return self.store.get(ITEM, item_id) is not None
+
+    def neighbours(self, user: UserView, item_id: str, k: int) -> list[Neighbour]:
+        return self.store.similar_users(user.vector, k=k, exclude_user=user.user_id, interacted_with=item_id)
+
+
+class SentenceEncoder:
+    """MiniLM sentence embeddings: mean of the last hidden states over real tokens, L2-normalised."""
+
+    def __init__(self, folder: Path, max_length: int = 128, device: torch.device | None = None) -> None:
+        self.device = device or backbones.best_device()
+        self.model = AutoModel.from_pretrained(str(folder)).to(self.device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self.max_length = max_length
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.hidden_size
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str]) -> np.ndarray:
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="pt").to(self.device)
+        hidden = self.model(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
+
+
+def history_text(payload: dict, text_of, history_len: int) -> str:
+    """The text a history embedding is computed from: ``liked: A; disliked: B; ...`` (oldest first)."""
+    history = history_from_payload(payload, text_of, history_len)
+    return "; ".join(f"{'liked' if label else 'disliked'}: {text}" for text, label in history) or "no history"
+
+
+class TextRetriever:
+    name = "text"
+
+    def __init__(self, store: VectorStore, text_store: VectorStore, encoder: SentenceEncoder, text_of,
+                 history_len: int = 10) -> None:
+        self.store, self.text_store, self.encoder = store, text_store, encoder
+        self.text_of, self.history_len = text_of, history_len
+        self.text_store.ensure_collections(encoder.dim)
+
+    def index(self, user_ids: list[str], batch_size: int = 64) -> int:
+        """Embed the histories of ``user_ids`` (those with a payload in the GCN store) into the text collection."""
+        written = 0
+        for start in range(0, len(user_ids), batch_size):
+            found = [(u, self.store.get(USER, u)) for u in user_ids[start:start + batch_size]]
+            found = [(u, f[1]) for u, f in found if f is not None]
+            if not found:
+                continue
+            vectors = self.encoder.encode([history_text(p, self.text_of, self.history_len) for _, p in found])
+            written += self.text_store.upsert([VectorRecord(USER, u, v.tolist(), p)
+                                               for (u, p), v in zip(found, vectors, strict=True)])
+        return written
+
+    def user(self, user_id: str) -> UserView | None:
+        found = self.store.get(USER, user_id)
+        if found is None:
+            return None
+        payload = found[1]
+        vector = self.encoder.encode([history_text(payload, self.text_of, self.history_len)])[0].tolist()
+        self.text_store.upsert([VectorRecord(USER, user_id, vector, payload)])
+        return UserView(user_id, vector, payload)
+
+    def item_known(self, item_id: str) -> bool:
+        return self.store.get(ITEM, item_id) is not None
+
+    def neighbours(self, user: UserView, item_id: str, k: int) -> list[Neighbour]:
+        return self.text_store.similar_users(user.vector, k=k, exclude_user=user.user_id, interacted_with=item_id)

@@ -1,0 +1,186 @@
+"""Score a micro-batch of impression requests: retrieval -> prompts -> early-exit model -> output messages.
+
+No Kafka here: the agent (:mod:`scorer.agent`) takes records off the topic, calls the three steps, and sends
+what :meth:`Scorer.outputs` returns. The steps are split because they run in different places: retrieval talks
+to the vector store on the event loop (the embedded store is shared with the graph updater's loop), inference
+is CPU/GPU work run in a worker thread so the loop keeps heartbeating, and outputs are plain messages.
+
+Per request (:class:`RequestContext`): the user's vector and payload (none -> ``cold_user``), then per
+candidate the top-N similar users who reacted to it (unknown item -> ``cold_item``). Retrieval stops when the
+per-request budget ``retrieval_budget_ms`` or the request's own deadline (``ts + deadline_ms``) runs out; the
+remaining candidates are scored without neighbours and the request is flagged ``no_retrieval``; a store error
+does the same. A request taken after its deadline skips retrieval (``deadline``). The model scores every
+candidate of every request in the micro-batch together, sorted by prompt length into batches of
+``model_batch_size`` (less padding), each with the shrinking-batch early exit of :class:`EarlyExitModel`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import structlog
+from transformers import PreTrainedTokenizerBase
+
+from schemas.messages import CandidateExit, CtrScore, DegradedFlag, ExitTelemetry, ImpressionRequest
+from scorer.checkpoint import ModelCard
+from scorer.context import evidence_from, history_from_payload, item_text
+from scorer.exit_rules import ExitRule
+from scorer.model import EarlyExitModel
+from scorer.prompt import PromptInputs, PromptTooLong, build_prompt
+from scorer.retrievers import Retriever
+
+log = structlog.get_logger("scorer")
+
+
+@dataclass(frozen=True)
+class ScorerOptions:
+    n_neighbours: int = 10
+    history_len: int = 10
+    model_batch_size: int = 32
+    retrieval_budget_ms: float = 50.0
+
+
+@dataclass
+class RequestContext:
+    """One request after retrieval: a prompt input per candidate, and what telemetry reports about it."""
+
+    request: ImpressionRequest
+    queue_ms: float
+    inputs: list[PromptInputs] = field(default_factory=list)
+    degraded: set[DegradedFlag] = field(default_factory=set)
+    retrieval_ms: float = 0.0
+    neighbours_used: int = 0
+
+
+@dataclass
+class Inference:
+    """Model output for the micro-batch, one row per candidate in request order (see :class:`ExitResult`)."""
+
+    probs: np.ndarray
+    exit_layer: np.ndarray
+    ctr: np.ndarray
+    inference_ms: float
+
+
+def now_ms() -> float:
+    return time.time() * 1000.0
+
+
+class Scorer:
+    """Holds the model (loaded once per process), its tokenizer and exit rule, and a retriever (None = no RAG)."""
+
+    def __init__(self, model: EarlyExitModel, tokenizer: PreTrainedTokenizerBase, card: ModelCard, rule: ExitRule,
+                 retriever: Retriever | None, catalogue: Mapping[str, str], options: ScorerOptions) -> None:
+        self.model, self.tokenizer, self.card, self.rule = model.eval(), tokenizer, card, rule
+        self.retriever, self.catalogue, self.options = retriever, catalogue, options
+        self.device = next(model.parameters()).device
+        self.model_version = f"{card.version}+{rule.name}"
+        build_prompt(PromptInputs("x"), self.count_tokens, card.max_length)  # a budget too small fails at start
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text).input_ids)
+
+    def text_of(self, item_id: str) -> str:
+        return item_text(self.catalogue, item_id)
+
+    # ---- step 1: retrieval (vector store I/O) ---------------------------------------------------------------
+    def context(self, request: ImpressionRequest, enqueued_ms: float, taken_ms: float) -> RequestContext:
+        ctx = RequestContext(request, max(0.0, taken_ms - enqueued_ms))
+        started = time.perf_counter()
+        budget_ms = self.options.retrieval_budget_ms
+        if request.deadline_ms is not None:
+            remaining = request.ts + request.deadline_ms - taken_ms
+            if remaining <= 0:
+                ctx.degraded.add(DegradedFlag.DEADLINE)
+            budget_ms = min(budget_ms, remaining)
+        user, history = None, ()
+        if self.retriever is not None and DegradedFlag.DEADLINE not in ctx.degraded:
+            try:
+                user = self.retriever.user(request.user_id)
+                if user is None:
+                    ctx.degraded.add(DegradedFlag.COLD_USER)
+                else:
+                    history = history_from_payload(user.payload, self.text_of, self.options.history_len)
+            except Exception as exc:  # store unreachable or failing: score without it, say so
+                ctx.degraded.add(DegradedFlag.NO_RETRIEVAL)
+                log.warning("retrieval_failed", request_id=request.request_id, error=repr(exc)[:300])
+        for item in request.item_ids:
+            evidence = None
+            if user is not None and DegradedFlag.NO_RETRIEVAL not in ctx.degraded:
+                evidence = self._evidence(ctx, user, item, started, budget_ms)
+            ctx.inputs.append(PromptInputs(self.text_of(item), history, evidence))
+        ctx.retrieval_ms = (time.perf_counter() - started) * 1000.0
+        return ctx
+
+    def _evidence(self, ctx: RequestContext, user, item: str, started: float, budget_ms: float):
+        if (time.perf_counter() - started) * 1000.0 >= budget_ms:
+            ctx.degraded.add(DegradedFlag.NO_RETRIEVAL)
+            return None
+        try:
+            if not self.retriever.item_known(item):
+                ctx.degraded.add(DegradedFlag.COLD_ITEM)
+                return evidence_from(())
+            neighbours = self.retriever.neighbours(user, item, self.options.n_neighbours)
+        except Exception as exc:
+            ctx.degraded.add(DegradedFlag.NO_RETRIEVAL)
+            log.warning("retrieval_failed", request_id=ctx.request.request_id, error=repr(exc)[:300])
+            return None
+        ctx.neighbours_used += len(neighbours)
+        return evidence_from(n.reaction_to(item) for n in neighbours)
+
+    # ---- step 2: inference (no I/O; runs in a worker thread) -------------------------------------------------
+    def prompt(self, inputs: PromptInputs) -> str:
+        try:
+            return build_prompt(inputs, self.count_tokens, self.card.max_length)
+        except PromptTooLong:  # an unknown item id longer than the budget allows: keep its first characters
+            return build_prompt(PromptInputs(inputs.target[:16], (), inputs.neighbours), self.count_tokens,
+                                self.card.max_length)
+
+    def infer(self, contexts: list[RequestContext]) -> Inference:
+        started = time.perf_counter()
+        texts = [self.prompt(inputs) for ctx in contexts for inputs in ctx.inputs]
+        lengths = np.array([self.count_tokens(t) for t in texts])
+        order = np.argsort(lengths, kind="stable")
+        n_heads = len(self.model.head_layers)
+        probs = np.full((len(texts), n_heads), np.nan)
+        exit_layer = np.zeros(len(texts), dtype=np.int64)
+        ctr = np.zeros(len(texts))
+        size = self.options.model_batch_size
+        for start in range(0, len(texts), size):
+            rows = order[start:start + size]
+            enc = self.tokenizer([texts[r] for r in rows], padding=True, truncation=True,
+                                 max_length=self.card.max_length, return_tensors="pt")
+            result = self.model.predict(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device),
+                                        self.rule)
+            probs[rows], exit_layer[rows], ctr[rows] = result.probs, result.exit_layer, result.ctr
+        return Inference(probs, exit_layer, ctr, (time.perf_counter() - started) * 1000.0)
+
+    # ---- step 3: output messages ---------------------------------------------------------------------------
+    def outputs(self, contexts: list[RequestContext], inference: Inference,
+                produced_ms: float) -> list[tuple[list[CtrScore], ExitTelemetry]]:
+        """One ``ctr-scores`` message per candidate and one ``exit-telemetry`` message per request."""
+        ts = int(produced_ms)
+        batch = sum(len(c.inputs) for c in contexts)
+        out, row = [], 0
+        for ctx in contexts:
+            req, scores, exits = ctx.request, [], []
+            for item in req.item_ids:
+                seen = inference.probs[row][~np.isnan(inference.probs[row])]
+                layer = int(inference.exit_layer[row])
+                ctr = float(np.clip(inference.ctr[row], 0.0, 1.0))
+                scores.append(CtrScore(request_id=req.request_id, user_id=req.user_id, item_id=item, ctr=ctr,
+                                       exit_layer=layer, model_version=self.model_version, ts=ts))
+                exits.append(CandidateExit(item_id=item, exit_layer=layer,
+                                           head_confidences=[float(max(p, 1.0 - p)) for p in seen]))
+                row += 1
+            telemetry = ExitTelemetry(
+                request_id=req.request_id, user_id=req.user_id, candidates=exits,
+                retrieval_ms=round(ctx.retrieval_ms, 3), queue_ms=round(min(ctx.queue_ms, 3_600_000.0), 3),
+                inference_ms=round(inference.inference_ms, 3), batch_size=batch, neighbours_used=ctx.neighbours_used,
+                degraded=sorted(ctx.degraded), model_version=self.model_version, ts=ts)
+            out.append((scores, telemetry))
+        return out
+

@@ -1,0 +1,110 @@
+"""Assemble a worker process: the scorer (model loaded once), and with an embedded store its own graph updater.
+
+Two deployments, one code path:
+- **embedded store** (the default): a store lives inside one process, so every replica runs the click loop
+  too, under its own consumer group ``<group>.graph-updater.<replica_id>`` (each keeps a full graph), and the
+  impression loop under the shared group ``<group>.scorer`` (replicas split the requests);
+- **Qdrant server** (``EXITREC_QDRANT_URL``): one ``exitrec graph-updater`` writes the store and any number of
+  ``exitrec scorer`` replicas read it.
+
+Used by ``exitrec worker`` / ``exitrec scorer`` (under a faust ``Worker``), the demo, the tests and the
+end-to-end benchmark, so all of them run the same code.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+import faust
+import structlog
+
+from graph_updater.agent import UpdaterStats, register_updater
+from graph_updater.datasets import load
+from graph_updater.online import GraphUpdater
+from graph_updater.service import rebuild, store_for
+from graph_updater.store import VectorStore, open_store
+from scorer import backbones, checkpoint
+from scorer.agent import ScorerStats, register_scorer
+from scorer.exit_rules import ExitRule
+from scorer.retrievers import GcnRetriever, SentenceEncoder, TextRetriever
+from scorer.scoring import Scorer, ScorerOptions
+from worker.app import Topics, create_app, create_topics, declare_topics
+from worker.settings import Settings
+
+log = structlog.get_logger("scorer")
+
+
+@dataclass
+class WorkerService:
+    app: faust.App
+    topics: Topics
+    store: VectorStore
+    scorer: Scorer
+    scorer_stats: ScorerStats
+    updater: GraphUpdater | None = None  # None when a Qdrant server is written by a separate graph updater
+    updater_stats: UpdaterStats | None = None
+    replayed: int = 0
+
+
+def replica_settings(settings: Settings) -> Settings:
+    """``settings`` with a replica id (the host name unless set), needed when the updater runs per replica."""
+    return settings if settings.replica_id else settings.model_copy(update={"replica_id": socket.gethostname()})
+
+
+def load_scorer(settings: Settings, store: VectorStore) -> Scorer:
+    """The model from ``scorer_checkpoint``, its exit rule (or full depth), the retriever and item catalogue."""
+    if settings.scorer_checkpoint is None:
+        raise ValueError("EXITREC_SCORER_CHECKPOINT is not set: point it at an early-exit model folder "
+                         "(exitrec train-model writes <cache>/models/early-exit-<dataset>-<backbone>)")
+    model, tokenizer, card, rule = checkpoint.load(settings.scorer_checkpoint, settings.cache_dir,
+                                                   backbones.best_device())
+    if settings.exit_rule == "never":
+        rule = ExitRule()
+    catalogue = load(settings.catalogue, settings.data_dir).item_text if settings.catalogue else {}
+    options = ScorerOptions(settings.neighbours, settings.history_len, settings.model_batch_size,
+                            settings.retrieval_budget_ms)
+    retriever = None
+    if settings.retriever == "gcn":
+        retriever = GcnRetriever(store)
+    elif settings.retriever == "text":
+        encoder = SentenceEncoder(backbones.resolve("minilm", settings.cache_dir))
+        text_store = open_store(settings.vector_backend, settings.qdrant_url, ":memory:",
+                                f"{settings.collection_prefix}_text")
+        retriever = TextRetriever(store, text_store, encoder, lambda i: catalogue.get(i, f"item {i}"),
+                                  settings.history_len)
+    scorer = Scorer(model, tokenizer, card, rule, retriever, catalogue, options)
+    log.info("scorer_loaded", model_version=scorer.model_version, device=str(scorer.device),
+             retriever=settings.retriever, head_layers=model.head_layers, max_length=card.max_length)
+    return scorer
+
+
+async def rebuild_worker(settings: Settings, follow_clicks: bool, store: VectorStore | None = None,
+                         updater: GraphUpdater | None = None) -> tuple[GraphUpdater | None, VectorStore, int]:
+    """The graph state of a worker: rebuilt from checkpoint + click log when it follows the clicks itself,
+    else just the (shared) store."""
+    if follow_clicks:
+        return await rebuild(settings, store, updater)
+    await create_topics(settings)
+    return None, store or store_for(settings), 0
+
+
+def build_worker(settings: Settings, updater: GraphUpdater | None, store: VectorStore, replayed: int,
+                 scorer: Scorer | None = None) -> WorkerService:
+    """One faust app hosting the impression loop, and the click loop when ``updater`` is given."""
+    app = create_app(settings)
+    topics = declare_topics(app, settings)
+    scorer = scorer or load_scorer(settings, store)
+    service = WorkerService(app, topics, store, scorer, ScorerStats(), updater, None, replayed)
+    if updater is not None:
+        service.updater_stats = UpdaterStats()
+        register_updater(app, topics, updater, store, settings, service.updater_stats)
+    register_scorer(app, topics, scorer, settings, service.scorer_stats)
+    return service
+
+
+async def prepare_worker(settings: Settings, follow_clicks: bool = True, store: VectorStore | None = None,
+                         updater: GraphUpdater | None = None, scorer: Scorer | None = None) -> WorkerService:
+    """:func:`rebuild_worker` then :func:`build_worker`, for callers running the app in their own loop."""
+    updater, store, replayed = await rebuild_worker(settings, follow_clicks, store, updater)
+    return build_worker(settings, updater, store, replayed, scorer)

@@ -1,0 +1,124 @@
+"""Integration: the scorer on the real Kafka broker, with the real embedded Qdrant engine and its own updater."""
+
+from __future__ import annotations
+
+import base64
+from collections import Counter
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from kafka_io import read_topic
+
+from graph_updater.recovery import committed_offsets
+from schemas.codec import decode
+from schemas.messages import CtrScore, DeadLetter, DegradedFlag, ExitTelemetry, ImpressionRequest
+from scorer.agent import scorer_group
+from scorer.service import prepare_worker
+from worker.replay import impressions_of, publish
+
+pytestmark = pytest.mark.integration
+
+BAD_REQUESTS = [
+    (b"196", b"{not json", "InvalidJson"),
+    (b"196", b'{"request_id":"b1","user_id":"196","item_ids":[],"ts":900000000000}', "SchemaViolation"),
+    (b"196", b'{"request_id":"b2","user_id":"196","item_ids":["1","1"],"ts":900000000000}', "SchemaViolation"),
+    (b"other", b'{"request_id":"b3","user_id":"196","item_ids":["1"],"ts":900000000000}', "KeyMismatch"),
+    (b"196", None, "EmptyMessage"),
+]
+
+
+def worker_settings(settings, trained_checkpoint, tiny_scorer_checkpoint, **extra):
+    return settings.model_copy(update={"graph_checkpoint": trained_checkpoint,
+                                       "scorer_checkpoint": tiny_scorer_checkpoint, "catalogue": "ml-100k",
+                                       "replica_id": "r1", "scorer_batch_size": 16, **extra})
+
+
+def crafted(split) -> dict[str, ImpressionRequest]:
+    warm_user, warm_item = split.train.users[-1], split.train.items[-1]
+    return {
+        "cold_user": ImpressionRequest(request_id="t-cold-user", user_id="never-seen-user",
+                                       item_ids=[warm_item], ts=900_000_000_000),
+        "cold_item": ImpressionRequest(request_id="t-cold-item", user_id=warm_user,
+                                       item_ids=["never-seen-item", warm_item], ts=900_000_000_000),
+        "deadline": ImpressionRequest(request_id="t-deadline", user_id=warm_user, item_ids=[warm_item],
+                                      ts=900_000_000_000, deadline_ms=50),
+    }
+
+
+async def test_every_request_is_scored_and_bad_ones_dead_lettered(settings, split, trained_checkpoint,
+                                                                  tiny_scorer_checkpoint):
+    settings = worker_settings(settings, trained_checkpoint, tiny_scorer_checkpoint)
+    rows = split.stream.take(slice(0, 400))
+    special = crafted(split)
+    requests = impressions_of(rows, first_row=len(split.train), max_candidates=3) + list(special.values())
+    service = await prepare_worker(settings)
+    await service.app.start()
+    try:
+        await publish(settings.kafka_bootstrap, settings.topic("impressions"), requests, progress=False)
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+        await producer.start()
+        for key, value, _ in BAD_REQUESTS:
+            await producer.send_and_wait(settings.topic("impressions"), value, key=key)
+        await producer.stop()
+        n_candidates = sum(len(r.item_ids) for r in requests)
+        scores = await read_topic(settings.kafka_bootstrap, settings.topic("ctr-scores"), n_candidates, 120)
+        telemetry = await read_topic(settings.kafka_bootstrap, settings.topic("exit-telemetry"), len(requests), 60)
+        letters = await read_topic(settings.kafka_bootstrap, settings.topic("impressions.dlq"), len(BAD_REQUESTS))
+    finally:
+        await service.app.stop()
+        service.store.close()
+
+    # one score per (request, candidate), keyed by user; one telemetry message per request, keyed by request
+    decoded = [decode(CtrScore, r.value) for r in scores]
+    assert Counter((s.request_id, s.item_id) for s in decoded) == Counter(
+        (r.request_id, i) for r in requests for i in r.item_ids)
+    assert all(r.key == s.user_id.encode() for r, s in zip(scores, decoded, strict=True))
+    assert all(0.0 <= s.ctr <= 1.0 and s.exit_layer in (1, 2) for s in decoded)
+    traces = {t.request_id: t for t in (decode(ExitTelemetry, r.value) for r in telemetry)}
+    assert len(telemetry) == len(traces) == len(requests)
+    by_id = {r.request_id: r for r in requests}
+    score_of = {(s.request_id, s.item_id): s for s in decoded}
+    for request_id, trace in traces.items():
+        assert [c.item_id for c in trace.candidates] == by_id[request_id].item_ids
+        for c in trace.candidates:
+            assert len(c.head_confidences) == c.exit_layer  # heads on layers 1 and 2: one confidence per head run
+            assert score_of[(request_id, c.item_id)].exit_layer == c.exit_layer
+    # degraded modes are flagged, and the flagged requests were still scored
+    assert traces["t-cold-user"].degraded == [DegradedFlag.COLD_USER] and traces["t-cold-user"].neighbours_used == 0
+    assert DegradedFlag.COLD_ITEM in traces["t-cold-item"].degraded
+    assert traces["t-deadline"].degraded == [DegradedFlag.DEADLINE] and traces["t-deadline"].neighbours_used == 0
+    replayed = [t for rid, t in traces.items() if not rid.startswith("t-")]
+    known = set(split.train.users)  # no click was published: the store holds exactly the checkpoint's users
+    assert all((DegradedFlag.COLD_USER in t.degraded) == (t.user_id not in known) for t in replayed)
+    warm = [t for t in replayed if t.user_id in known]
+    assert sum(t.neighbours_used > 0 for t in warm) > 0.8 * len(warm), "warm requests retrieve neighbours"
+
+    assert sorted(decode(DeadLetter, r.value).error_class for r in letters) == sorted(e for *_, e in BAD_REQUESTS)
+    originals = sorted(v or b"" for _, v, _ in BAD_REQUESTS)
+    assert sorted(base64.b64decode(decode(DeadLetter, r.value).value_b64) for r in letters) == originals
+    committed = await committed_offsets(settings.kafka_bootstrap, scorer_group(settings),
+                                        settings.topic("impressions"))
+    assert sum(committed.values()) == len(requests) + len(BAD_REQUESTS)
+    assert service.scorer_stats.requests == len(requests)
+
+
+async def test_store_failure_scores_without_neighbours(settings, split, trained_checkpoint, tiny_scorer_checkpoint):
+    """The vector store raising on every read: requests are still answered, flagged ``no_retrieval``."""
+    settings = worker_settings(settings, trained_checkpoint, tiny_scorer_checkpoint)
+    service = await prepare_worker(settings)
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("qdrant unreachable")
+
+    service.store.get = unreachable
+    service.store.similar_users = unreachable
+    requests = impressions_of(split.stream.take(slice(0, 20)), first_row=len(split.train), max_candidates=2)
+    await service.app.start()
+    try:
+        await publish(settings.kafka_bootstrap, settings.topic("impressions"), requests, progress=False)
+        telemetry = await read_topic(settings.kafka_bootstrap, settings.topic("exit-telemetry"), len(requests), 60)
+    finally:
+        await service.app.stop()
+    traces = [decode(ExitTelemetry, r.value) for r in telemetry]
+    assert len(traces) == len(requests)
+    assert all(t.degraded == [DegradedFlag.NO_RETRIEVAL] and t.neighbours_used == 0 for t in traces)
