@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import faust
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from schemas.codec import InvalidMessage, dead_letter, decode, encode
@@ -74,6 +74,20 @@ def parse_batch(records: Sequence[ConsumerRecord]):
         except InvalidMessage as err:
             bad.append((record, err))
     return good, bad
+
+
+class PartitionLog(ConsumerRebalanceListener):
+    """Logs every assignment change: ops see which replica owns which partitions after a rebalance."""
+
+    def __init__(self, replica: str | None) -> None:
+        self.replica = replica
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        log.info("impression_partitions_revoked", replica=self.replica, partitions=sorted(p.partition for p in revoked))
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        log.info("impression_partitions_assigned", replica=self.replica,
+                 partitions=sorted(p.partition for p in assigned))
 
 
 class ImpressionLoop:
@@ -138,10 +152,11 @@ class ImpressionLoop:
     async def run(self) -> None:
         s = self.settings
         consumer = AIOKafkaConsumer(
-            s.topic("impressions"), bootstrap_servers=s.kafka_bootstrap, group_id=scorer_group(s),
-            enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=s.scorer_batch_size,
+            bootstrap_servers=s.kafka_bootstrap, group_id=scorer_group(s), enable_auto_commit=False,
+            auto_offset_reset="earliest", max_poll_records=s.scorer_batch_size,
             session_timeout_ms=int(s.session_timeout_s * 1000),
             heartbeat_interval_ms=max(500, int(s.session_timeout_s * 250)))
+        consumer.subscribe([s.topic("impressions")], listener=PartitionLog(s.replica_id))
         await consumer.start()
         try:
             while True:

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
+import os
+import signal
+import time
 from collections import Counter
 
 import pytest
-from aiokafka import AIOKafkaProducer
-from kafka_io import read_topic
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from kafka_io import read_topic, settings_env
 
 from graph_updater.recovery import committed_offsets
 from schemas.codec import decode
 from schemas.messages import CtrScore, DeadLetter, DegradedFlag, ExitTelemetry, ImpressionRequest
 from scorer.agent import scorer_group
 from scorer.service import prepare_worker
+from worker.app import create_topics
 from worker.replay import impressions_of, publish
 
 pytestmark = pytest.mark.integration
@@ -122,3 +128,86 @@ async def test_store_failure_scores_without_neighbours(settings, split, trained_
     traces = [decode(ExitTelemetry, r.value) for r in telemetry]
     assert len(traces) == len(requests)
     assert all(t.degraded == [DegradedFlag.NO_RETRIEVAL] and t.neighbours_used == 0 for t in traces)
+
+
+def start_replica(settings, replica: str, log_path):
+    """``exitrec worker`` in its own process group (so SIGKILL takes down everything it started)."""
+    import subprocess
+    import sys
+
+    env = settings_env(settings, replica_id=replica, log_level="INFO")
+    return subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=open(log_path, "ab"), start_new_session=True)
+
+
+def assignments(log_path) -> list[list[int]]:
+    """Partition sets a replica logged, in order."""
+    with open(log_path, errors="replace") as lines:
+        return [json.loads(line)["partitions"] for line in lines if '"impression_partitions_assigned"' in line]
+
+
+def owned(logs: dict) -> list[int]:
+    """Partitions the replicas own now (each one's latest assignment)."""
+    return sorted(p for path in logs.values() for p in (assignments(path) or [[]])[-1])
+
+
+async def test_two_replicas_share_partitions_and_a_killed_one_loses_nothing(settings, split, trained_checkpoint,
+                                                                           tiny_scorer_checkpoint, tmp_path):
+    """Two `exitrec worker` processes in one group; one is SIGKILLed mid-stream (no graceful commit, its
+    partitions move after the session timeout) and restarted. Every request is answered; duplicates (a batch
+    scored but not committed before the kill) are counted and removed by request id."""
+    settings = worker_settings(settings, trained_checkpoint, tiny_scorer_checkpoint, session_timeout_s=6.0,
+                               scorer_batch_size=8)
+    requests = impressions_of(split.stream.take(slice(0, 2000)), first_row=len(split.train), max_candidates=2)
+    requests, late = requests[:800], requests[800:900]
+    assert len(late) == 100
+    topic = settings.topic("impressions")
+    await create_topics(settings)
+    logs = {name: tmp_path / f"{name}.log" for name in ("a", "b")}
+    procs = {name: start_replica(settings, name, logs[name]) for name in ("a", "b")}
+    seen: Counter = Counter()
+    consumer = AIOKafkaConsumer(settings.topic("exit-telemetry"), bootstrap_servers=settings.kafka_bootstrap,
+                                auto_offset_reset="earliest", group_id=None)
+    await consumer.start()
+
+    async def drain(until, timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not until():
+            for name, proc in procs.items():
+                assert proc.poll() is None, f"replica {name} died: {logs[name].read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                seen.update(decode(ExitTelemetry, r.value).request_id for r in records)
+
+    try:
+        both = lambda: all((assignments(p) or [[]])[-1] for p in logs.values()) and owned(logs) == [0, 1, 2, 3]  # noqa: E731
+        await drain(both, 180, "both replicas to own partitions")
+        publisher = asyncio.create_task(publish(settings.kafka_bootstrap, topic, requests, rate_per_s=40,
+                                                progress=False))
+        await drain(lambda: len(seen) >= 150, 120, "150 answered requests")
+        os.killpg(procs["a"].pid, signal.SIGKILL)
+        procs["a"].wait()
+        killed_at = len(seen)
+        procs["a"] = start_replica(settings, "a", logs["a"])
+        await drain(lambda: publisher.done() and len(seen) >= len(requests), 240, "every request answered")
+        await publisher
+        await drain(lambda: len(assignments(logs["a"])) >= 2 and both(), 180, "the restarted replica to rejoin")
+        await publish(settings.kafka_bootstrap, topic, late, progress=False)
+        requests += late
+        await drain(lambda: len(seen) >= len(requests), 120, "requests after the rejoin answered")
+        await asyncio.sleep(2.0)
+        await drain(lambda: True, 1, "late duplicates")
+    finally:
+        await consumer.stop()
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+
+    assert killed_at < len(requests), "the replica must be killed mid-stream"
+    assert set(seen) == {r.request_id for r in requests}  # dedupe by request id: exactly one per request
+    duplicates = sum(seen.values()) - len(seen)
+    print(f"requests {len(requests)}, telemetry messages {sum(seen.values())}, duplicates {duplicates}")
+    a_runs, b_runs = assignments(logs["a"]), assignments(logs["b"])
+    assert any(len(p) == 4 for p in b_runs), "after the kill, the survivor took over every partition"
+    assert len(a_runs) >= 2 and a_runs[-1] and b_runs[-1], "the restarted replica rejoined: both own partitions"
