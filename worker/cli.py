@@ -203,6 +203,29 @@ def scorer() -> None:
     _run_worker(settings, follow_clicks=False)
 
 
+@main.command("analytics")
+@click.option("--from-beginning", is_flag=True, help="read the topics from their start (default: from now)")
+@click.option("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
+@click.option("--window", type=float, default=10.0, show_default=True, help="window length in seconds")
+@click.option("--png", type=click.Path(path_type=Path), default=None, help="save a plot of the windows here")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="save the report here")
+def analytics(from_beginning: bool, duration: float | None, window: float, png: Path | None,
+              json_out: Path | None) -> None:
+    """Join scores with later clicks and report live AUC, exits, latency, degraded and dead-letter counts."""
+    from rich.console import Console
+
+    from worker.analytics import plot, report_table, run_analytics
+
+    console = Console(stderr=True)
+    report = asyncio.run(run_analytics(_settings(), from_beginning, duration, window, console))
+    console.print(report_table(report, "exitrec analytics (final)"))
+    if png:
+        click.echo(f"plot: {plot(report, png)}")
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2, default=str))
+        click.echo(f"report: {json_out}")
+
+
 # ---- early-exit model ------------------------------------------------------------------------------------------
 @main.command("train-model")
 @click.option("--dataset", type=DATASETS, default="bookcrossing", show_default=True)
