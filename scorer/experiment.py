@@ -167,3 +167,29 @@ def per_head_latency_ms(model: EarlyExitModel, data: Encoded, n: int) -> list[fl
 
 def logloss(labels: np.ndarray, p: np.ndarray) -> float:
     return float(log_loss(labels, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1]))
+
+
+def train_checkpoint(data_dir: Path, cache_dir: Path, dataset: str, backbone: str, out: Path, n_train: int = 2000,
+                     n_val: int = 500, max_length: int = 128, head_layers: list[int] | None = None, epochs: int = 1,
+                     head_epochs: int = 30, rule: str = "ratio_trend", budget: float = 0.002) -> ExitRule:
+    """Train on prequential RAG prompts, calibrate the exit rule on validation rows, save the checkpoint at
+    ``out`` (what ``exitrec train-model`` and the demo's first run do); return the chosen rule."""
+    from scorer import checkpoint
+    from scorer.train import calibrate, head_probabilities, train
+
+    sets = sample_sets(dataset, data_dir, cache_dir, n_train, n_val, 200)
+    model, tokenizer = new_model(backbone, cache_dir, head_layers)
+    regime = BACKBONE_DEFAULTS.get(backbone, {}).get("regime", "frozen")
+    train_set = encode(tokenizer, sets.train, max_length)
+    val = encode(tokenizer, sets.val, max_length)
+    train(model, train_set.ids, train_set.mask, train_set.labels, regime=regime,
+          epochs=epochs if regime == "full" else head_epochs)
+    val_probs = head_probabilities(model, val.ids, val.mask)
+    y_val = val.labels.numpy()
+    chosen, curve = calibrate(val_probs, y_val, model.head_layers, rule, budget)
+    metrics = {"dataset": dataset, "n_train": len(sets.train), "n_val": len(sets.val),
+               "val_auc_heads": [auc(y_val, val_probs[:, j]) for j in range(val_probs.shape[1])]}
+    card = checkpoint.ModelCard(backbone, model.head_layers, model.pooling, max_length, regime == "full",
+                                chosen.to_dict(), curve, metrics)
+    checkpoint.save(out, model, tokenizer, card)
+    return chosen

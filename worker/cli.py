@@ -244,28 +244,14 @@ def analytics(from_beginning: bool, duration: float | None, window: float, png: 
 def train_model(dataset: str, backbone: str, n_train: int, n_val: int, max_length: int, head_layers: str | None,
                 epochs: int, head_epochs: int, rule: str, budget: float, out: Path | None) -> None:
     """Train the early-exit model on prequential RAG prompts, calibrate its exit rule, save a checkpoint."""
-    from scorer import checkpoint, experiment
-    from scorer.train import auc, calibrate, head_probabilities, train
+    from scorer.experiment import train_checkpoint
 
     settings = _settings()
-    sets = experiment.sample_sets(dataset, settings.data_dir, settings.cache_dir, n_train, n_val, 200)
     layers = [int(x) for x in head_layers.split(",")] if head_layers else None
-    model, tokenizer = experiment.new_model(backbone, settings.cache_dir, layers)
-    regime = experiment.BACKBONE_DEFAULTS.get(backbone, {}).get("regime", "frozen")
-    train_set = experiment.encode(tokenizer, sets.train, max_length)
-    val = experiment.encode(tokenizer, sets.val, max_length)
-    train(model, train_set.ids, train_set.mask, train_set.labels, regime=regime,
-          epochs=epochs if regime == "full" else head_epochs)
-    val_probs = head_probabilities(model, val.ids, val.mask)
-    y_val = val.labels.numpy()
-    chosen, curve = calibrate(val_probs, y_val, model.head_layers, rule, budget)
-    metrics = {"dataset": dataset, "n_train": len(sets.train), "n_val": len(sets.val),
-               "val_auc_heads": [auc(y_val, val_probs[:, j]) for j in range(val_probs.shape[1])]}
-    card = checkpoint.ModelCard(backbone, model.head_layers, model.pooling, max_length, regime == "full",
-                                chosen.to_dict(), curve, metrics)
-    name = Path(backbone).name
-    out = out or settings.cache_dir / "models" / f"early-exit-{dataset}-{name}"
-    checkpoint.save(out, model, tokenizer, card)
+    out = out or settings.cache_dir / "models" / f"early-exit-{dataset}-{Path(backbone).name}"
+    chosen = train_checkpoint(settings.data_dir, settings.cache_dir, dataset, backbone, out, n_train=n_train,
+                              n_val=n_val, max_length=max_length, head_layers=layers, epochs=epochs,
+                              head_epochs=head_epochs, rule=rule, budget=budget)
     click.echo(json.dumps({"checkpoint": str(out), "rule": chosen.to_dict()}, indent=2))
 
 
@@ -299,13 +285,16 @@ def eval_model(folder: Path, dataset: str, n_test: int) -> None:
 
 @main.command("demo")
 @click.option("--dataset", type=DATASETS, default="ml-100k", show_default=True)
-@click.option("--rate", type=float, default=500.0, show_default=True, help="replayed clicks per second")
-@click.option("--limit", type=int, default=10_000, show_default=True, help="clicks to replay")
-def demo(dataset: str, rate: float, limit: int) -> None:
-    """Start a local broker, load or train LightGCN, run the updater and watch it fold in replayed clicks."""
+@click.option("--rate", type=float, default=2000.0, show_default=True, help="replayed stream clicks per second")
+@click.option("--limit", type=int, default=None, help="stream clicks to replay first (default: the whole slice)")
+@click.option("--requests", "requests_n", type=int, default=1500, show_default=True,
+              help="test rows replayed as impression requests (then as clicks)")
+@click.option("--request-rate", type=float, default=40.0, show_default=True, help="impression requests per second")
+def demo(dataset: str, rate: float, limit: int | None, requests_n: int, request_rate: float) -> None:
+    """Local broker + embedded store: fold in replayed clicks, then score replayed impressions, live."""
     from worker.demo import run_demo
 
-    run_demo(_settings(), dataset, rate, limit)
+    run_demo(_settings(), dataset, rate, limit, requests_n, request_rate)
 
 
 if __name__ == "__main__":

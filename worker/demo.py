@@ -1,10 +1,14 @@
-"""``exitrec demo``: the whole click path on embedded defaults, watched live.
+"""``exitrec demo``: the whole product on embedded defaults, watched live.
 
-It starts (or reuses) the local Kafka broker, loads the cached LightGCN checkpoint of the dataset (training it on
-the first run), runs the graph updater in this process with the embedded vector store, replays the stream slice
-of the real dataset at the chosen rate, and shows a live table: clicks folded in, vectors written, freshness
-(click produced -> vector readable), and the nearest neighbours of a user who did not exist at training time.
-It ends with a summary and a freshness plot (PNG).
+1. starts (or reuses) the local Kafka broker;
+2. loads the cached LightGCN checkpoint of the dataset and the cached early-exit model (MiniLM), training each on
+   the first run and saying so;
+3. runs a worker in this process: the graph updater and the scorer, with the embedded vector store;
+4. replays the stream slice's clicks (fold-in; freshness = click produced -> vector readable);
+5. replays the test slice prequentially (:mod:`worker.prequential`): impression requests paced at the chosen
+   rate, each row's click published once its request is answered, while the analytics reader joins scores with
+   those clicks;
+6. ends with a summary (AUC, p50/p99 latency, requests/s, exit histogram) and plots (PNG).
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from aiokafka import AIOKafkaProducer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -22,10 +25,14 @@ from rich.table import Table
 from graph_updater import checkpoint
 from graph_updater.datasets import load, time_split
 from graph_updater.graph import ITEM, USER
-from graph_updater.service import UpdaterService, prepare
 from graph_updater.train import train_offline
 from infra.kafka import broker
-from worker.replay import clicks_of, publish
+from scorer.experiment import train_checkpoint
+from scorer.service import WorkerService, prepare_worker
+from worker.analytics import TopicReader, follow, plot, report_table
+from worker.metrics import ScoreJoin, percentile
+from worker.prequential import PrequentialRun, clicks_by_request, run_prequential
+from worker.replay import clicks_of, impressions_of, publish
 from worker.settings import Settings
 
 console = Console(stderr=True)
@@ -38,69 +45,89 @@ def ensure_checkpoint(settings: Settings, dataset: str) -> Path:
         split = time_split(load(dataset, settings.data_dir))
         updater = checkpoint.build_updater(split.train, 64, 3, recent_n=settings.payload_recent_items)
         train_offline(updater.graph, epochs=30)
-        checkpoint.save(folder, updater, split.train, {"dataset": dataset, "epochs": 30})
+        checkpoint.save(folder, updater, split.train, {"dataset": dataset, "epochs": 30, "train_share": 0.7})
     return folder
 
 
-def percentile(values, q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if len(values) else float("nan")
+def ensure_model(settings: Settings, dataset: str) -> Path:
+    folder = settings.cache_dir / "models" / f"early-exit-{dataset}-minilm"
+    if not (folder / "config.json").exists():
+        console.print(f"[bold]Preparing[/]: fine-tuning the early-exit model (MiniLM, 2,000 prequential samples, "
+                      f"a few minutes on 2 cores; first run only, cached in {folder})")
+        train_checkpoint(settings.data_dir, settings.cache_dir, dataset, "minilm", folder, max_length=64)
+    return folder
 
 
-def status_table(service: UpdaterService, sent: int, total: int, watched: str, started: float) -> Table:
-    stats = service.stats
-    table = Table(title="exitrec demo: clicks -> LightGCN -> vector store", show_header=False)
-    table.add_row("clicks published", f"{sent:,} / {total:,}")
-    table.add_row("clicks folded in", f"{stats.clicks:,} in {stats.batches:,} micro-batches")
-    table.add_row("clicks per second", f"{stats.clicks / max(time.monotonic() - started, 1e-9):,.0f}")
-    table.add_row("vectors upserted", f"{stats.upserts:,} (users {service.store.count(USER):,}, "
-                                      f"items {service.store.count(ITEM):,})")
-    table.add_row("dead letters", str(stats.dead_letters))
+def status_table(service: WorkerService, phase: str, clicks_sent: int, clicks_total: int, run: PrequentialRun | None,
+                 join: ScoreJoin, watched: str) -> Table:
+    stats, scorer = service.updater_stats, service.scorer_stats
+    table = Table(title=f"exitrec demo: {phase}", show_header=False)
+    table.add_row("clicks published / folded in", f"{clicks_sent:,} / {clicks_total:,} / {stats.clicks:,}")
+    table.add_row("vectors", f"users {service.store.count(USER):,}, items {service.store.count(ITEM):,}")
     table.add_row("freshness p50 / p99", f"{percentile(stats.freshness_ms, 50):.0f} ms / "
                                          f"{percentile(stats.freshness_ms, 99):.0f} ms")
     found = service.store.get(USER, watched)
-    if found is None:
-        table.add_row(f"new user {watched}", "not in the store yet (no click folded in)")
-    else:
-        neighbours = service.store.similar_users(found[0], k=5, exclude_user=watched)
+    if found is not None:
+        neighbours = service.store.similar_users(found[0], k=3, exclude_user=watched)
         table.add_row(f"new user {watched}", f"likes {found[1]['n_liked']} items; nearest users: "
                       + ", ".join(f"{n.user_id} ({n.score:.2f})" for n in neighbours))
+    if run is not None:
+        total = join.report()["total"]
+        table.add_row("requests answered", f"{run.answered:,} / {run.requests:,} ({run.rps:,.1f}/s)")
+        table.add_row("latency p50 / p99", f"{percentile(run.latency_ms, 50):.0f} ms / "
+                                           f"{percentile(run.latency_ms, 99):.0f} ms")
+        table.add_row("AUC (scores joined with clicks)", f"{total['auc']:.3f} over {total['joined']:,} clicks")
+        table.add_row("exit layers", " ".join(f"L{k}:{v}" for k, v in total["exit_histogram"].items())
+                      + f" (mean {total['mean_exit_layer']:.2f})")
+        table.add_row("degraded", ", ".join(f"{k} {v}" for k, v in total["degraded"].items()) or "none")
+    table.add_row("dead letters", f"clicks {stats.dead_letters}, impressions {scorer.dead_letters}")
     return table
 
 
-async def _run(settings: Settings, dataset: str, rate: float, limit: int) -> UpdaterService:
+async def _run(settings: Settings, dataset: str, rate: float, limit: int | None, requests_n: int,
+               request_rate: float) -> tuple[WorkerService, PrequentialRun, ScoreJoin]:
     split = time_split(load(dataset, settings.data_dir))
-    stream = split.stream.take(slice(0, limit))
-    clicks = clicks_of(stream, first_row=len(split.train))
+    stream = split.stream.take(slice(0, limit)) if limit else split.stream
+    warm_clicks = clicks_of(stream, first_row=len(split.train))
+    test = split.test.take(slice(0, requests_n))
+    first_test = len(split.train) + len(split.stream)
+    requests = impressions_of(test, first_row=first_test, max_candidates=3)
+    answers = clicks_by_request(requests, clicks_of(test, first_row=first_test))
     known = set(split.train.users)
-    watched = next((c.user_id for c in clicks if c.user_id not in known and c.label == 1), clicks[0].user_id)
-    service = await prepare(settings)
+    watched = next((c.user_id for c in warm_clicks if c.user_id not in known and c.label == 1), "")
+    service = await prepare_worker(settings)
+    join = ScoreJoin(window_ms=5_000)
+    stop = asyncio.Event()
+    reader = asyncio.create_task(follow(settings, TopicReader(settings, join), True, stop))
     await service.app.start()
-    sent = 0
-
-    async def produce() -> None:
-        nonlocal sent
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5)
-        await producer.start()
-        try:
-            chunk = max(1, int(rate))  # one second of clicks per call, so the table can show progress
-            for start in range(0, len(clicks), chunk):
-                sent += await publish(settings.kafka_bootstrap, settings.topic("clicks"),
-                                      clicks[start:start + chunk], rate, progress=False, producer=producer)
-        finally:
-            await producer.stop()
-
-    started = time.monotonic()
-    producer = asyncio.create_task(produce())
+    sent, run = 0, None
     try:
-        with Live(status_table(service, sent, len(clicks), watched, started), console=console,
-                  refresh_per_second=2) as live:
-            while service.stats.clicks + service.stats.dead_letters < len(clicks):
-                await asyncio.sleep(0.5)
-                live.update(status_table(service, sent, len(clicks), watched, started))
-            await producer
+        with Live(status_table(service, "clicks -> LightGCN -> vector store", 0, len(warm_clicks), None, join,
+                               watched), console=console, refresh_per_second=2) as live:
+            chunk = max(1, int(rate))
+            for start in range(0, len(warm_clicks), chunk):
+                sent += await publish(settings.kafka_bootstrap, settings.topic("clicks"),
+                                      warm_clicks[start:start + chunk], rate, progress=False)
+                live.update(status_table(service, "clicks -> LightGCN -> vector store", sent, len(warm_clicks),
+                                         None, join, watched))
+            while service.updater_stats.clicks < len(warm_clicks):
+                await asyncio.sleep(0.2)
+            phase = "impressions -> retrieval -> early exit -> scores"
+            total_clicks = len(warm_clicks) + len(test)
+            run = PrequentialRun(len(requests))
+
+            def refresh(progress: PrequentialRun) -> None:
+                live.update(status_table(service, phase, len(warm_clicks) + progress.answered, total_clicks,
+                                         progress, join, watched))
+
+            run = await run_prequential(settings, requests, answers, request_rate, on_answer=refresh)
+            await asyncio.sleep(1.5)  # the last clicks reach the analytics join
+            refresh(run)
     finally:
+        stop.set()
+        await reader
         await service.app.stop()
-    return service
+    return service, run, join
 
 
 def plot_freshness(freshness_ms, out: Path) -> Path:
@@ -121,19 +148,28 @@ def plot_freshness(freshness_ms, out: Path) -> Path:
     return out
 
 
-def run_demo(settings: Settings, dataset: str, rate: float, limit: int) -> None:
+def run_demo(settings: Settings, dataset: str, rate: float, limit: int | None, requests_n: int,
+             request_rate: float) -> None:
     console.print("[bold]Kafka[/]: starting the local broker (first run fetches it from Maven Central)")
     info = broker.start(settings.cache_dir / "kafka-run")
     tag = f"demo-{int(time.time())}"
     settings = settings.model_copy(update={
-        "kafka_bootstrap": info.bootstrap, "topic_prefix": f"{tag}.", "consumer_group": tag,
-        "graph_checkpoint": ensure_checkpoint(settings, dataset)})
-    console.print(f"Kafka at {info.bootstrap}; topics prefixed '{tag}.'; replaying {limit:,} clicks at "
-                  f"{rate:,.0f}/s")
-    service = asyncio.run(_run(settings, dataset, rate, limit))
-    png = plot_freshness(service.stats.freshness_ms, settings.cache_dir / "demo" / "freshness.png")
-    console.print(f"[bold green]done[/]: {service.stats.clicks:,} clicks folded in, "
-                  f"{service.stats.upserts:,} vector upserts, freshness p50 "
-                  f"{percentile(service.stats.freshness_ms, 50):.0f} ms, p99 "
-                  f"{percentile(service.stats.freshness_ms, 99):.0f} ms; plot: {png}")
+        "kafka_bootstrap": info.bootstrap, "topic_prefix": f"{tag}.", "consumer_group": tag, "replica_id": "demo",
+        "graph_checkpoint": ensure_checkpoint(settings, dataset), "scorer_checkpoint": ensure_model(settings, dataset),
+        "catalogue": dataset})
+    console.print(f"Kafka at {info.bootstrap}; topics prefixed '{tag}.'")
+    service, run, join = asyncio.run(_run(settings, dataset, rate, limit, requests_n, request_rate))
+    out = settings.cache_dir / "demo"
+    freshness = plot_freshness(service.updater_stats.freshness_ms, out / "freshness.png")
+    report = join.report()
+    scoring = plot(report, out / "scoring.png", f"exitrec demo on {dataset}")
+    console.print(report_table(report, "exitrec demo: analytics"))
+    total = report["total"]
+    console.print(f"[bold green]done[/]: {run.answered:,}/{run.requests:,} requests answered at "
+                  f"{run.rps:,.1f}/s (offered {request_rate:,.0f}/s); latency p50 "
+                  f"{percentile(run.latency_ms, 50):.0f} ms, p99 {percentile(run.latency_ms, 99):.0f} ms; "
+                  f"AUC {total['auc']:.3f} over {total['joined']:,} clicks; exit histogram "
+                  f"{total['exit_histogram']}; freshness p50 "
+                  f"{percentile(service.updater_stats.freshness_ms, 50):.0f} ms")
+    console.print(f"plots: {scoring}, {freshness}")
     console.print("The broker keeps running for the next command; stop it with `exitrec kafka down`.")
