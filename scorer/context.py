@@ -1,7 +1,8 @@
 """What a prompt knows about one (user, candidate) pair, from retrieved payloads (pure: no Kafka, no store I/O).
 
 - **History**: the user's latest ``history_len`` reactions from the ``recent`` payload field (a JSON list of
-  ``[item_id, label, ts]``, oldest first), each rendered with the item's catalogue text.
+  ``[item_id, label, ts]``, oldest first), each rendered with the item's catalogue text, and the user's click
+  rate over all reactions (``n_liked`` / ``n_liked + n_disliked``).
 - **Neighbour evidence**: of the top-N users most similar to the requester among those who reacted to the
   candidate (the vector query does the ranking and the filter), how many liked and how many disliked it. A
   neighbour whose payload no longer lists a reaction to the candidate (its latest-100 window moved on between
@@ -35,6 +36,12 @@ def history_from_payload(payload: Mapping, text_of: Callable[[str], str], histor
     raw = payload.get("recent") or "[]"
     recent = json.loads(raw) if isinstance(raw, str) else raw
     return tuple((text_of(str(item)), int(label)) for item, label, *_ in recent[-history_len:])
+
+
+def rate_from_payload(payload: Mapping) -> tuple[int, int]:
+    """``(liked, reacted)`` over all the user's reactions (distinct items, latest reaction per item)."""
+    liked, disliked = int(payload.get("n_liked", 0)), int(payload.get("n_disliked", 0))
+    return liked, liked + disliked
 
 
 def evidence_from(reactions: Iterable[int | None]) -> NeighbourEvidence:

@@ -2,8 +2,9 @@
 
 Protocol (one dataset): the time split of :mod:`graph_updater.datasets` (70% history / 15% stream / 15% test).
 LightGCN is trained on the history (or loaded from ``<cache>/graph/<dataset>``); training and validation
-samples are drawn from the stream slice, test samples from the test slice, all built prequentially
-(:mod:`scorer.samples`). The classical baseline is a logistic regression on the user's and the item's mean click
+samples are drawn from the stream slice, test samples from the test slice, all built prequentially through the
+graph updater and the scorer's own retrieval (:func:`scorer.samples.build_samples_streaming`). The classical
+baseline is a logistic regression on the user's and the item's mean click
 rate before the sample (target encoding with a prior), fitted on the same training rows.
 """
 
@@ -22,12 +23,14 @@ from sklearn.metrics import log_loss
 from graph_updater import checkpoint as graph_checkpoint
 from graph_updater.datasets import Interactions, load, time_split
 from graph_updater.graph import USER
+from graph_updater.online import GraphUpdater
+from graph_updater.store import EdgeStore
 from graph_updater.train import train_offline
 from scorer import backbones
 from scorer.exit_rules import ExitRule, FixedHeadRule
 from scorer.model import EarlyExitModel
 from scorer.prompt import build_prompt
-from scorer.samples import CtrSample, build_samples
+from scorer.samples import CtrSample, build_samples_streaming
 from scorer.train import auc
 
 BACKBONE_DEFAULTS = {
@@ -53,21 +56,25 @@ class SampleSets:
     baseline_logloss: float
 
 
-def gcn_vectors(dataset: str, history: Interactions, cache_dir: Path):
-    """``user_id -> LightGCN vector`` from ``<cache>/graph/<dataset>`` (what ``exitrec train-graph`` writes) when
-    it was trained on the same 70% history; otherwise trained now and saved there."""
+def graph_state(dataset: str, history: Interactions, cache_dir: Path) -> GraphUpdater:
+    """The graph updater at the end of the 70% history, from ``<cache>/graph/<dataset>`` (what
+    ``exitrec train-graph`` and the demo write) when it was trained on that history; otherwise trained now and
+    saved there."""
     folder = cache_dir / "graph" / dataset
-    updater = None
     if (folder / "config.json").exists():
         updater, config = graph_checkpoint.load(folder)
-        if config.get("train_share", 0.7) != 0.7:
-            updater = None
-    if updater is None:
-        updater = graph_checkpoint.build_updater(history, 64, 3)
-        large = len(history) > 200_000  # Book-Crossing / ML-1M: big batches, few epochs (sparse data overfits)
-        config = {"epochs": 6 if large else 30, "lr": 0.05 if large else 0.01, "batch_size": 32768 if large else 4096}
-        train_offline(updater.graph, **config)
-        graph_checkpoint.save(folder, updater, history, {"dataset": dataset, "train_share": 0.7, **config})
+        if config.get("train_share", 0.7) == 0.7:
+            return updater
+    updater = graph_checkpoint.build_updater(history, 64, 3)
+    large = len(history) > 200_000  # Book-Crossing / ML-1M: big batches, few epochs (sparse data overfits)
+    config = {"epochs": 6 if large else 30, "lr": 0.05 if large else 0.01, "batch_size": 32768 if large else 4096}
+    train_offline(updater.graph, **config)
+    graph_checkpoint.save(folder, updater, history, {"dataset": dataset, "train_share": 0.7, **config})
+    return updater
+
+
+def static_vectors(updater: GraphUpdater):
+    """``user_id -> LightGCN vector`` frozen at the updater's current state (None for users without edges)."""
     final = updater.graph.final()
 
     def vector_of(user: str) -> np.ndarray | None:
@@ -102,8 +109,17 @@ def sample_sets(dataset: str, data_dir: Path, cache_dir: Path, n_train: int, n_v
     rng.shuffle(stream_rows)
     train_rows, val_rows = np.sort(stream_rows[:n_train]), np.sort(stream_rows[n_train:n_train + n_val])
     test_rows = np.sort(rng.choice(np.arange(b, len(data)), min(n_test, len(data) - b), replace=False))
-    vector_of = gcn_vectors(dataset, split.train, cache_dir)
-    train, val, test = (build_samples(data, rows, vector_of) for rows in (train_rows, val_rows, test_rows))
+    updater = graph_state(dataset, split.train, cache_dir)
+    store = EdgeStore()
+    try:
+        store.ensure_collections(updater.graph.dim)
+        store.upsert(updater.all_records())
+        wanted = np.concatenate([train_rows, val_rows, test_rows])
+        samples = build_samples_streaming(data, len(split.train), wanted, updater, store, data.item_text)
+    finally:
+        store.close()
+    train, val, test = samples[:len(train_rows)], samples[len(train_rows):len(train_rows) + len(val_rows)], \
+        samples[len(train_rows) + len(val_rows):]
     prior = float(split.train.labels.mean())
     lr = LogisticRegression().fit(mean_rate_features(data, train_rows, prior), data.labels[train_rows])
     p = lr.predict_proba(mean_rate_features(data, test_rows, prior))[:, 1]

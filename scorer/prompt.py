@@ -6,12 +6,15 @@ Layout::
     - liked: <item text>
     - disliked: <item text>
     ...
+    So far the user liked 12 of 20 items.
     Similar users: 7 of 10 similar users who reacted to it liked it.
     Candidate: <item text>
     Will the user like the candidate? Answer:
 
 Without neighbours (the no-RAG ablation, or a neighbour-free degraded request) the "Similar users" line is
-omitted; a user with no history gets "The user has no history yet." in place of the list.
+omitted; a user with no history gets "The user has no history yet." in place of the list and no "So far" line.
+The "So far" line counts all the user's reactions (distinct items, the latest reaction per item), not only the
+listed ones: the user's click rate, which the history lines alone cannot carry within a small budget.
 
 Truncation order when the text exceeds ``budget`` tokens: (1) history lines are dropped oldest first, down to
 none; (2) the candidate's text is cut (by words, from the end) down to one word; (3) if the fixed lines alone
@@ -49,6 +52,7 @@ class PromptInputs:
     target: str
     history: Sequence[tuple[str, int]] = field(default_factory=tuple)  # (item text, label), oldest first
     neighbours: NeighbourEvidence | None = None
+    rate: tuple[int, int] | None = None  # (liked, reacted) over all the user's reactions
 
 
 def neighbour_line(evidence: NeighbourEvidence) -> str:
@@ -61,6 +65,8 @@ def neighbour_line(evidence: NeighbourEvidence) -> str:
 def render(inputs: PromptInputs, history: Sequence[tuple[str, int]], target: str) -> str:
     lines = [HEADER] if history else [NO_HISTORY]
     lines += [f"- {'liked' if label == 1 else 'disliked'}: {text}" for text, label in history]
+    if inputs.rate is not None and inputs.rate[1] > 0:
+        lines.append(f"So far the user liked {inputs.rate[0]} of {inputs.rate[1]} items.")
     if inputs.neighbours is not None:
         lines.append(neighbour_line(inputs.neighbours))
     lines += [f"Candidate: {target}", QUESTION]

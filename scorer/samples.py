@@ -1,7 +1,15 @@
-"""CTR samples from a time-ordered interaction table, built prequentially (pure: no Kafka, no vector store).
+"""CTR samples from a time-ordered interaction table, built prequentially, two ways.
 
-For the row at position ``t`` (user ``u``, item ``i``, label ``y``):
-- history: ``u``'s last ``history_len`` reactions before ``t`` (item text, label), oldest first;
+:func:`build_samples_streaming` (training and evaluation) replays the rows through the graph updater into a
+vector store and builds each sample with the scorer's own :class:`~scorer.scoring.ContextBuilder`: the prompt of
+row ``t`` is exactly what the online scorer would have built with every click before ``t`` folded in (fresh
+vectors, the payload's history and rate, neighbours from the filtered vector query), and only then is ``t``'s
+click applied. Training on these is what keeps training and serving prompts the same.
+
+:func:`build_samples` (the static ablation; pure: no store) uses the training-time vectors and never folds in:
+for the row at position ``t`` (user ``u``, item ``i``, label ``y``):
+- history: ``u``'s last ``history_len`` reactions before ``t`` (item text, label), oldest first, and ``u``'s
+  rate (likes, reactions) over distinct items, the latest reaction per item;
 - neighbours (GCN retrieval): among the users who reacted to ``i`` before ``t`` and have a LightGCN vector, the
   ``n_neighbours`` most cosine-similar to ``u``'s vector; their likes and dislikes of ``i`` are the evidence.
   A user without a vector (cold) gets no evidence (``None``), as the online scorer does;
@@ -12,13 +20,20 @@ For the row at position ``t`` (user ``u``, item ``i``, label ``y``):
 from __future__ import annotations
 
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
 
 from graph_updater.datasets import Interactions
+from graph_updater.online import GraphUpdater
+from graph_updater.store import VectorStore
+from schemas.messages import ImpressionRequest
 from scorer.prompt import NeighbourEvidence, PromptInputs
+from scorer.retrievers import GcnRetriever
+from scorer.scoring import ContextBuilder, ScorerOptions
+from worker.replay import clicks_of
 
 
 @dataclass(frozen=True)
@@ -29,7 +44,7 @@ class CtrSample:
     inputs: PromptInputs  # with neighbours (GCN retrieval)
 
     def without_neighbours(self) -> PromptInputs:
-        return PromptInputs(self.inputs.target, self.inputs.history, None)
+        return PromptInputs(self.inputs.target, self.inputs.history, None, self.inputs.rate)
 
 
 def neighbour_evidence(user_vector: np.ndarray, reactor_vectors: np.ndarray, reactor_labels: np.ndarray,
@@ -49,6 +64,7 @@ def build_samples(data: Interactions, rows: np.ndarray, vector_of: Callable[[str
     """Samples for the table positions ``rows`` (any order); one pass over the table up to the last row."""
     wanted = set(int(r) for r in rows)
     history: dict[str, deque] = defaultdict(lambda: deque(maxlen=history_len))
+    reactions: dict[str, dict[str, int]] = defaultdict(dict)
     reactors: dict[str, list[tuple[str, int]]] = defaultdict(list)
     text = data.item_text
     out: dict[int, CtrSample] = {}
@@ -62,8 +78,35 @@ def build_samples(data: Interactions, rows: np.ndarray, vector_of: Callable[[str
                 vectors = np.array([v for v, _ in seen]).reshape(len(seen), len(me))
                 evidence = neighbour_evidence(me, vectors, np.array([y for _, y in seen], dtype=np.int64),
                                               n_neighbours)
-            inputs = PromptInputs(text.get(item, f"item {item}"), tuple(history[user]), evidence)
+            mine = reactions[user]
+            inputs = PromptInputs(text.get(item, f"item {item}"), tuple(history[user]), evidence,
+                                  (sum(mine.values()), len(mine)))
             out[t] = CtrSample(user, item, label, inputs)
         history[user].append((text.get(item, f"item {item}"), label))
+        reactions[user][item] = label
         reactors[item].append((user, label))
+    return [out[int(r)] for r in rows]
+
+
+def build_samples_streaming(data: Interactions, first_row: int, rows, updater: GraphUpdater, store: VectorStore,
+                            catalogue: Mapping[str, str], options: ScorerOptions | None = None,
+                            progress: bool = True) -> list[CtrSample]:
+    """Samples for the positions ``rows`` (all ``>= first_row``; any order) as the online scorer sees them.
+
+    ``updater`` and ``store`` hold the state of every row before ``first_row``; both are advanced in place to
+    the last wanted row. Retrieval runs without a time budget (a training sample never degrades for speed)."""
+    options = options or ScorerOptions(retrieval_budget_ms=float("inf"))
+    builder = ContextBuilder(GcnRetriever(store), catalogue, options)
+    wanted = sorted(set(int(r) for r in rows))
+    if wanted and wanted[0] < first_row:
+        raise ValueError(f"row {wanted[0]} is before first_row {first_row}: its state is not replayable")
+    applied, out = first_row, {}
+    for t in tqdm(wanted, desc="prequential samples", unit="sample", disable=not progress):
+        if applied < t:
+            store.upsert(updater.apply(clicks_of(data.take(slice(applied, t)), first_row=applied)))
+            applied = t
+        user, item, label = str(data.users[t]), str(data.items[t]), int(data.labels[t])
+        request = ImpressionRequest(request_id=f"{data.name}-sample-{t}", user_id=user, item_ids=[item],
+                                    ts=int(data.ts[t]))
+        out[t] = CtrSample(user, item, label, builder.context(request, 0.0, 0.0).inputs[0])
     return [out[int(r)] for r in rows]

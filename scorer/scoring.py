@@ -26,7 +26,7 @@ from transformers import PreTrainedTokenizerBase
 
 from schemas.messages import CandidateExit, CtrScore, DegradedFlag, ExitTelemetry, ImpressionRequest
 from scorer.checkpoint import ModelCard
-from scorer.context import evidence_from, history_from_payload, item_text
+from scorer.context import evidence_from, history_from_payload, item_text, rate_from_payload
 from scorer.exit_rules import ExitRule
 from scorer.model import EarlyExitModel
 from scorer.prompt import PromptInputs, PromptTooLong, build_prompt
@@ -69,24 +69,15 @@ def now_ms() -> float:
     return time.time() * 1000.0
 
 
-class Scorer:
-    """Holds the model (loaded once per process), its tokenizer and exit rule, and a retriever (None = no RAG)."""
+class ContextBuilder:
+    """Step 1, retrieval: what the prompt of each candidate knows (shared by serving and training samples)."""
 
-    def __init__(self, model: EarlyExitModel, tokenizer: PreTrainedTokenizerBase, card: ModelCard, rule: ExitRule,
-                 retriever: Retriever | None, catalogue: Mapping[str, str], options: ScorerOptions) -> None:
-        self.model, self.tokenizer, self.card, self.rule = model.eval(), tokenizer, card, rule
+    def __init__(self, retriever: Retriever | None, catalogue: Mapping[str, str], options: ScorerOptions) -> None:
         self.retriever, self.catalogue, self.options = retriever, catalogue, options
-        self.device = next(model.parameters()).device
-        self.model_version = f"{card.version}+{rule.name}"
-        build_prompt(PromptInputs("x"), self.count_tokens, card.max_length)  # a budget too small fails at start
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text).input_ids)
 
     def text_of(self, item_id: str) -> str:
         return item_text(self.catalogue, item_id)
 
-    # ---- step 1: retrieval (vector store I/O) ---------------------------------------------------------------
     def context(self, request: ImpressionRequest, enqueued_ms: float, taken_ms: float) -> RequestContext:
         ctx = RequestContext(request, max(0.0, taken_ms - enqueued_ms))
         started = time.perf_counter()
@@ -96,7 +87,7 @@ class Scorer:
             if remaining <= 0:
                 ctx.degraded.add(DegradedFlag.DEADLINE)
             budget_ms = min(budget_ms, remaining)
-        user, history = None, ()
+        user, history, rate = None, (), None
         if self.retriever is not None and DegradedFlag.DEADLINE not in ctx.degraded:
             try:
                 user = self.retriever.user(request.user_id)
@@ -104,6 +95,7 @@ class Scorer:
                     ctx.degraded.add(DegradedFlag.COLD_USER)
                 else:
                     history = history_from_payload(user.payload, self.text_of, self.options.history_len)
+                    rate = rate_from_payload(user.payload)
             except Exception as exc:  # store unreachable or failing: score without it, say so
                 ctx.degraded.add(DegradedFlag.NO_RETRIEVAL)
                 log.warning("retrieval_failed", request_id=request.request_id, error=repr(exc)[:300])
@@ -111,7 +103,7 @@ class Scorer:
             evidence = None
             if user is not None and DegradedFlag.NO_RETRIEVAL not in ctx.degraded:
                 evidence = self._evidence(ctx, user, item, started, budget_ms)
-            ctx.inputs.append(PromptInputs(self.text_of(item), history, evidence))
+            ctx.inputs.append(PromptInputs(self.text_of(item), history, evidence, rate))
         ctx.retrieval_ms = (time.perf_counter() - started) * 1000.0
         return ctx
 
@@ -131,13 +123,33 @@ class Scorer:
         ctx.neighbours_used += len(neighbours)
         return evidence_from(n.reaction_to(item) for n in neighbours)
 
+
+class Scorer:
+    """Holds the model (loaded once per process), its tokenizer and exit rule, and the context builder (whose
+    retriever is None without RAG)."""
+
+    def __init__(self, model: EarlyExitModel, tokenizer: PreTrainedTokenizerBase, card: ModelCard, rule: ExitRule,
+                 retriever: Retriever | None, catalogue: Mapping[str, str], options: ScorerOptions) -> None:
+        self.model, self.tokenizer, self.card, self.rule = model.eval(), tokenizer, card, rule
+        self.contexts = ContextBuilder(retriever, catalogue, options)
+        self.retriever, self.options = retriever, options
+        self.device = next(model.parameters()).device
+        self.model_version = f"{card.version}+{rule.name}"
+        build_prompt(PromptInputs("x"), self.count_tokens, card.max_length)  # a budget too small fails at start
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text).input_ids)
+
+    def context(self, request: ImpressionRequest, enqueued_ms: float, taken_ms: float) -> RequestContext:
+        return self.contexts.context(request, enqueued_ms, taken_ms)
+
     # ---- step 2: inference (no I/O; runs in a worker thread) -------------------------------------------------
     def prompt(self, inputs: PromptInputs) -> str:
         try:
             return build_prompt(inputs, self.count_tokens, self.card.max_length)
         except PromptTooLong:  # an unknown item id longer than the budget allows: keep its first characters
-            return build_prompt(PromptInputs(inputs.target[:16], (), inputs.neighbours), self.count_tokens,
-                                self.card.max_length)
+            return build_prompt(PromptInputs(inputs.target[:16], (), inputs.neighbours, inputs.rate),
+                                self.count_tokens, self.card.max_length)
 
     def infer(self, contexts: list[RequestContext]) -> Inference:
         started = time.perf_counter()

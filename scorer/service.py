@@ -14,10 +14,12 @@ end-to-end benchmark, so all of them run the same code.
 from __future__ import annotations
 
 import socket
+import time
 from dataclasses import dataclass
 
 import faust
 import structlog
+from tqdm import tqdm
 
 from graph_updater.agent import UpdaterStats, register_updater
 from graph_updater.datasets import load
@@ -99,8 +101,23 @@ def build_worker(settings: Settings, updater: GraphUpdater | None, store: Vector
     if updater is not None:
         service.updater_stats = UpdaterStats()
         register_updater(app, topics, updater, store, settings, service.updater_stats)
+    if updater is not None and isinstance(scorer.retriever, TextRetriever):
+        index_text(scorer.retriever, updater, settings.text_index_users)
     register_scorer(app, topics, scorer, settings, service.scorer_stats)
     return service
+
+
+def index_text(retriever: TextRetriever, updater: GraphUpdater, limit: int) -> int:
+    """Embed the histories of the ``limit`` most active users into the text retriever's collection."""
+    def reactions(user: str) -> int:
+        return len(updater.histories[user].liked) + len(updater.histories[user].disliked)
+
+    active = sorted(updater.histories, key=reactions, reverse=True)[:limit]
+    started = time.perf_counter()
+    written = sum(retriever.index(active[k:k + 512]) for k in tqdm(range(0, len(active), 512),
+                                                                    desc="text retriever index", unit="x512"))
+    log.info("text_index_built", users=written, seconds=round(time.perf_counter() - started, 1))
+    return written
 
 
 async def prepare_worker(settings: Settings, follow_clicks: bool = True, store: VectorStore | None = None,

@@ -38,9 +38,11 @@ def test_scores_join_later_clicks_in_either_read_order_and_duplicates_are_droppe
     join.click("u2", "b", 0, T0 + 300)  # click read before its score ...
     join.score(score("r2", "u2", "b", 0.2), T0 + 200)  # ... which was produced earlier: joins
     join.click("u3", "c", 1, T0 + 400)  # never scored
+    join.score(score("r3", "u4", "d", 0.5), T0 + 600)
+    join.click("u4", "d", 1, T0 + 500)  # older than the pending score: not its outcome
     report = join.report()
     assert report["total"]["joined"] == 2 and report["total"]["auc"] == 1.0
-    assert report["duplicates"] == 1 and report["unjoined_clicks"] == 1
+    assert report["duplicates"] == 1 and report["unjoined_clicks"] == 2
 
 
 def test_latency_exits_windows_degraded_and_dead_letters():

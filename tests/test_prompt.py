@@ -11,13 +11,14 @@ HISTORY = [(f"Book {k} by Someone", k % 2) for k in range(30)]  # oldest first
 
 
 def test_full_prompt_when_it_fits():
-    inputs = PromptInputs("The Hobbit by Tolkien", HISTORY[:3], NeighbourEvidence(liked=7, disliked=3))
+    inputs = PromptInputs("The Hobbit by Tolkien", HISTORY[:3], NeighbourEvidence(liked=7, disliked=3), (12, 20))
     text = build_prompt(inputs, words, budget=10_000)
     assert text.splitlines() == [
         "The user's history (oldest first):",
         "- disliked: Book 0 by Someone",
         "- liked: Book 1 by Someone",
         "- disliked: Book 2 by Someone",
+        "So far the user liked 12 of 20 items.",
         "Similar users: 7 of 10 similar users who reacted to it liked it.",
         "Candidate: The Hobbit by Tolkien",
         "Will the user like the candidate? Answer:",
@@ -25,13 +26,14 @@ def test_full_prompt_when_it_fits():
 
 
 def test_history_is_dropped_oldest_first_to_fit_the_budget():
-    inputs = PromptInputs("The Hobbit by Tolkien", HISTORY, NeighbourEvidence(1, 1))
+    inputs = PromptInputs("The Hobbit by Tolkien", HISTORY, NeighbourEvidence(1, 1), (15, 30))
     full = build_prompt(inputs, words, 10_000)
     budget = words(full) - 5 * 5  # five history lines of 5 words each must go
     text = build_prompt(inputs, words, budget)
     assert words(text) <= budget
     kept = [line for line in text.splitlines() if line.startswith("- ")]
     assert len(kept) == 25 and kept[0].endswith("Book 5 by Someone") and kept[-1].endswith("Book 29 by Someone")
+    assert "So far the user liked 15 of 30 items." in text  # the rate line is never dropped
 
 
 def test_candidate_text_is_cut_after_history_is_gone_and_then_it_fails():
@@ -46,5 +48,5 @@ def test_candidate_text_is_cut_after_history_is_gone_and_then_it_fails():
 def test_no_rag_and_cold_user_variants():
     no_rag = build_prompt(PromptInputs("X", HISTORY[:2]), words, 1000)
     assert "Similar users" not in no_rag
-    cold = build_prompt(PromptInputs("X", (), NeighbourEvidence(0, 0)), words, 1000)
-    assert cold.startswith(NO_HISTORY) and "none of the similar users" in cold
+    cold = build_prompt(PromptInputs("X", (), NeighbourEvidence(0, 0), (0, 0)), words, 1000)
+    assert cold.startswith(NO_HISTORY) and "none of the similar users" in cold and "So far" not in cold

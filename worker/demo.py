@@ -54,7 +54,7 @@ def ensure_model(settings: Settings, dataset: str) -> Path:
     if not (folder / "config.json").exists():
         console.print(f"[bold]Preparing[/]: fine-tuning the early-exit model (MiniLM, 2,000 prequential samples, "
                       f"a few minutes on 2 cores; first run only, cached in {folder})")
-        train_checkpoint(settings.data_dir, settings.cache_dir, dataset, "minilm", folder, max_length=64)
+        train_checkpoint(settings.data_dir, settings.cache_dir, dataset, "minilm", folder, max_length=96)
     return folder
 
 

@@ -5,7 +5,8 @@ a later ``clicks`` event of the same user and item; the click's label (1 clicked
 the score's outcome. Re-delivered outputs are deduplicated by ``(request_id, item_id)`` and ``request_id``.
 Topics are read concurrently, so a click may be read before the score it answers: such a click waits (bounded)
 and joins a score that arrives later with an earlier record time. A click that never finds its score (a row
-scored before the analytics consumer started, or never scored) is counted as unjoined, not joined.
+scored before the analytics consumer started, or never scored), or one older than the pending score of its
+(user, item), is counted as unjoined, not joined.
 
 Windows are tumbling, ``window_ms`` long, by record timestamp. Per window and in total:
 - AUC of the joined (score, label) pairs, :math:`\mathrm{AUC} = P(s^+ > s^-) + \tfrac12 P(s^+ = s^-)`
@@ -106,6 +107,7 @@ class ScoreJoin:
         self.answered_ts: OrderedDict[str, int] = OrderedDict()  # answers whose request was not seen yet
         self.early_clicks: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()  # -> (label, ts)
         self.duplicates = 0
+        self.stale_clicks = 0
         self.model_versions: Counter = Counter()
 
     def window(self, ts: int) -> Window:
@@ -163,12 +165,16 @@ class ScoreJoin:
             w.latency_ms.append(max(0.0, float(done - asked)))
 
     def click(self, user_id: str, item_id: str, label: int, ts: int) -> None:
-        found = self.pending.pop((user_id, item_id), None)
-        if found is None or ts - found[1] > self.join_window_ms:
-            self.early_clicks[(user_id, item_id)] = (label, ts)
+        key = (user_id, item_id)
+        found = self.pending.get(key)
+        if found is None:  # its score may still be on the way
+            self.early_clicks[key] = (label, ts)
             self._bound(self.early_clicks)
-            return
-        self._join(found[0], label, ts)
+        elif 0 <= ts - found[1] <= self.join_window_ms:
+            del self.pending[key]
+            self._join(found[0], label, ts)
+        else:  # a click older than the pending score (not its outcome), or too late
+            self.stale_clicks += 1
 
     def _join(self, ctr: float, label: int, ts: int) -> None:
         for w in self.both(ts):
@@ -186,5 +192,6 @@ class ScoreJoin:
 
     def report(self) -> dict:
         return {"total": self.total.summary(), "duplicates": self.duplicates, "unanswered": self.unanswered,
-                "unjoined_clicks": len(self.early_clicks), "model_versions": dict(self.model_versions),
+                "unjoined_clicks": len(self.early_clicks) + self.stale_clicks,
+                "model_versions": dict(self.model_versions),
                 "windows": {start: w.summary() for start, w in sorted(self.windows.items())}}

@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     history_len: int = Field(10, ge=0, le=100, description="recent reactions of the user in the prompt")
     retrieval_budget_ms: float = Field(50.0, gt=0, le=60_000,
                                        description="retrieval time per request; candidates past it get no neighbours")
+    text_index_users: int = Field(10_000, ge=0, le=10_000_000,
+                                  description="retriever=text: users embedded at start, most active first")
     exit_rule: Literal["calibrated", "never"] = Field(
         "calibrated", description="calibrated = the checkpoint's exit rule, never = full depth")
     catalogue: str | None = Field(None, description="dataset whose item texts name items in prompts "

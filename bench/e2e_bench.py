@@ -1,0 +1,240 @@
+"""End to end on the real broker, four scorer configurations in one run -> ``bench/results/e2e_<dataset>.json``
+
+    python -m bench.e2e_bench --dataset ml-100k [--accuracy 400 --capacity 600 --paced 300 --rate 20]
+
+Per configuration a fresh ``exitrec worker`` process (graph updater + scorer, embedded qdrant-edge store) starts
+from the dataset's LightGCN checkpoint (first 70% of the timeline), folds in the stream slice's clicks (next
+15%), answers a few warm-up requests, and then the same test-slice rows are replayed (:mod:`worker.prequential`,
+one candidate per request, each row's click published after its answer) in three phases:
+
+1. **accuracy**: the first ``--accuracy`` rows, strictly prequential (waves of distinct users; a wave waits
+   until the updater has committed the previous wave's clicks) -> AUC from the analytics join
+   (:class:`~worker.metrics.ScoreJoin`: scores joined with the later clicks);
+2. **capacity**: the next ``--capacity`` rows' requests at once -> requests/s (answered / first send -> last
+   answer);
+3. **paced**: the next ``--paced`` requests at ``--rate``/s -> impression -> score latency p50 / p99.
+
+Mean exit layer and retrieval time come from the telemetry of all three phases. Configurations:
+``norag_full`` (no retrieval, full depth), ``gcn_full`` (LightGCN retrieval, full depth), ``gcn_exit`` (LightGCN
+retrieval, calibrated early exit), ``textret_exit`` (MiniLM embeddings of users' histories searched in the same
+kind of store, early exit). ``offline_auc_*``: the same checkpoint on the same rows with the training-time
+(static) vectors and no streaming, the freshness ablation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.machine import machine
+from graph_updater.agent import updater_group
+from graph_updater.datasets import load, time_split
+from graph_updater.recovery import committed_offsets
+from infra.kafka import broker
+from worker.analytics import TopicReader, follow
+from worker.app import create_topics
+from worker.demo import ensure_checkpoint, ensure_model
+from worker.logging import configure_logging
+from worker.metrics import ScoreJoin, percentile
+from worker.prequential import PrequentialRun, clicks_by_request, run_prequential, run_waves
+from worker.replay import clicks_of, impressions_of, publish
+from worker.settings import REPO_ROOT, Settings
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CONFIGS = {
+    "norag_full": {"retriever": "none", "exit_rule": "never"},
+    "gcn_full": {"retriever": "gcn", "exit_rule": "never"},
+    "gcn_exit": {"retriever": "gcn", "exit_rule": "calibrated"},
+    "textret_exit": {"retriever": "text", "exit_rule": "calibrated"},
+}
+
+
+def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
+    env = {**os.environ, **{f"EXITREC_{k.upper()}": str(v) for k, v in settings.model_dump().items()
+                            if v is not None}}
+    return subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], env=env, cwd=REPO_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=log_path.open("wb"), start_new_session=True)
+
+
+async def wait_caught_up(settings: Settings, worker: subprocess.Popen, clicks: int, log_path: Path,
+                         timeout_s: float = 900) -> float:
+    """Seconds until the worker's graph updater committed every warm-up click."""
+    started = time.monotonic()
+    while True:
+        if worker.poll() is not None:
+            raise RuntimeError(f"worker exited: {log_path.read_text()[-3000:]}")
+        done = sum((await committed_offsets(settings.kafka_bootstrap, updater_group(settings),
+                                            settings.topic("clicks"))).values())
+        if done >= clicks:
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(f"updater committed {done} of {clicks} clicks in {timeout_s}s")
+        await asyncio.sleep(1.0)
+
+
+def summary(accuracy: PrequentialRun, capacity: PrequentialRun, paced: PrequentialRun, joined: dict) -> dict:
+    runs = (accuracy, capacity, paced)
+    layers = [x for r in runs for x in r.exit_layers]
+    return {
+        "rps": capacity.rps, "p50_ms": percentile(paced.latency_ms, 50), "p99_ms": percentile(paced.latency_ms, 99),
+        "auc": joined["auc"], "joined": joined["joined"],
+        "retrieval_p50_ms": percentile([x for r in runs for x in r.retrieval_ms], 50),
+        "mean_exit_layer": float(np.mean(layers)),
+        "exit_histogram": {int(k): int(v) for k, v in zip(*np.unique(layers, return_counts=True), strict=True)},
+        "degraded_in_accuracy_phase": joined["degraded"], "answered": sum(r.answered for r in runs),
+        "duplicates": sum(r.duplicates for r in runs), "paced_rps": paced.rps,
+        "paced_queue_p50_ms": percentile(paced.queue_ms, 50),
+        "paced_inference_p50_ms": percentile(paced.inference_ms, 50),
+        "capacity_p50_ms": percentile(capacity.latency_ms, 50), "capacity_p99_ms": percentile(capacity.latency_ms, 99),
+        "accuracy_phase_s": (accuracy.last_answer_ms - accuracy.first_sent_ms) / 1000.0,
+    }
+
+
+async def run_config(name: str, base: Settings, split, args, work: Path) -> dict:
+    tag = f"e2e-{args.dataset}-{name}-{int(time.time())}"
+    settings = base.model_copy(update={"topic_prefix": f"{tag}.", "consumer_group": tag, **CONFIGS[name]})
+    await create_topics(settings)
+    warm = clicks_of(split.stream, first_row=len(split.train))
+    await publish(settings.kafka_bootstrap, settings.topic("clicks"), warm, progress=False)
+    log_path = work / f"{tag}.log"
+    worker = start_worker(settings, log_path)
+    try:
+        catch_up_s = await wait_caught_up(settings, worker, len(warm), log_path)
+        warmups = [r.model_copy(update={"request_id": f"warmup-{k}"})
+                   for k, r in enumerate(impressions_of(split.stream.take(slice(0, 32))))]
+        await run_prequential(settings, warmups, {}, None, timeout_s=300)
+        first = len(split.train) + len(split.stream)
+
+        def phase_rows(start: int, n: int):
+            rows = split.test.take(slice(start, start + n))
+            requests = impressions_of(rows, first_row=first + start)
+            return requests, clicks_by_request(requests, clicks_of(rows, first_row=first + start))
+
+        join = ScoreJoin()
+        stop = asyncio.Event()
+        reader = asyncio.create_task(follow(settings, TopicReader(settings, join), True, stop))
+        requests, answers = phase_rows(0, args.accuracy)
+        accuracy = await run_waves(settings, requests, answers, updater_group(settings), len(warm))
+        await asyncio.sleep(3.0)  # the last clicks reach the join
+        stop.set()
+        await reader
+        joined = join.report()["total"]
+        print(f"  {name}: accuracy phase AUC {joined['auc']:.3f} over {joined['joined']} clicks", flush=True)
+        phases = [accuracy]
+        for start, n, rate in ((args.accuracy, args.capacity, None),
+                               (args.accuracy + args.capacity, args.paced, args.rate)):
+            requests, answers = phase_rows(start, n)
+            phases.append(await run_prequential(settings, requests, answers, rate, timeout_s=1800))
+            print(f"  {name}: phase {'capacity' if rate is None else 'paced'} {phases[-1].answered} answered, "
+                  f"{phases[-1].rps:.1f} rps, p99 {percentile(phases[-1].latency_ms, 99):.0f} ms", flush=True)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+    return {**CONFIGS[name], **summary(*phases, joined), "catch_up_s": catch_up_s}
+
+
+def offline_auc(base: Settings, data, split, n_rows: int) -> dict:
+    """AUC of the checkpoint on the same test rows, prompts built with the training-time (static) vectors."""
+    from scorer import checkpoint, experiment
+    from scorer.exit_rules import ExitRule
+    from scorer.samples import build_samples
+    from scorer.train import auc
+
+    first = len(split.train) + len(split.stream)
+    rows = np.arange(first, first + n_rows)
+    vector_of = experiment.static_vectors(experiment.graph_state(data.name, split.train, base.cache_dir))
+    samples = build_samples(data, rows, vector_of)
+    model, tokenizer, card, rule = checkpoint.load(base.scorer_checkpoint, base.cache_dir)
+    y = np.array([s.label for s in samples])
+    out = {}
+    for neighbours in (True, False):
+        enc = experiment.encode(tokenizer, samples, card.max_length, neighbours)
+        for label, r in (("full", ExitRule()), ("exit", rule)):
+            _, result = experiment.throughput(model, enc, r)
+            out[f"offline_auc_{'gcn' if neighbours else 'norag'}_{label}"] = auc(y, result.ctr)
+    return out
+
+
+def plot(result: dict, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in CONFIGS if n in result["configs"]]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for ax, key, title in zip(axes, ("rps", "p99_ms", "auc"), ("requests/s (capacity)",
+                                                                  f"p99 latency at {result['rate']}/s (ms)",
+                                                                  "AUC (joined with clicks)"), strict=True):
+        ax.bar(names, [result["configs"][n][key] for n in names], color=["C0", "C1", "C2", "C3"][:len(names)])
+        ax.set_title(title)
+        ax.tick_params(axis="x", rotation=20)
+    axes[2].set_ylim(0.5, max(0.8, max(result["configs"][n]["auc"] for n in names) + 0.02))
+    fig.suptitle(f"exitrec end to end on {result['dataset']} (real Kafka, {result['machine']['cores']} cores)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+async def main_async(args) -> dict:
+    base = Settings(log_level="WARNING")
+    configure_logging("WARNING")
+    data = load(args.dataset, base.data_dir)
+    split = time_split(data)
+    base = base.model_copy(update={
+        "graph_checkpoint": ensure_checkpoint(base, args.dataset),
+        "scorer_checkpoint": ensure_model(base, args.dataset), "catalogue": args.dataset, "replica_id": "bench",
+        "text_index_users": args.text_index_users})
+    work = base.cache_dir / "bench" / "e2e"
+    work.mkdir(parents=True, exist_ok=True)
+    info = broker.start(work / "kafka")
+    base = base.model_copy(update={"kafka_bootstrap": info.bootstrap})
+    configs = {}
+    try:
+        for name in args.configs.split(","):
+            print(f"{name} ...", flush=True)
+            configs[name] = await run_config(name, base, split, args, work)
+            print(f"  {name}: {json.dumps({k: configs[name][k] for k in ('rps', 'p50_ms', 'p99_ms', 'auc')})}",
+                  flush=True)
+    finally:
+        broker.stop(work / "kafka")
+    return {"dataset": args.dataset, "machine": machine(),
+            "command": "python -m bench.e2e_bench " + " ".join(sys.argv[1:]),
+            "accuracy_requests": args.accuracy, "capacity_requests": args.capacity, "paced_requests": args.paced,
+            "rate": args.rate, "candidates_per_request": 1, "warm_clicks": len(split.stream),
+            "model": str(base.scorer_checkpoint.name), "configs": configs,
+            **offline_auc(base, data, split, args.accuracy)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "ml-1m", "bookcrossing", "videogames"])
+    parser.add_argument("--accuracy", type=int, default=400, help="requests replayed strictly prequentially (AUC)")
+    parser.add_argument("--capacity", type=int, default=600, help="requests sent at once (requests/s)")
+    parser.add_argument("--paced", type=int, default=300, help="requests sent at --rate (latency)")
+    parser.add_argument("--rate", type=float, default=20.0, help="offered requests/s of the paced phase")
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--text-index-users", type=int, default=10_000)
+    args = parser.parse_args()
+    result = asyncio.run(main_async(args))
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"e2e_{args.dataset}.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out} and {plot(result, out.with_suffix('.png'))}")
+
+
+if __name__ == "__main__":
+    main()
