@@ -64,6 +64,20 @@ def early_exit_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def e2e_table(results: list[dict]) -> str:
+    head = ("| dataset | configuration | requests/s (capacity) | p50 / p99 ms at offered rate | AUC (join) | "
+            "retrieval p50 ms | mean exit layer | degraded (accuracy phase) |")
+    lines = [head, "|" + "---|" * 8]
+    for d in results:
+        for name, c in d["configs"].items():
+            degraded = ", ".join(f"{k} {v}" for k, v in sorted(c["degraded_in_accuracy_phase"].items())) or "none"
+            lines.append(
+                f"| {d['dataset']} | `{name}` | {fmt(c['rps'], 1)} | {fmt(c['p50_ms'], 0)} / {fmt(c['p99_ms'], 0)} "
+                f"at {fmt(d['rate'], 0)}/s | {fmt(c['auc'])} | {fmt(c['retrieval_p50_ms'], 2)} | "
+                f"{fmt(c['mean_exit_layer'], 2)} | {degraded} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     graph = RESULTS / "graph.json"
     if graph.exists():
@@ -72,6 +86,10 @@ def main() -> None:
     if early:
         print()
         print(early_exit_table(early))
+    e2e = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("e2e_*.json"))]
+    if e2e:
+        print()
+        print(e2e_table(e2e))
 
 
 if __name__ == "__main__":

@@ -135,11 +135,14 @@ def train_graph(dataset: str, out: Path | None, epochs: int, dim: int, layers: i
 @click.option("--rate", type=float, default=None, help="clicks per second (default: as fast as possible)")
 @click.option("--limit", type=int, default=None, help="publish at most this many clicks")
 @click.option("--train-share", default=0.7, show_default=True)
-def replay(dataset: str, part: str, rate: float | None, limit: int | None, train_share: float) -> None:
-    """Publish clicks from a real dataset to the ``clicks`` topic in time order, with a progress bar."""
+@click.option("--impressions", is_flag=True, help="publish impression requests to `impressions` instead of clicks")
+@click.option("--max-candidates", default=1, show_default=True, help="with --impressions: candidates per request")
+def replay(dataset: str, part: str, rate: float | None, limit: int | None, train_share: float, impressions: bool,
+           max_candidates: int) -> None:
+    """Publish a real dataset's rows to ``clicks`` (or as requests to ``impressions``) in time order."""
     from graph_updater.datasets import load, time_split
     from worker.app import create_topics
-    from worker.replay import clicks_of, publish
+    from worker.replay import clicks_of, impressions_of, publish
 
     settings = _settings()
     data = load(dataset, settings.data_dir)
@@ -148,8 +151,10 @@ def replay(dataset: str, part: str, rate: float | None, limit: int | None, train
     rows = {"stream": split.stream, "test": split.test, "all": data}[part]
     rows = rows.take(slice(0, limit)) if limit else rows
     asyncio.run(create_topics(settings))
-    sent = asyncio.run(publish(settings.kafka_bootstrap, settings.topic("clicks"), clicks_of(rows, first), rate))
-    click.echo(f"published {sent} clicks to {settings.topic('clicks')}")
+    topic = settings.topic("impressions" if impressions else "clicks")
+    messages = impressions_of(rows, first, max_candidates) if impressions else clicks_of(rows, first)
+    sent = asyncio.run(publish(settings.kafka_bootstrap, topic, messages, rate))
+    click.echo(f"published {sent} {'requests' if impressions else 'clicks'} to {topic}")
 
 
 @main.command("graph-updater")
