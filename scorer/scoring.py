@@ -37,7 +37,7 @@ log = structlog.get_logger("scorer")
 
 @dataclass(frozen=True)
 class ScorerOptions:
-    n_neighbours: int = 10
+    n_neighbours: int = 10  # 0 = no neighbour retrieval (the user's own history and rate are still read)
     history_len: int = 10
     model_batch_size: int = 32
     retrieval_budget_ms: float = 50.0
@@ -101,7 +101,7 @@ class ContextBuilder:
                 log.warning("retrieval_failed", request_id=request.request_id, error=repr(exc)[:300])
         for item in request.item_ids:
             evidence = None
-            if user is not None and DegradedFlag.NO_RETRIEVAL not in ctx.degraded:
+            if user is not None and self.options.n_neighbours and DegradedFlag.NO_RETRIEVAL not in ctx.degraded:
                 evidence = self._evidence(ctx, user, item, started, budget_ms)
             ctx.inputs.append(PromptInputs(self.text_of(item), history, evidence, rate))
         ctx.retrieval_ms = (time.perf_counter() - started) * 1000.0

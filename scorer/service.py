@@ -64,12 +64,10 @@ def load_scorer(settings: Settings, store: VectorStore) -> Scorer:
     if settings.exit_rule == "never":
         rule = ExitRule()
     catalogue = load(settings.catalogue, settings.data_dir).item_text if settings.catalogue else {}
-    options = ScorerOptions(settings.neighbours, settings.history_len, settings.model_batch_size,
-                            settings.retrieval_budget_ms)
-    retriever = None
-    if settings.retriever == "gcn":
-        retriever = GcnRetriever(store)
-    elif settings.retriever == "text":
+    options = ScorerOptions(settings.neighbours if settings.retriever != "none" else 0, settings.history_len,
+                            settings.model_batch_size, settings.retrieval_budget_ms)
+    retriever = GcnRetriever(store)  # "none": the user's own payload is still read, no neighbour query runs
+    if settings.retriever == "text":
         encoder = SentenceEncoder(backbones.resolve("minilm", settings.cache_dir))
         text_store = open_store(settings.vector_backend, settings.qdrant_url, ":memory:",
                                 f"{settings.collection_prefix}_text")

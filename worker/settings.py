@@ -52,7 +52,8 @@ class Settings(BaseSettings):
     scorer_batch_wait_ms: int = Field(5, ge=1, le=60_000, description="max wait to fill an impression micro-batch")
     model_batch_size: int = Field(32, ge=1, le=4096, description="candidates per model pass (sorted by length)")
     retriever: Literal["gcn", "text", "none"] = Field(
-        "gcn", description="neighbour retrieval: gcn = LightGCN vectors, text = MiniLM history embeddings, none")
+        "gcn", description="neighbour retrieval: gcn = LightGCN vectors, text = MiniLM history embeddings, "
+                    "none = no neighbours (the user's own history is still read)")
     neighbours: int = Field(10, ge=1, le=1000, description="similar users retrieved per (user, candidate)")
     history_len: int = Field(10, ge=0, le=100, description="recent reactions of the user in the prompt")
     retrieval_budget_ms: float = Field(50.0, gt=0, le=60_000,
