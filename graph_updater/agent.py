@@ -5,7 +5,8 @@ Per micro-batch (up to ``updater_batch_size`` clicks, or what arrived within ``u
 2. dead letters are produced and their delivery awaited;
 3. the valid clicks update the graph (:class:`~graph_updater.online.GraphUpdater`) and the changed vectors are
    upserted, retrying until the store accepts them;
-4. every ``refine_every_clicks`` clicks, a few BPR steps refine the embeddings and the moved vectors are upserted;
+4. every ``refine_every_clicks`` clicks, a few BPR steps refine the embeddings (in a worker thread) and the
+   moved vectors are upserted;
 5. only then are the batch's offsets committed, so a committed offset never runs ahead of the outputs.
 
 The loop runs as a task of the faust app (which hosts the process: lifecycle, signals, the producer for dead
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 import faust
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from graph_updater.online import GraphUpdater, VectorRecord, parse_click
 from graph_updater.store import VectorStore
@@ -68,19 +70,23 @@ def parse_batch(records: Sequence[ConsumerRecord]) -> tuple[list[Click], list[tu
 
 
 async def upsert_with_retry(store: VectorStore, records: list[VectorRecord], stats: UpdaterStats,
-                            max_backoff_s: float = 5.0) -> None:
-    """Upsert until the store accepts: the batch is not committed before, so nothing is lost while it is down."""
-    backoff = 0.1
-    while True:
-        try:
-            stats.upserts += store.upsert(records)
-            return
-        except Exception as exc:  # any store/transport failure: keep the batch, retry
-            stats.store_retries += 1
-            log.warning("vector_store_upsert_failed", error=repr(exc)[:500], retry_in_s=backoff,
-                        records=len(records))
-            await asyncio.sleep(backoff)
-            backoff = min(max_backoff_s, backoff * 2)
+                            max_backoff_s: float = 5.0, chunk: int = 2048) -> None:
+    """Upsert until the store accepts: the batch is not committed before, so nothing is lost while it is down.
+    Written in chunks with a yield between them, so a large write (a refinement moves most vectors) never
+    holds the event loop long enough to miss a heartbeat or stall the scorer sharing it."""
+    for start in range(0, len(records), chunk):
+        part, backoff = records[start:start + chunk], 0.1
+        while True:
+            try:
+                stats.upserts += store.upsert(part)
+                break
+            except Exception as exc:  # any store/transport failure: keep the batch, retry
+                stats.store_retries += 1
+                log.warning("vector_store_upsert_failed", error=repr(exc)[:500], retry_in_s=backoff,
+                            records=len(part))
+                await asyncio.sleep(backoff)
+                backoff = min(max_backoff_s, backoff * 2)
+        await asyncio.sleep(0)
 
 
 class ClickLoop:
@@ -105,7 +111,8 @@ class ClickLoop:
         self.stats.freshness_ms.extend(done_ms - r.timestamp for r in records)
         every = self.settings.refine_every_clicks
         if every and self.updater.clicks_since_refine >= every:
-            moved = self.updater.refine(self.settings.refine_steps)
+            # seconds of numpy/torch work on a large graph: off the event loop (only this loop touches the graph)
+            moved = await asyncio.to_thread(self.updater.refine, self.settings.refine_steps)
             await upsert_with_retry(self.store, moved, self.stats)
             self.stats.refinements += 1
             log.info("graph_refined", steps=self.settings.refine_steps, vectors_moved=len(moved))
@@ -131,8 +138,12 @@ class ClickLoop:
                 if not records:
                     continue
                 await self.process(records)
-                await consumer.commit({TopicPartition(tp.topic, tp.partition): part[-1].offset + 1
-                                       for tp, part in batches.items() if part})
+                try:
+                    await consumer.commit({TopicPartition(tp.topic, tp.partition): part[-1].offset + 1
+                                           for tp, part in batches.items() if part})
+                except (CommitFailedError, IllegalStateError) as exc:
+                    # the group rebalanced meanwhile: the batch comes again and is applied idempotently
+                    log.warning("click_commit_skipped", error=repr(exc)[:300], records=len(records))
         finally:
             await consumer.stop()
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from graph_updater.graph import ITEM, USER, EdgeChange, LightGCNGraph
 from graph_updater.train import bpr_train
-from schemas.codec import InvalidMessage, decode
+from schemas.codec import decode_keyed
 from schemas.messages import Click
 
 PAYLOAD_MAX_ITEMS = 100  # latest reactions per polarity kept filterable in the payload
@@ -41,10 +41,7 @@ def latest_keys(reactions: dict[str, int]) -> list[int]:
 
 def parse_click(key: bytes | None, value: bytes | None) -> Click:
     """Decode a ``clicks`` record; its key, when present, must be the user id (the partitioning contract)."""
-    click = decode(Click, value)
-    if key is not None and key != click.user_id.encode():
-        raise InvalidMessage("KeyMismatch", f"message key {key[:64]!r} is not user_id {click.user_id!r}")
-    return click
+    return decode_keyed(Click, key, value)
 
 
 @dataclass

@@ -46,6 +46,16 @@ def decode(contract: type[M], data: bytes | None) -> M:
         raise InvalidMessage(kind, f"{contract.__name__}: {detail}") from None
 
 
+def decode_keyed(contract: type[M], key: bytes | None, value: bytes | None) -> M:
+    """:func:`decode` an input record keyed by user id (``clicks``, ``impressions``): the key, when present, must
+    be the message's ``user_id`` (the partitioning contract), else :class:`InvalidMessage` ``KeyMismatch``."""
+    message = decode(contract, value)
+    user_id = message.user_id
+    if key is not None and key != user_id.encode():
+        raise InvalidMessage("KeyMismatch", f"message key {key[:64]!r} is not user_id {user_id!r}")
+    return message
+
+
 def dead_letter(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
                 error: Exception) -> DeadLetter:
     """The dead-letter record for an input message that failed with ``error`` (original bytes kept)."""

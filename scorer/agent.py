@@ -18,16 +18,15 @@ it reads with aiokafka's batch API inside the faust app that hosts the process a
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import faust
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
-from schemas.codec import InvalidMessage, dead_letter, decode, encode
+from schemas.codec import InvalidMessage, dead_letter, decode_keyed, encode
 from schemas.messages import ImpressionRequest
 from scorer.scoring import Scorer, now_ms
 from worker.app import Topics
@@ -52,17 +51,11 @@ class ScorerStats:
     candidates: int = 0
     dead_letters: int = 0
     batches: int = 0
-    degraded: dict[str, int] = field(default_factory=dict)
-    exit_layers: dict[int, int] = field(default_factory=dict)
-    latency_ms: deque = field(default_factory=lambda: deque(maxlen=100_000), repr=False)
 
 
 def parse_request(key: bytes | None, value: bytes | None) -> ImpressionRequest:
     """Decode an ``impressions`` record; its key, when present, must be the user id."""
-    request = decode(ImpressionRequest, value)
-    if key is not None and key != request.user_id.encode():
-        raise InvalidMessage("KeyMismatch", f"message key {key[:64]!r} is not user_id {request.user_id!r}")
-    return request
+    return decode_keyed(ImpressionRequest, key, value)
 
 
 def parse_batch(records: Sequence[ConsumerRecord]):
@@ -133,21 +126,12 @@ class ImpressionLoop:
                 pending.append(await self.topics.scores.send(key=score.user_id.encode(), value=encode(score)))
             pending.append(await self.topics.telemetry.send(key=telemetry.request_id.encode(),
                                                             value=encode(telemetry)))
-            self.record(telemetry, produced - taken)
+            self.stats.requests += 1
+            self.stats.candidates += len(scores)
         await asyncio.gather(*pending)
         self.stats.batches += 1
         log.debug("impression_batch", requests=len(requests), request_ids=[r.request_id for r, _ in requests[:5]],
                   inference_ms=round(inference.inference_ms, 1))
-
-    def record(self, telemetry, work_ms: float) -> None:
-        s = self.stats
-        s.requests += 1
-        s.candidates += len(telemetry.candidates)
-        s.latency_ms.append(telemetry.queue_ms + work_ms)  # enqueued in Kafka -> outputs produced
-        for flag in telemetry.degraded:
-            s.degraded[flag.value] = s.degraded.get(flag.value, 0) + 1
-        for c in telemetry.candidates:
-            s.exit_layers[c.exit_layer] = s.exit_layers.get(c.exit_layer, 0) + 1
 
     async def run(self) -> None:
         s = self.settings

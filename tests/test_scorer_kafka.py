@@ -12,15 +12,17 @@ from collections import Counter
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from kafka_io import read_topic, settings_env
+from kafka_io import read_topic, settings_env, wait_for
 
 from graph_updater.recovery import committed_offsets
 from schemas.codec import decode
 from schemas.messages import CtrScore, DeadLetter, DegradedFlag, ExitTelemetry, ImpressionRequest
 from scorer.agent import scorer_group
 from scorer.service import prepare_worker
+from worker.analytics import TopicReader, follow
 from worker.app import create_topics
-from worker.replay import impressions_of, publish
+from worker.metrics import ScoreJoin
+from worker.replay import clicks_of, impressions_of, publish
 
 pytestmark = pytest.mark.integration
 
@@ -106,6 +108,23 @@ async def test_every_request_is_scored_and_bad_ones_dead_lettered(settings, spli
                                         settings.topic("impressions"))
     assert sum(committed.values()) == len(requests) + len(BAD_REQUESTS)
     assert service.scorer_stats.requests == len(requests)
+
+    # the analytics reader on the same topics: every request answered once, the rows' clicks (published only
+    # now, after their scores) joined with them, dead letters counted
+    await publish(settings.kafka_bootstrap, settings.topic("clicks"), clicks_of(rows, len(split.train)),
+                  progress=False)
+    join = ScoreJoin()
+    stop = asyncio.Event()
+    reader = asyncio.create_task(follow(settings, TopicReader(settings, join), True, stop))
+    await wait_for(lambda: join.total.requests == len(requests) and join.total.joined == len(rows), 60,
+                   "the analytics join")
+    stop.set()
+    await reader
+    report = join.report()
+    assert report["unanswered"] == 0 and report["duplicates"] == 0 and report["unjoined_clicks"] == 0
+    assert report["total"]["dead_letters"] == {"impressions.dlq": len(BAD_REQUESTS)}
+    assert report["total"]["degraded"]["deadline"] == 1 and 0.0 <= report["total"]["auc"] <= 1.0
+    assert len(join.total.latency_ms) == len(requests)
 
 
 async def test_store_failure_scores_without_neighbours(settings, split, trained_checkpoint, tiny_scorer_checkpoint):

@@ -18,7 +18,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer
 from rich.table import Table
 
-from schemas.codec import InvalidMessage, decode
+from schemas.codec import InvalidMessage, decode, decode_keyed
 from schemas.messages import Click, CtrScore, ExitTelemetry, ImpressionRequest
 from worker.app import CLICKS, DLQ_SUFFIX, IMPRESSIONS, SCORES, TELEMETRY
 from worker.metrics import ScoreJoin
@@ -41,11 +41,11 @@ class TopicReader:
     def feed(self, record) -> None:
         try:
             self.routes[record.topic](record)
-        except InvalidMessage:  # bad inputs are the workers' business (they dead-letter them); skip here
+        except InvalidMessage:  # inputs the workers dead-letter (same checks), or a broken output: skip, count
             self.invalid += 1
 
     def _impression(self, r) -> None:
-        self.join.impression(decode(ImpressionRequest, r.value).request_id, r.timestamp)
+        self.join.impression(decode_keyed(ImpressionRequest, r.key, r.value).request_id, r.timestamp)
 
     def _score(self, r) -> None:
         self.join.score(decode(CtrScore, r.value), r.timestamp)
@@ -54,7 +54,7 @@ class TopicReader:
         self.join.telemetry(decode(ExitTelemetry, r.value), r.timestamp)
 
     def _click(self, r) -> None:
-        click = decode(Click, r.value)
+        click = decode_keyed(Click, r.key, r.value)
         self.join.click(click.user_id, click.item_id, click.label, r.timestamp)
 
     def _dead_letter(self, r) -> None:

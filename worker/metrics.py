@@ -64,11 +64,15 @@ class Window:
     degraded: Counter = field(default_factory=Counter)
     dead_letters: Counter = field(default_factory=Counter)
 
+    @property
+    def joined(self) -> int:
+        return len(self.labels)
+
     def summary(self) -> dict:
         layers = sum(k * v for k, v in self.exit_layers.items())
         n = sum(self.exit_layers.values())
         return {
-            "auc": auc(np.array(self.labels), np.array(self.scores)), "joined": len(self.labels),
+            "auc": auc(np.array(self.labels), np.array(self.scores)), "joined": self.joined,
             "requests": self.requests, "candidates": self.candidates,
             "mean_exit_layer": layers / n if n else float("nan"),
             "exit_histogram": {int(k): v for k, v in sorted(self.exit_layers.items())},
