@@ -294,7 +294,7 @@ def eval_model(folder: Path, dataset: str, n_test: int) -> None:
 @click.option("--limit", type=int, default=None, help="stream clicks to replay first (default: the whole slice)")
 @click.option("--requests", "requests_n", type=int, default=1500, show_default=True,
               help="test rows replayed as impression requests (then as clicks)")
-@click.option("--request-rate", type=float, default=15.0, show_default=True, help="impression requests per second")
+@click.option("--request-rate", type=float, default=10.0, show_default=True, help="impression requests per second")
 def demo(dataset: str, rate: float, limit: int | None, requests_n: int, request_rate: float) -> None:
     """Local broker + embedded store: fold in replayed clicks, then score replayed impressions, live."""
     from worker.demo import run_demo
