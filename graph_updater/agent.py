@@ -112,7 +112,8 @@ class ClickLoop:
         every = self.settings.refine_every_clicks
         if every and self.updater.clicks_since_refine >= every:
             # seconds of numpy/torch work on a large graph: off the event loop (only this loop touches the graph)
-            moved = await asyncio.to_thread(self.updater.refine, self.settings.refine_steps)
+            moved = await asyncio.to_thread(self.updater.refine, self.settings.refine_steps,
+                                            min_change=self.settings.refine_min_change)
             await upsert_with_retry(self.store, moved, self.stats)
             self.stats.refinements += 1
             log.info("graph_refined", steps=self.settings.refine_steps, vectors_moved=len(moved))

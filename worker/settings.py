@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     updater_batch_wait_ms: int = Field(100, ge=1, le=60_000, description="max wait to fill a micro-batch")
     refine_every_clicks: int = Field(20_000, ge=0, description="BPR refinement after this many clicks (0 = off)")
     refine_steps: int = Field(5, ge=1, le=1000, description="BPR steps per refinement")
+    refine_min_change: float = Field(0.05, ge=0.0, le=1.0,
+                                     description="a refined vector is rewritten when it moved more than this "
+                                                 "(relative); the rest keep their stored vector until their next click")
     payload_recent_items: int = Field(20, ge=1, le=1000, description="recent items kept per user in the payload")
     replica_id: str | None = Field(
         None, description="worker replica name; with an embedded store each replica follows the click log itself "
