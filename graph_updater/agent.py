@@ -10,9 +10,8 @@ Per micro-batch (up to ``updater_batch_size`` clicks, or what arrived within ``u
 5. only then are the batch's offsets committed, so a committed offset never runs ahead of the outputs.
 
 The loop runs as a task of the faust app (which hosts the process: lifecycle, signals, the producer for dead
-letters) but reads with aiokafka's batch API under its own consumer group ``<group>.graph-updater``: faust's
-per-event stream machinery tops out near 5,000 events/s on this 2-core machine even with an empty loop body,
-against ~200,000 records/s for ``getmany`` + commit (``bench/results/graph.json``, ``consume_*`` keys).
+letters) but reads with aiokafka's batch API (:mod:`worker.batches`, shared with the impression loop) under its
+own consumer group ``<group>.graph-updater``.
 """
 
 from __future__ import annotations
@@ -25,14 +24,12 @@ from dataclasses import dataclass, field
 
 import faust
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka import ConsumerRecord
 
 from graph_updater.online import GraphUpdater, VectorRecord, parse_click
 from graph_updater.store import VectorStore
-from schemas.codec import InvalidMessage, dead_letter, encode
-from schemas.messages import Click
 from worker.app import Topics
+from worker.batches import run_batches, send_dead_letter, split_valid
 from worker.settings import Settings
 
 log = structlog.get_logger("graph_updater")
@@ -56,17 +53,6 @@ class UpdaterStats:
     refinements: int = 0
     store_retries: int = 0
     freshness_ms: deque = field(default_factory=lambda: deque(maxlen=200_000), repr=False)
-
-
-def parse_batch(records: Sequence[ConsumerRecord]) -> tuple[list[Click], list[tuple[ConsumerRecord, Exception]]]:
-    """Split raw records into valid clicks and (record, error) pairs for the dead-letter topic."""
-    clicks, bad = [], []
-    for record in records:
-        try:
-            clicks.append(parse_click(record.key, record.value))
-        except InvalidMessage as err:
-            bad.append((record, err))
-    return clicks, bad
 
 
 async def upsert_with_retry(store: VectorStore, records: list[VectorRecord], stats: UpdaterStats,
@@ -98,12 +84,10 @@ class ClickLoop:
 
     async def process(self, records: Sequence[ConsumerRecord]) -> None:
         started = time.perf_counter()
-        clicks, bad = parse_batch(records)
+        valid, bad = split_valid(records, parse_click)
+        clicks = [click for click, _ in valid]
         for record, err in bad:
-            letter = dead_letter(record.topic, record.partition, record.offset, record.key, record.value, err)
-            await (await self.topics.clicks_dlq.send(key=record.key, value=encode(letter)))
-            log.warning("click_dead_lettered", partition=record.partition, offset=record.offset,
-                        error_class=letter.error_class, reason=letter.error_message[:300])
+            await send_dead_letter(self.topics.clicks_dlq, record, err, "click_dead_lettered")
         vectors = self.updater.apply(clicks)
         if vectors:
             await upsert_with_retry(self.store, vectors, self.stats)
@@ -125,28 +109,8 @@ class ClickLoop:
 
     async def run(self) -> None:
         s = self.settings
-        consumer = AIOKafkaConsumer(
-            s.topic("clicks"), bootstrap_servers=s.kafka_bootstrap, group_id=updater_group(s),
-            enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=s.updater_batch_size,
-            session_timeout_ms=int(s.session_timeout_s * 1000),
-            heartbeat_interval_ms=max(500, int(s.session_timeout_s * 250)))
-        await consumer.start()
-        try:
-            while True:
-                batches = await consumer.getmany(timeout_ms=s.updater_batch_wait_ms,
-                                                 max_records=s.updater_batch_size)
-                records = [r for part in batches.values() for r in part]
-                if not records:
-                    continue
-                await self.process(records)
-                try:
-                    await consumer.commit({TopicPartition(tp.topic, tp.partition): part[-1].offset + 1
-                                           for tp, part in batches.items() if part})
-                except (CommitFailedError, IllegalStateError) as exc:
-                    # the group rebalanced meanwhile: the batch comes again and is applied idempotently
-                    log.warning("click_commit_skipped", error=repr(exc)[:300], records=len(records))
-        finally:
-            await consumer.stop()
+        await run_batches(s, s.topic("clicks"), updater_group(s), s.updater_batch_size, s.updater_batch_wait_ms,
+                          self.process, "click")
 
 
 def register_updater(app: faust.App, topics: Topics, updater: GraphUpdater, store: VectorStore,

@@ -12,7 +12,8 @@ Per micro-batch (up to ``scorer_batch_size`` requests, or what arrived within ``
    re-delivered duplicates by ``(request_id, item_id)`` / ``request_id``.
 
 Replicas share the ``impressions`` partitions through the consumer group ``<group>.scorer``. Like the click loop
-it reads with aiokafka's batch API inside the faust app that hosts the process and owns the producer.
+it reads with aiokafka's batch API (:mod:`worker.batches`) inside the faust app that hosts the process and owns
+the producer.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from dataclasses import dataclass
 
 import faust
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka import ConsumerRebalanceListener, ConsumerRecord
 
-from schemas.codec import InvalidMessage, dead_letter, decode_keyed, encode
+from schemas.codec import decode_keyed, encode
 from schemas.messages import ImpressionRequest
 from scorer.scoring import Scorer, now_ms
 from worker.app import Topics
+from worker.batches import run_batches, send_dead_letter, split_valid
 from worker.settings import Settings
 
 log = structlog.get_logger("scorer")
@@ -58,17 +59,6 @@ def parse_request(key: bytes | None, value: bytes | None) -> ImpressionRequest:
     return decode_keyed(ImpressionRequest, key, value)
 
 
-def parse_batch(records: Sequence[ConsumerRecord]):
-    """Split raw records into (request, record) pairs and (record, error) pairs for the dead-letter topic."""
-    good, bad = [], []
-    for record in records:
-        try:
-            good.append((parse_request(record.key, record.value), record))
-        except InvalidMessage as err:
-            bad.append((record, err))
-    return good, bad
-
-
 class PartitionLog(ConsumerRebalanceListener):
     """Logs every assignment change: ops see which replica owns which partitions after a rebalance."""
 
@@ -90,17 +80,14 @@ class ImpressionLoop:
         self.topics, self.scorer, self.settings, self.stats = topics, scorer, settings, stats
 
     async def dead_letter(self, record: ConsumerRecord, err: Exception) -> None:
-        letter = dead_letter(record.topic, record.partition, record.offset, record.key, record.value, err)
-        await (await self.topics.impressions_dlq.send(key=record.key, value=encode(letter)))
+        await send_dead_letter(self.topics.impressions_dlq, record, err, "impression_dead_lettered")
         self.stats.dead_letters += 1
-        log.warning("impression_dead_lettered", partition=record.partition, offset=record.offset,
-                    error_class=letter.error_class, reason=letter.error_message[:300])
 
     async def process(self, records: Sequence[ConsumerRecord]) -> None:
         """Dead-letter the invalid records, answer the valid ones. If answering the batch raises (a request that
         passes validation but breaks scoring), the requests are retried one by one and those that still fail are
         dead-lettered as ``ScoringError``: one poison request neither stops the worker nor takes its batch down."""
-        requests, bad = parse_batch(records)
+        requests, bad = split_valid(records, parse_request)
         for record, err in bad:
             await self.dead_letter(record, err)
         if not requests:
@@ -135,27 +122,8 @@ class ImpressionLoop:
 
     async def run(self) -> None:
         s = self.settings
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka_bootstrap, group_id=scorer_group(s), enable_auto_commit=False,
-            auto_offset_reset="earliest", max_poll_records=s.scorer_batch_size,
-            session_timeout_ms=int(s.session_timeout_s * 1000),
-            heartbeat_interval_ms=max(500, int(s.session_timeout_s * 250)))
-        consumer.subscribe([s.topic("impressions")], listener=PartitionLog(s.replica_id))
-        await consumer.start()
-        try:
-            while True:
-                batches = await consumer.getmany(timeout_ms=s.scorer_batch_wait_ms, max_records=s.scorer_batch_size)
-                records = [r for part in batches.values() for r in part]
-                if not records:
-                    continue
-                await self.process(records)
-                try:
-                    await consumer.commit({TopicPartition(tp.topic, tp.partition): part[-1].offset + 1
-                                           for tp, part in batches.items() if part})
-                except (CommitFailedError, IllegalStateError) as exc:  # partitions moved to another replica
-                    log.warning("impression_commit_skipped", error=repr(exc)[:300], records=len(records))
-        finally:
-            await consumer.stop()
+        await run_batches(s, s.topic("impressions"), scorer_group(s), s.scorer_batch_size, s.scorer_batch_wait_ms,
+                          self.process, "impression", PartitionLog(s.replica_id))
 
 
 def register_scorer(app: faust.App, topics: Topics, scorer: Scorer, settings: Settings,
