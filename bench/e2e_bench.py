@@ -61,10 +61,9 @@ CONFIGS = {
 
 
 def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
-    env = {**os.environ, **{f"EXITREC_{k.upper()}": str(v) for k, v in settings.model_dump().items()
-                            if v is not None}}
-    return subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], env=env, cwd=REPO_ROOT,
-                            stdout=subprocess.DEVNULL, stderr=log_path.open("wb"), start_new_session=True)
+    return subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], cwd=REPO_ROOT,
+                            env={**os.environ, **settings.environment()}, stdout=subprocess.DEVNULL,
+                            stderr=log_path.open("wb"), start_new_session=True)
 
 
 async def wait_caught_up(settings: Settings, worker: subprocess.Popen, clicks: int, log_path: Path,

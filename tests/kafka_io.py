@@ -40,6 +40,4 @@ async def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float
 
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment of a subprocess that must see ``settings`` (plus ``extra`` overrides)."""
-    env = {**os.environ, **{f"EXITREC_{k.upper()}": str(v) for k, v in settings.model_dump().items()
-                            if v is not None}}
-    return {**env, **{f"EXITREC_{k.upper()}": v for k, v in extra.items()}}
+    return {**os.environ, **settings.model_copy(update=extra).environment()}

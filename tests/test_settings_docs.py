@@ -38,3 +38,13 @@ def test_compose_runs_the_workers_with_known_settings():
         fixed = {k.removeprefix("EXITREC_").lower(): v for k, v in env.items() if "${" not in str(v)}
         Settings(**fixed)  # raises on a value the settings reject
     assert 'ENTRYPOINT ["exitrec"]' in (root / "infra" / "Dockerfile").read_text()
+
+
+def test_settings_reach_a_child_process_through_the_environment(monkeypatch, tmp_path):
+    """What `exitrec worker` subprocesses (tests, benchmark) rely on: environment() round-trips."""
+    chosen = Settings(replica_id="r7", scorer_checkpoint=tmp_path, retriever="text", topic_partitions=6)
+    env = chosen.environment()
+    assert "EXITREC_QDRANT_URL" not in env  # unset stays unset
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert Settings() == chosen

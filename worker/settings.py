@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
 
+    def environment(self) -> dict[str, str]:
+        """These settings as ``EXITREC_*`` variables (unset ones left out): what a child process needs to get them."""
+        return {f"EXITREC_{k.upper()}": str(v) for k, v in self.model_dump().items() if v is not None}
+
     def resolved_state_dir(self) -> Path:
         return self.state_dir or self.cache_dir / "state" / self.consumer_group
 
