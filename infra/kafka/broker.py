@@ -84,8 +84,13 @@ def _file_digest(path: Path) -> str:
 
 
 def _cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (what Kafka's Uuid parses)."""
-    return urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (what Kafka's Uuid parses), never
+    starting with ``-``: ``kafka-storage format -t -abc…`` would read it as an option and fail (1 start in 64).
+    Kafka's own ``Uuid.randomUuid()`` draws again for the same reason."""
+    while True:
+        cluster_id = urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def free_port() -> int:
