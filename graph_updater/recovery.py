@@ -20,10 +20,14 @@ from graph_updater.online import GraphUpdater, parse_click
 from schemas.codec import InvalidMessage
 
 
-async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    """Partition -> committed offset of ``group`` on ``topic`` (partitions without a commit are absent)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
+async def committed_offsets(bootstrap: str, group: str, topic: str,
+                            admin: AIOKafkaAdminClient | None = None) -> dict[int, int]:
+    """Partition -> committed offset of ``group`` on ``topic`` (partitions without a commit are absent). Pass a
+    started ``admin`` to poll repeatedly without a connection per call."""
+    own = admin is None
+    if own:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
     try:
         for attempt in range(60):  # the coordinator is unavailable while __consumer_offsets is being created
             try:
@@ -34,7 +38,8 @@ async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int,
                     raise
                 await asyncio.sleep(0.5)
     finally:
-        await admin.close()
+        if own:
+            await admin.close()
     return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0}
 
 

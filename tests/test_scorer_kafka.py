@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from kafka_io import read_topic, settings_env, wait_for
 
+from graph_updater.agent import updater_group
 from graph_updater.recovery import committed_offsets
 from schemas.codec import decode
 from schemas.messages import CtrScore, DeadLetter, DegradedFlag, ExitTelemetry, ImpressionRequest
@@ -22,6 +24,7 @@ from scorer.service import prepare_worker
 from worker.analytics import TopicReader, follow
 from worker.app import create_topics
 from worker.metrics import ScoreJoin
+from worker.prequential import clicks_by_request, run_waves, waves
 from worker.replay import clicks_of, impressions_of, publish
 
 pytestmark = pytest.mark.integration
@@ -230,3 +233,37 @@ async def test_two_replicas_share_partitions_and_a_killed_one_loses_nothing(sett
     a_runs, b_runs = assignments(logs["a"]), assignments(logs["b"])
     assert any(len(p) == 4 for p in b_runs), "after the kill, the survivor took over every partition"
     assert len(a_runs) >= 2 and a_runs[-1] and b_runs[-1], "the restarted replica rejoined: both own partitions"
+
+
+async def test_strict_prequential_replay_waits_for_each_wave_to_be_folded_in(settings, split, trained_checkpoint,
+                                                                              tiny_scorer_checkpoint):
+    """The e2e benchmark's AUC protocol: every request is scored only after all earlier clicks were applied, so a
+    user's second request in a burst already sees the first one's click in its history."""
+    settings = worker_settings(settings, trained_checkpoint, tiny_scorer_checkpoint)
+    rows = split.stream.take(slice(0, 60))
+    requests = impressions_of(rows, first_row=len(split.train))
+    answers = clicks_by_request(requests, clicks_of(rows, len(split.train)))
+    service = await prepare_worker(settings)
+    seen_history: dict[str, int] = {}
+    context = service.scorer.context
+
+    def spy(request, enqueued, taken):
+        ctx = context(request, enqueued, taken)
+        seen_history[request.request_id] = sum(ctx.inputs[0].rate or (0, 0))
+        return ctx
+
+    service.scorer.context = spy
+    await service.app.start()
+    try:
+        run = await run_waves(settings, requests, answers, updater_group(settings), 0, timeout_s=120)
+    finally:
+        await service.app.stop()
+    assert run.answered == len(requests) and service.updater_stats.clicks == len(rows)
+    assert len(waves(requests)) > 1
+    # the rate line counts every reaction before the row: a user's later request saw the earlier clicks
+    checked = 0
+    for first, later in itertools.pairwise(requests):
+        if first.user_id == later.user_id and seen_history[first.request_id]:
+            assert seen_history[later.request_id] >= seen_history[first.request_id] + 1
+            checked += 1
+    assert checked >= 10, "the replayed slice must hold bursts of one user"

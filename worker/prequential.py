@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from graph_updater.recovery import committed_offsets
 from schemas.codec import decode, encode
 from schemas.messages import Click, ExitTelemetry, ImpressionRequest
 from worker.settings import Settings
@@ -156,11 +157,6 @@ def waves(requests: list[ImpressionRequest]) -> list[list[ImpressionRequest]]:
     return [w for w in out if w]
 
 
-async def updater_committed(admin: AIOKafkaAdminClient, group: str, topic: str) -> int:
-    offsets = await admin.list_consumer_group_offsets(group)
-    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0)
-
-
 async def run_waves(settings: Settings, requests: list[ImpressionRequest], clicks: dict[str, list[Click]],
                     updater_group: str, clicks_before: int, timeout_s: float = 1800.0,
                     on_answer: Callable[[PrequentialRun], None] | None = None) -> PrequentialRun:
@@ -182,7 +178,8 @@ async def run_waves(settings: Settings, requests: list[ImpressionRequest], click
                         raise TimeoutError(f"{run.answered} of {len(requests)} requests answered in {timeout_s}s")
                     published += len(await replayer.read(timeout_ms=20))
                 await asyncio.gather(*replayer.deliveries)
-                while await updater_committed(admin, updater_group, settings.topic("clicks")) < published:
+                while sum((await committed_offsets(settings.kafka_bootstrap, updater_group, settings.topic("clicks"),
+                                                   admin)).values()) < published:
                     if time.monotonic() > deadline:
                         raise TimeoutError("the graph updater did not commit the published clicks")
                     await asyncio.sleep(0.01)
