@@ -10,8 +10,10 @@ rate before the sample (target encoding with a prior), fitted on the same traini
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,21 +58,25 @@ class SampleSets:
     baseline_logloss: float
 
 
-def graph_state(dataset: str, history: Interactions, cache_dir: Path) -> GraphUpdater:
-    """The graph updater at the end of the 70% history, from ``<cache>/graph/<dataset>`` (what
-    ``exitrec train-graph`` and the demo write) when it was trained on that history; otherwise trained now and
-    saved there."""
+def graph_checkpoint_folder(dataset: str, history: Callable[[], Interactions], cache_dir: Path) -> Path:
+    """``<cache>/graph/<dataset>`` (what ``exitrec train-graph`` writes), holding LightGCN trained on the 70%
+    history: used as it is when it was trained on that share, otherwise trained now on ``history()`` and saved
+    there (the demo, the benchmarks and training all start from it)."""
     folder = cache_dir / "graph" / dataset
-    if (folder / "config.json").exists():
-        updater, config = graph_checkpoint.load(folder)
-        if config.get("train_share", 0.7) == 0.7:
-            return updater
-    updater = graph_checkpoint.build_updater(history, 64, 3)
-    large = len(history) > 200_000  # Book-Crossing / ML-1M: big batches, few epochs (sparse data overfits)
+    config_file = folder / "config.json"
+    if config_file.exists() and json.loads(config_file.read_text()).get("train_share", 0.7) == 0.7:
+        return folder
+    rows = history()
+    updater = graph_checkpoint.build_updater(rows, 64, 3)
+    large = len(rows) > 200_000  # Book-Crossing / ML-1M: big batches, few epochs (sparse data overfits)
     config = {"epochs": 6 if large else 30, "lr": 0.05 if large else 0.01, "batch_size": 32768 if large else 4096}
     train_offline(updater.graph, **config)
-    graph_checkpoint.save(folder, updater, history, {"dataset": dataset, "train_share": 0.7, **config})
-    return updater
+    return graph_checkpoint.save(folder, updater, rows, {"dataset": dataset, "train_share": 0.7, **config})
+
+
+def graph_state(dataset: str, history: Interactions, cache_dir: Path) -> GraphUpdater:
+    """The graph updater at the end of the 70% history (:func:`graph_checkpoint_folder`)."""
+    return graph_checkpoint.load(graph_checkpoint_folder(dataset, lambda: history, cache_dir))[0]
 
 
 def static_vectors(updater: GraphUpdater):

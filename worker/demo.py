@@ -22,12 +22,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from graph_updater import checkpoint
 from graph_updater.datasets import load, time_split
 from graph_updater.graph import ITEM, USER
-from graph_updater.train import train_offline
 from infra.kafka import broker
-from scorer.experiment import train_checkpoint
+from scorer.experiment import graph_checkpoint_folder, train_checkpoint
 from scorer.service import WorkerService, prepare_worker
 from worker.analytics import TopicReader, follow, plot, report_table
 from worker.metrics import ScoreJoin, percentile
@@ -39,14 +37,12 @@ console = Console(stderr=True)
 
 
 def ensure_checkpoint(settings: Settings, dataset: str) -> Path:
-    folder = settings.cache_dir / "graph" / dataset
-    if not (folder / "config.json").exists():
-        console.print(f"[bold]Preparing[/]: training LightGCN on {dataset} (first run only, cached in {folder})")
-        split = time_split(load(dataset, settings.data_dir))
-        updater = checkpoint.build_updater(split.train, 64, 3, recent_n=settings.payload_recent_items)
-        train_offline(updater.graph, epochs=30)
-        checkpoint.save(folder, updater, split.train, {"dataset": dataset, "epochs": 30, "train_share": 0.7})
-    return folder
+    def history():
+        console.print(f"[bold]Preparing[/]: training LightGCN on {dataset} (first run only, cached in "
+                      f"{settings.cache_dir / 'graph' / dataset})")
+        return time_split(load(dataset, settings.data_dir)).train
+
+    return graph_checkpoint_folder(dataset, history, settings.cache_dir)
 
 
 def ensure_model(settings: Settings, dataset: str) -> Path:
