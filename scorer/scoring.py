@@ -72,7 +72,7 @@ def now_ms() -> float:
 class ContextBuilder:
     """Step 1, retrieval: what the prompt of each candidate knows (shared by serving and training samples)."""
 
-    def __init__(self, retriever: Retriever | None, catalogue: Mapping[str, str], options: ScorerOptions) -> None:
+    def __init__(self, retriever: Retriever, catalogue: Mapping[str, str], options: ScorerOptions) -> None:
         self.retriever, self.catalogue, self.options = retriever, catalogue, options
 
     def text_of(self, item_id: str) -> str:
@@ -88,7 +88,7 @@ class ContextBuilder:
                 ctx.degraded.add(DegradedFlag.DEADLINE)
             budget_ms = min(budget_ms, remaining)
         user, history, rate = None, (), None
-        if self.retriever is not None and DegradedFlag.DEADLINE not in ctx.degraded:
+        if DegradedFlag.DEADLINE not in ctx.degraded:
             try:
                 user = self.retriever.user(request.user_id)
                 if user is None:
@@ -125,14 +125,12 @@ class ContextBuilder:
 
 
 class Scorer:
-    """Holds the model (loaded once per process), its tokenizer and exit rule, and the context builder (whose
-    retriever is None without RAG)."""
+    """Holds the model (loaded once per process), its tokenizer and exit rule, and the context builder."""
 
     def __init__(self, model: EarlyExitModel, tokenizer: PreTrainedTokenizerBase, card: ModelCard, rule: ExitRule,
-                 retriever: Retriever | None, catalogue: Mapping[str, str], options: ScorerOptions) -> None:
+                 retriever: Retriever, catalogue: Mapping[str, str], options: ScorerOptions) -> None:
         self.model, self.tokenizer, self.card, self.rule = model.eval(), tokenizer, card, rule
         self.contexts = ContextBuilder(retriever, catalogue, options)
-        self.retriever, self.options = retriever, options
         self.device = next(model.parameters()).device
         self.model_version = f"{card.version}+{rule.name}"
         build_prompt(PromptInputs("x"), self.count_tokens, card.max_length)  # a budget too small fails at start
@@ -154,17 +152,16 @@ class Scorer:
     def infer(self, contexts: list[RequestContext]) -> Inference:
         started = time.perf_counter()
         texts = [self.prompt(inputs) for ctx in contexts for inputs in ctx.inputs]
-        lengths = np.array([self.count_tokens(t) for t in texts])
-        order = np.argsort(lengths, kind="stable")
+        tokens = self.tokenizer(texts, truncation=True, max_length=self.card.max_length)["input_ids"]  # once
+        order = np.argsort([len(t) for t in tokens], kind="stable")
         n_heads = len(self.model.head_layers)
         probs = np.full((len(texts), n_heads), np.nan)
         exit_layer = np.zeros(len(texts), dtype=np.int64)
         ctr = np.zeros(len(texts))
-        size = self.options.model_batch_size
+        size = self.contexts.options.model_batch_size
         for start in range(0, len(texts), size):
             rows = order[start:start + size]
-            enc = self.tokenizer([texts[r] for r in rows], padding=True, truncation=True,
-                                 max_length=self.card.max_length, return_tensors="pt")
+            enc = self.tokenizer.pad({"input_ids": [tokens[r] for r in rows]}, padding=True, return_tensors="pt")
             result = self.model.predict(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device),
                                         self.rule)
             probs[rows], exit_layer[rows], ctr[rows] = result.probs, result.exit_layer, result.ctr

@@ -99,8 +99,8 @@ def build_worker(settings: Settings, updater: GraphUpdater | None, store: Vector
     if updater is not None:
         service.updater_stats = UpdaterStats()
         register_updater(app, topics, updater, store, settings, service.updater_stats)
-    if updater is not None and isinstance(scorer.retriever, TextRetriever):
-        index_text(scorer.retriever, updater, settings.text_index_users)
+    if updater is not None and isinstance(scorer.contexts.retriever, TextRetriever):
+        index_text(scorer.contexts.retriever, updater, settings.text_index_users)
     register_scorer(app, topics, scorer, settings, service.scorer_stats)
     return service
 
