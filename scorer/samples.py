@@ -30,6 +30,7 @@ from graph_updater.datasets import Interactions
 from graph_updater.online import GraphUpdater
 from graph_updater.store import VectorStore
 from schemas.messages import ImpressionRequest
+from scorer.context import item_text
 from scorer.prompt import NeighbourEvidence, PromptInputs
 from scorer.retrievers import GcnRetriever
 from scorer.scoring import ContextBuilder, ScorerOptions
@@ -79,10 +80,10 @@ def build_samples(data: Interactions, rows: np.ndarray, vector_of: Callable[[str
                 evidence = neighbour_evidence(me, vectors, np.array([y for _, y in seen], dtype=np.int64),
                                               n_neighbours)
             mine = reactions[user]
-            inputs = PromptInputs(text.get(item, f"item {item}"), tuple(history[user]), evidence,
+            inputs = PromptInputs(item_text(text, item), tuple(history[user]), evidence,
                                   (sum(mine.values()), len(mine)))
             out[t] = CtrSample(user, item, label, inputs)
-        history[user].append((text.get(item, f"item {item}"), label))
+        history[user].append((item_text(text, item), label))
         reactions[user][item] = label
         reactors[item].append((user, label))
     return [out[int(r)] for r in rows]

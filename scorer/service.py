@@ -13,6 +13,7 @@ end-to-end benchmark, so all of them run the same code.
 
 from __future__ import annotations
 
+import functools
 import socket
 import time
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from graph_updater.service import rebuild, store_for
 from graph_updater.store import VectorStore, open_store
 from scorer import backbones, checkpoint
 from scorer.agent import ScorerStats, register_scorer
+from scorer.context import item_text
 from scorer.exit_rules import ExitRule
 from scorer.retrievers import GcnRetriever, SentenceEncoder, TextRetriever
 from scorer.scoring import Scorer, ScorerOptions
@@ -71,7 +73,7 @@ def load_scorer(settings: Settings, store: VectorStore) -> Scorer:
         encoder = SentenceEncoder(backbones.resolve("minilm", settings.cache_dir))
         text_store = open_store(settings.vector_backend, settings.qdrant_url, ":memory:",
                                 f"{settings.collection_prefix}_text")
-        retriever = TextRetriever(store, text_store, encoder, lambda i: catalogue.get(i, f"item {i}"),
+        retriever = TextRetriever(store, text_store, encoder, functools.partial(item_text, catalogue),
                                   settings.history_len)
     scorer = Scorer(model, tokenizer, card, rule, retriever, catalogue, options)
     log.info("scorer_loaded", model_version=scorer.model_version, device=str(scorer.device),
