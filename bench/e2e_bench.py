@@ -152,8 +152,8 @@ def offline_auc(base: Settings, data, split, n_rows: int) -> dict:
     """AUC of the checkpoint on the same test rows, prompts built with the training-time (static) vectors."""
     from scorer import checkpoint, experiment
     from scorer.exit_rules import ExitRule
+    from scorer.quality import auc
     from scorer.samples import build_samples
-    from scorer.train import auc
 
     first = len(split.train) + len(split.stream)
     rows = np.arange(first, first + n_rows)
@@ -163,7 +163,8 @@ def offline_auc(base: Settings, data, split, n_rows: int) -> dict:
     y = np.array([s.label for s in samples])
     out = {}
     for neighbours in (True, False):
-        enc = experiment.encode(tokenizer, samples, card.max_length, neighbours)
+        enc = experiment.encode(tokenizer, samples, card.max_length, card.prior if card.features else None,
+                                "default" if neighbours else "norag")
         for label, r in (("full", ExitRule()), ("exit", rule)):
             _, result = experiment.throughput(model, enc, r)
             out[f"offline_auc_{'gcn' if neighbours else 'norag'}_{label}"] = auc(y, result.ctr)

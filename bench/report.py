@@ -50,17 +50,23 @@ def graph_table(d: dict) -> str:
     return "\n".join(lines)
 
 
-def early_exit_table(results: list[dict]) -> str:
-    head = ("| dataset / backbone | n train / test | AUC full | AUC exit | AUC no-RAG | AUC baseline | mean exit "
-            "layer | rps full → exit | speedup | p50 / p99 ms full | p50 / p99 ms exit |")
-    lines = [head, "|" + "---|" * 11]
+def accuracy_table(results: list[dict]) -> str:
+    """One row per dataset and configuration, the baseline first; AUC as mean ± sd over seeds."""
+    head = ("| dataset (test rows: warm / cold) | configuration | AUC | AUC warm | AUC cold | log loss | ECE | "
+            "AUC full depth | mean exit layer | requests/s exit / full |")
+    lines = [head, "|" + "---|" * 10]
     for d in results:
-        lines.append(
-            f"| {d['dataset']} / {d['backbone']} | {d['n_train']:,} / {d['n_test']:,} | {fmt(d['auc_full'])} | "
-            f"{fmt(d['auc_exit'])} | {fmt(d['auc_norag'])} | {fmt(d['auc_baseline'])} | "
-            f"{fmt(d['mean_exit_layer'], 2)} of {d['n_layers']} | {fmt(d['rps_full'], 1)} → {fmt(d['rps_exit'], 1)} | "
-            f"{fmt(d['speedup'], 2)}× | {fmt(d['p50_ms_full'], 0)} / {fmt(d['p99_ms_full'], 0)} | "
-            f"{fmt(d['p50_ms_exit'], 0)} / {fmt(d['p99_ms_exit'], 0)} |")
+        where = f"{d['dataset']} ({d['n_warm']:,} / {d['n_cold']:,})"
+        lines.append(f"| {where} | baseline: LR on rates and counts | {fmt(d['baseline_auc'])} | "
+                     f"{fmt(d['baseline_auc_warm'])} | {fmt(d['baseline_auc_cold'])} | {fmt(d['baseline_logloss'])} | "
+                     f"{fmt(d['baseline_ece'])} | — | — | — |")
+        for name, c in d["configs"].items():
+            marker = " (default)" if name == d["default"] else ""
+            speed = f"{fmt(c['rps'], 0)} / {fmt(c['rps_full'], 0)}" if "rps" in c else "—"
+            lines.append(f"| {where} | `{name}`{marker} | {fmt(c['auc'])} ± {fmt(c['auc_sd'])} | "
+                         f"{fmt(c['auc_warm'])} | {fmt(c['auc_cold'])} | {fmt(c['logloss'])} | {fmt(c['ece'])} | "
+                         f"{fmt(c['auc_full'])} | "
+                         f"{fmt(c['mean_exit_layer'], 2)} | {speed} |")
     return "\n".join(lines)
 
 
@@ -82,10 +88,10 @@ def main() -> None:
     graph = RESULTS / "graph.json"
     if graph.exists():
         print(graph_table(json.loads(graph.read_text())))
-    early = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("early_exit_*.json"))]
-    if early:
+    accuracy = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("accuracy_*.json"))]
+    if accuracy:
         print()
-        print(early_exit_table(early))
+        print(accuracy_table(accuracy))
     e2e = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("e2e_*.json"))]
     if e2e:
         print()

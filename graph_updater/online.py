@@ -96,7 +96,7 @@ class GraphUpdater:
                  recent_edges: int = 50_000) -> None:
         self.graph, self.recent_n, self.radius = graph, recent_n, radius
         self.histories: dict[str, UserHistory] = {}
-        self.item_clicks: dict[str, int] = {}
+        self.item_reactions: dict[str, list[int]] = {}  # item id -> [likes, dislikes] over all its clicks
         self.recent_pairs: deque[tuple[int, int]] = deque(maxlen=recent_edges)
         self.clicks_since_refine = 0
 
@@ -109,8 +109,8 @@ class GraphUpdater:
     def _record(self, event_id: str, user_id: str, item_id: str, label: int, ts: int) -> EdgeChange | None:
         if not self.history(user_id).record(event_id, item_id, label, ts):
             return None
-        if label == 1:
-            self.item_clicks[item_id] = self.item_clicks.get(item_id, 0) + 1
+        counts = self.item_reactions.setdefault(item_id, [0, 0])
+        counts[0 if label == 1 else 1] += 1
         return EdgeChange(user_id, item_id, present=label == 1)
 
     def ingest(self, event_ids: Sequence[str], users: Sequence[str], items: Sequence[str],
@@ -130,8 +130,9 @@ class GraphUpdater:
             if ch.present:
                 u, i = self.graph.node(USER, ch.user_id), self.graph.node(ITEM, ch.item_id)
                 self.recent_pairs.append((u, i))
-        users = {self.graph.node(USER, ch.user_id) for ch in changes}
-        return touched | {n for n in users if n is not None}
+        reacting = {self.graph.node(USER, ch.user_id) for ch in changes} | {self.graph.node(ITEM, ch.item_id)
+                                                                            for ch in changes}
+        return touched | {n for n in reacting if n is not None}
 
     def apply(self, clicks: Sequence[Click]) -> list[VectorRecord]:
         """Apply a batch of clicks; return the changed user and item vectors (users with no edge are skipped)."""
@@ -160,7 +161,8 @@ class GraphUpdater:
             if kind == USER:
                 payload = self.history(external_id).payload(external_id, self.recent_n)
             else:
-                payload = {"item_id": external_id, "clicks": self.item_clicks.get(external_id, 0)}
+                liked, disliked = self.item_reactions.get(external_id, (0, 0))
+                payload = {"item_id": external_id, "n_liked": liked, "n_disliked": disliked}
             out.append(VectorRecord(kind, external_id, vector, payload))
         return out
 

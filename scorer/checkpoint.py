@@ -1,9 +1,12 @@
 """Early-exit checkpoints: one folder is the unit of a model, like a Hugging Face model directory.
 
 Layout: ``config.json`` (base model reference, kind, head layers, pooling, max prompt tokens, whether the
-backbone was fine-tuned, the calibrated exit rule, the validation curve, metrics), ``heads.safetensors``,
-``tokenizer/``, and ``backbone/`` (``save_pretrained``) only when the backbone was fine-tuned — a frozen backbone
-is re-resolved from its reference. Loading rebuilds the same modules, so outputs are identical.
+backbone was fine-tuned, the numeric features the heads read and the prior they are smoothed with, the chosen
+exit rule, the validation curve, metrics), ``heads.safetensors`` (heads and feature scale),
+``calibration.json`` (per-head probability maps, :mod:`scorer.calibration`), ``tokenizer/``, and ``backbone/``
+(``save_pretrained``) only when the backbone was fine-tuned — a frozen backbone is re-resolved from its
+reference. Loading rebuilds the same modules, so outputs are identical; a folder lacking one of its files fails
+with a message naming it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
-from scorer import backbones
+from scorer import backbones, calibration
 from scorer.exit_rules import ExitRule, rule_from_dict
 from scorer.model import EarlyExitModel
 
@@ -31,16 +34,31 @@ class ModelCard:
     rule: dict = field(default_factory=lambda: {"rule": "never"})
     calibration: list[dict] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
+    features: list[str] = field(default_factory=list)  # scorer.features.FEATURES, or [] (text-only heads)
+    prior: float = 0.5  # the positive rate the features' rates are smoothed towards
 
     @property
     def version(self) -> str:
-        return f"{Path(self.base_model).name}@{'-'.join(map(str, self.head_layers))}"
+        features = f"+f{len(self.features)}" if self.features else ""
+        return f"{Path(self.base_model).name}@{'-'.join(map(str, self.head_layers))}{features}"
+
+
+HEADS = "heads.safetensors"
+
+
+def readout_state(model: EarlyExitModel) -> dict[str, torch.Tensor]:
+    """Everything but the backbone: heads and feature scale."""
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.")}
 
 
 def save(folder: Path, model: EarlyExitModel, tokenizer: PreTrainedTokenizerBase, card: ModelCard) -> Path:
+    """Write the checkpoint; the model must carry its calibration (fitted on validation rows)."""
+    if model.calibration is None:
+        raise ValueError("the model has no calibration: fit one (HeadCalibration.fit) before saving")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.heads.state_dict().items()}, str(folder / "heads.safetensors"))
+    save_file({k: v.contiguous() for k, v in readout_state(model).items()}, str(folder / HEADS))
+    model.calibration.save(folder)
     tokenizer.save_pretrained(str(folder / "tokenizer"))
     if card.fine_tuned:
         model.backbone.save_pretrained(str(folder / "backbone"))
@@ -56,10 +74,21 @@ def load(folder: Path, cache_dir: Path, device: torch.device | str = "cpu"
     raw = json.loads((folder / "config.json").read_text())
     raw.pop("kind", None)
     card = ModelCard(**raw)
+    for needed in (HEADS, calibration.FILE, "tokenizer") + (("backbone",) if card.fine_tuned else ()):
+        if not (folder / needed).exists():
+            raise FileNotFoundError(f"{folder / needed} is missing: the checkpoint is incomplete; re-run "
+                                    "exitrec train-model")
     source = folder / "backbone" if card.fine_tuned else backbones.resolve(card.base_model, cache_dir)
     backbone = AutoModel.from_pretrained(str(source), dtype=torch.float32)
-    model = EarlyExitModel(backbone, card.head_layers, card.pooling)
-    model.heads.load_state_dict(load_file(str(folder / "heads.safetensors")))
+    model = EarlyExitModel(backbone, card.head_layers, card.pooling, len(card.features))
+    missing, unexpected = model.load_state_dict(load_file(str(folder / HEADS)), strict=False)
+    missing = [k for k in missing if not k.startswith("backbone.")]
+    if missing or unexpected:
+        raise ValueError(f"{folder / HEADS} does not fit config.json: missing {missing}, unexpected {unexpected}")
+    model.calibration = calibration.HeadCalibration.load(folder)
+    if len(model.calibration.platt) != len(card.head_layers):
+        raise ValueError(f"{folder / calibration.FILE} has {len(model.calibration.platt)} head maps; the model "
+                         f"has {len(card.head_layers)} heads")
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
     tokenizer.padding_side = "right"
     return model.to(device).eval(), tokenizer, card, rule_from_dict(card.rule)

@@ -7,10 +7,16 @@
   candidate (the vector query does the ranking and the filter), how many liked and how many disliked it. A
   neighbour whose payload no longer lists a reaction to the candidate (its latest-100 window moved on between
   the query and now) counts as neither.
+- **Item evidence** (every candidate, cold user or not): the candidate's likes and reactions so far from its
+  payload (``n_liked`` / ``n_liked + n_disliked``), and the cosine of the user's and the candidate's LightGCN
+  vectors (the collaborative score; None when either is missing).
 - **Degraded flags** (:class:`~schemas.messages.DegradedFlag`): ``cold_user`` (no vector: no history, no
-  neighbour line), ``cold_item`` (no vector: nobody reacted to it yet, so the evidence is "none of the similar
-  users reacted", what training saw for such items), ``no_retrieval`` (store failed or the retrieval budget ran
-  out: no neighbour line), ``deadline`` (the request's deadline had passed when it was taken: no retrieval).
+  neighbour line; the candidate's own evidence is still read), ``cold_item`` (no vector: nobody clicked it yet,
+  so its rate line says nobody reacted and the neighbour evidence is "none of the similar users reacted", what
+  training saw for such items; an item with only dislikes so far has no vector either and reads the same),
+  ``no_retrieval`` (store failed or the retrieval budget ran out: no neighbour line; the candidates whose own
+  evidence could not be read get no rate line and prior features), ``deadline`` (the request's deadline had
+  passed when it was taken: no retrieval; scored from the prompt text and prior features).
 
 These match how :mod:`scorer.samples` built the training prompts, so the model sees the same kind of text
 online as offline.
@@ -19,7 +25,9 @@ online as offline.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
 
 from scorer.prompt import NeighbourEvidence
 
@@ -49,3 +57,17 @@ def evidence_from(reactions: Iterable[int | None]) -> NeighbourEvidence:
     reactions = [r for r in reactions if r is not None]
     liked = sum(reactions)
     return NeighbourEvidence(liked, len(reactions) - liked)
+
+
+def item_rate_from_payload(payload: Mapping) -> tuple[int, int]:
+    """``(liked, reacted)`` over every reaction the item received."""
+    liked, disliked = int(payload.get("n_liked", 0)), int(payload.get("n_disliked", 0))
+    return liked, liked + disliked
+
+
+def cosine(a: Sequence[float] | np.ndarray | None, b: Sequence[float] | np.ndarray | None) -> float | None:
+    """Cosine similarity of two vectors, None when either is missing."""
+    if a is None or b is None:
+        return None
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))

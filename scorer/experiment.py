@@ -2,10 +2,11 @@
 
 Protocol (one dataset): the time split of :mod:`graph_updater.datasets` (70% history / 15% stream / 15% test).
 LightGCN is trained on the history (or loaded from ``<cache>/graph/<dataset>``); training and validation
-samples are drawn from the stream slice, test samples from the test slice, all built prequentially through the
-graph updater and the scorer's own retrieval (:func:`scorer.samples.build_samples_streaming`). The classical
-baseline is a logistic regression on the user's and the item's mean click
-rate before the sample (target encoding with a prior), fitted on the same training rows.
+samples are drawn from the stream slice — validation rows strictly after every training row in time, as test
+rows are after both — and test samples from the test slice, all built prequentially through the graph updater
+and the scorer's own retrieval (:func:`scorer.samples.build_samples_streaming`). The classical baseline is a
+logistic regression on the user's and the item's smoothed like rate and log reaction count before the row (the
+same smoothing as :mod:`scorer.features`), fitted on the same training rows and scored on the same test rows.
 """
 
 from __future__ import annotations
@@ -20,26 +21,28 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import log_loss
 
 from graph_updater import checkpoint as graph_checkpoint
 from graph_updater.datasets import Interactions, load, time_split
-from graph_updater.graph import USER
 from graph_updater.online import GraphUpdater
 from graph_updater.store import EdgeStore
 from graph_updater.train import train_offline
-from scorer import backbones
+from scorer import backbones, quality
+from scorer.calibration import HeadCalibration
 from scorer.exit_rules import ExitRule, FixedHeadRule
+from scorer.features import FEATURES, feature_matrix, smoothed_logit
 from scorer.model import EarlyExitModel
-from scorer.prompt import build_prompt
+from scorer.prompt import PromptInputs, build_prompt
+from scorer.quality import auc, logloss
 from scorer.samples import CtrSample, build_samples_streaming
-from scorer.train import auc
 
 BACKBONE_DEFAULTS = {
-    # reference: head layers, regime, pooling
-    "minilm": {"head_layers": [1, 2, 3, 4, 5, 6], "regime": "full"},
-    "smollm2": {"head_layers": [6, 12, 18, 24, 30], "regime": "frozen"},
+    # reference: head layers (0 = the features-only head before the first block), training regime
+    "minilm": {"head_layers": [0, 1, 2, 3, 4, 5, 6], "regime": "frozen"},
+    "smollm2": {"head_layers": [0, 6, 12, 18, 24, 30], "regime": "frozen"},
 }
+VIEWS = ("default", "norag", "text_only")  # prompt inputs: as served, without neighbours, without item evidence
+
 
 
 @dataclass
@@ -47,6 +50,7 @@ class Encoded:
     ids: torch.Tensor
     mask: torch.Tensor
     labels: torch.Tensor
+    features: torch.Tensor | None = None
 
 
 @dataclass
@@ -54,8 +58,16 @@ class SampleSets:
     train: list[CtrSample]
     val: list[CtrSample]
     test: list[CtrSample]
-    baseline_auc: float
-    baseline_logloss: float
+    prior: float  # positive rate of the graph's history: what features and the baseline smooth towards
+    baseline_test: np.ndarray  # the baseline's click probability of each test row
+
+    @property
+    def baseline_auc(self) -> float:
+        return auc(np.array([s.label for s in self.test]), self.baseline_test)
+
+    @property
+    def baseline_logloss(self) -> float:
+        return logloss(np.array([s.label for s in self.test]), self.baseline_test)
 
 
 def graph_checkpoint_folder(dataset: str, history: Callable[[], Interactions], cache_dir: Path) -> Path:
@@ -80,40 +92,42 @@ def graph_state(dataset: str, history: Interactions, cache_dir: Path) -> GraphUp
 
 
 def static_vectors(updater: GraphUpdater):
-    """``user_id -> LightGCN vector`` frozen at the updater's current state (None for users without edges)."""
+    """``(kind, id) -> LightGCN vector`` frozen at the updater's current state (None for nodes without edges)."""
     final = updater.graph.final()
 
-    def vector_of(user: str) -> np.ndarray | None:
-        v = updater.graph.node(USER, user)
+    def vector_of(kind: str, external_id: str) -> np.ndarray | None:
+        v = updater.graph.node(kind, external_id)
         return None if v is None or not updater.graph.adj[v] else final[v]
 
     return vector_of
 
 
-def mean_rate_features(data: Interactions, rows: np.ndarray, prior: float, strength: float = 5.0) -> np.ndarray:
-    """Per row: the user's and the item's smoothed click rate from rows strictly before it."""
+def baseline_features(data: Interactions, rows: np.ndarray, prior: float) -> np.ndarray:
+    """Per row: logit of the user's and the item's smoothed like rate and ``ln(1+reactions)`` of each, from the
+    rows strictly before it (the baseline's inputs; the same smoothing as :mod:`scorer.features`)."""
     wanted = set(int(r) for r in rows)
     stats: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
     feats = {}
-    for t in range(max(wanted) + 1):
+    for t in range(max(wanted) + 1 if wanted else 0):
         u, i, y = ("u", data.users[t]), ("i", data.items[t]), float(data.labels[t])
         if t in wanted:
-            feats[t] = [(stats[k][0] + strength * prior) / (stats[k][1] + strength) for k in (u, i)]
+            feats[t] = [smoothed_logit(*stats[k], prior) for k in (u, i)] + [np.log1p(stats[k][1]) for k in (u, i)]
         for k in (u, i):
             stats[k][0] += y
             stats[k][1] += 1
-    return np.array([feats[int(r)] for r in rows])
+    return np.array([feats[int(r)] for r in rows]).reshape(len(rows), 4)
 
 
 def sample_sets(dataset: str, data_dir: Path, cache_dir: Path, n_train: int, n_val: int, n_test: int,
                 seed: int = 0) -> SampleSets:
+    """Prequential samples: ``n_train`` then ``n_val`` rows of the stream slice (validation after training in
+    time), ``n_test`` rows of the test slice; and the baseline fitted on the training rows."""
     data = load(dataset, data_dir)
     split = time_split(data)
     rng = np.random.default_rng(seed)
     a, b = len(split.train), len(split.train) + len(split.stream)
     stream_rows = np.sort(rng.choice(np.arange(a, b), min(n_train + n_val, b - a), replace=False))
-    rng.shuffle(stream_rows)
-    train_rows, val_rows = np.sort(stream_rows[:n_train]), np.sort(stream_rows[n_train:n_train + n_val])
+    train_rows, val_rows = stream_rows[:n_train], stream_rows[n_train:n_train + n_val]
     test_rows = np.sort(rng.choice(np.arange(b, len(data)), min(n_test, len(data) - b), replace=False))
     updater = graph_state(dataset, split.train, cache_dir)
     store = EdgeStore()
@@ -127,33 +141,50 @@ def sample_sets(dataset: str, data_dir: Path, cache_dir: Path, n_train: int, n_v
     train, val, test = samples[:len(train_rows)], samples[len(train_rows):len(train_rows) + len(val_rows)], \
         samples[len(train_rows) + len(val_rows):]
     prior = float(split.train.labels.mean())
-    lr = LogisticRegression().fit(mean_rate_features(data, train_rows, prior), data.labels[train_rows])
-    p = lr.predict_proba(mean_rate_features(data, test_rows, prior))[:, 1]
-    y = data.labels[test_rows]
-    return SampleSets(train, val, test, auc(y, p), float(log_loss(y, p, labels=[0, 1])))
+    lr = LogisticRegression().fit(baseline_features(data, train_rows, prior), data.labels[train_rows])
+    baseline_test = lr.predict_proba(baseline_features(data, test_rows, prior))[:, 1] if len(test_rows) else \
+        np.zeros(0)
+    return SampleSets(train, val, test, prior, baseline_test)
 
 
-def encode(tokenizer, samples: list[CtrSample], max_length: int, neighbours: bool = True) -> Encoded:
-    """Prompts within ``max_length`` tokens (truncation order of :mod:`scorer.prompt`), tokenized and padded."""
+def view(sample: CtrSample, name: str) -> PromptInputs:
+    """The sample's prompt inputs under one of :data:`VIEWS`."""
+    if name == "norag":
+        return sample.without_neighbours()
+    if name == "text_only":
+        return sample.text_only()
+    if name != "default":
+        raise ValueError(f"unknown view {name!r}; choose one of {VIEWS}")
+    return sample.inputs
+
+
+def encode(tokenizer, samples: list[CtrSample], max_length: int, prior: float | None = None,
+           view_name: str = "default") -> Encoded:
+    """Prompts within ``max_length`` tokens (truncation order of :mod:`scorer.prompt`), tokenized and padded,
+    and the numeric features (:mod:`scorer.features`) when ``prior`` is given."""
     def count(text: str) -> int:
         return len(tokenizer(text).input_ids)
 
-    texts = [build_prompt(s.inputs if neighbours else s.without_neighbours(), count, max_length) for s in samples]
+    inputs = [view(s, view_name) for s in samples]
+    texts = [build_prompt(x, count, max_length) for x in inputs]
     enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    return Encoded(enc["input_ids"], enc["attention_mask"], torch.tensor([s.label for s in samples]))
+    features = None if prior is None else torch.from_numpy(feature_matrix(inputs, prior))
+    return Encoded(enc["input_ids"], enc["attention_mask"], torch.tensor([s.label for s in samples]), features)
 
 
 def new_model(reference: str, cache_dir: Path, head_layers: list[int] | None = None,
-              device: torch.device | None = None, seed: int = 0):
+              device: torch.device | None = None, seed: int = 0, n_features: int = len(FEATURES)):
     """Backbone + freshly initialised heads (seeded, so runs do not depend on what consumed the RNG before)."""
     folder = backbones.resolve(reference, cache_dir)
     device = device or backbones.best_device()
     dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
     backbone, tokenizer = backbones.load(folder, device, dtype)
     layers = head_layers or BACKBONE_DEFAULTS.get(reference, {}).get("head_layers") \
-        or list(range(1, backbone.config.num_hidden_layers + 1))
+        or list(range(0, backbone.config.num_hidden_layers + 1))
+    if not n_features:
+        layers = [layer for layer in layers if layer > 0]
     torch.manual_seed(seed)
-    model = EarlyExitModel(backbone, layers).to(device)
+    model = EarlyExitModel(backbone, layers, n_features=n_features).to(device)
     return model, tokenizer
 
 
@@ -161,7 +192,8 @@ def throughput(model: EarlyExitModel, data: Encoded, rule: ExitRule, batch_size:
     """Requests/s of batched early-exit inference over ``data`` (one pass), and the concatenated result."""
     device = next(model.parameters()).device
     started = time.perf_counter()
-    results = [model.predict(data.ids[s:s + batch_size].to(device), data.mask[s:s + batch_size].to(device), rule)
+    results = [model.predict(data.ids[s:s + batch_size].to(device), data.mask[s:s + batch_size].to(device), rule,
+                             None if data.features is None else data.features[s:s + batch_size])
                for s in range(0, len(data.ids), batch_size)]
     elapsed = time.perf_counter() - started
     merged = type(results[0])(*(np.concatenate([getattr(r, f) for r in results])
@@ -176,8 +208,9 @@ def latencies_ms(model: EarlyExitModel, data: Encoded, rule: ExitRule, n: int) -
     for r in range(min(n, len(data.ids))):
         length = int(data.mask[r].sum())
         ids, mask = data.ids[r:r + 1, :length].to(device), data.mask[r:r + 1, :length].to(device)
+        features = None if data.features is None else data.features[r:r + 1]
         started = time.perf_counter()
-        model.predict(ids, mask, rule)
+        model.predict(ids, mask, rule, features)
         out.append((time.perf_counter() - started) * 1000)
     return np.array(out)
 
@@ -187,31 +220,33 @@ def per_head_latency_ms(model: EarlyExitModel, data: Encoded, n: int) -> list[fl
     return [float(np.median(latencies_ms(model, data, FixedHeadRule(j), n))) for j in range(len(model.head_layers))]
 
 
-def logloss(labels: np.ndarray, p: np.ndarray) -> float:
-    return float(log_loss(labels, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1]))
-
-
 def train_checkpoint(data_dir: Path, cache_dir: Path, dataset: str, backbone: str, out: Path, n_train: int = 2000,
                      n_val: int = 500, max_length: int = 128, head_layers: list[int] | None = None, epochs: int = 1,
-                     head_epochs: int = 30, rule: str = "ratio_trend", budget: float = 0.002) -> ExitRule:
-    """Train on prequential RAG prompts, calibrate the exit rule on validation rows, save the checkpoint at
-    ``out`` (what ``exitrec train-model`` and the demo's first run do); return the chosen rule."""
+                     head_epochs: int = 40, rule: str = "ratio_trend", budget: float = 0.002,
+                     regime: str | None = None) -> ExitRule:
+    """Train on prequential RAG prompts and features (early stopping on validation AUC), fit each head's
+    calibration and the exit rule on the validation rows (after the training rows in time), save the checkpoint
+    at ``out`` (what ``exitrec train-model`` and the demo's first run do); return the chosen rule."""
     from scorer import checkpoint
     from scorer.train import calibrate, head_probabilities, train
 
-    sets = sample_sets(dataset, data_dir, cache_dir, n_train, n_val, 200)
+    started = time.perf_counter()
+    sets = sample_sets(dataset, data_dir, cache_dir, n_train, n_val, 0)
     model, tokenizer = new_model(backbone, cache_dir, head_layers)
-    regime = BACKBONE_DEFAULTS.get(backbone, {}).get("regime", "frozen")
-    train_set = encode(tokenizer, sets.train, max_length)
-    val = encode(tokenizer, sets.val, max_length)
-    train(model, train_set.ids, train_set.mask, train_set.labels, regime=regime,
-          epochs=epochs if regime == "full" else head_epochs)
-    val_probs = head_probabilities(model, val.ids, val.mask)
+    regime = regime or BACKBONE_DEFAULTS.get(backbone, {}).get("regime", "frozen")
+    train_set = encode(tokenizer, sets.train, max_length, sets.prior)
+    val = encode(tokenizer, sets.val, max_length, sets.prior)
+    train(model, train_set.ids, train_set.mask, train_set.labels, train_set.features, regime=regime,
+          epochs=epochs if regime == "full" else head_epochs, val=(val.ids, val.mask, val.features, val.labels))
+    raw = head_probabilities(model, val.ids, val.mask, val.features)
     y_val = val.labels.numpy()
+    model.calibration = HeadCalibration.fit(raw, y_val)
+    val_probs = model.calibration.apply_all(raw)
     chosen, curve = calibrate(val_probs, y_val, model.head_layers, rule, budget)
-    metrics = {"dataset": dataset, "n_train": len(sets.train), "n_val": len(sets.val),
-               "val_auc_heads": [auc(y_val, val_probs[:, j]) for j in range(val_probs.shape[1])]}
+    metrics = {"dataset": dataset, "n_train": len(sets.train), "n_val": len(sets.val), "regime": regime,
+               "val_heads": [quality.report(y_val, val_probs[:, j]) for j in range(val_probs.shape[1])],
+               "train_seconds": round(time.perf_counter() - started, 1)}
     card = checkpoint.ModelCard(backbone, model.head_layers, model.pooling, max_length, regime == "full",
-                                chosen.to_dict(), curve, metrics)
+                                chosen.to_dict(), curve, metrics, list(FEATURES), sets.prior)
     checkpoint.save(out, model, tokenizer, card)
     return chosen

@@ -1,11 +1,21 @@
 r"""Multi-head early-exit CTR model around any local Hugging Face encoder or decoder.
 
-A binary classifier head (LayerNorm, Linear to {no-click, click}) sits on each layer in ``head_layers``
-(1-based: head on layer ``l`` reads the hidden state after ``l`` transformer blocks). Inference runs the blocks
-one at a time; after a block that carries a head, the head scores the still-active samples, the exit rule
-(:mod:`scorer.exit_rules`) picks those that stop, and the batch shrinks to the rest (FastBERT-style). Blocks
-past the last head are never run. Because a sample's computation never depends on the other samples in its
-batch, its scores equal those of running it alone (up to float rounding; a test checks it).
+A binary classifier head sits on each layer in ``head_layers`` (1-based: head on layer ``l`` reads the hidden
+state after ``l`` transformer blocks). With ``n_features > 0`` every head also reads the pair's numeric
+evidence :math:`x` (:mod:`scorer.features`, standardized with the training rows' mean and deviation), and layer
+``0`` may carry a head that reads :math:`x` alone, before any block runs:
+
+.. math::
+    z_0 = W_0\,\hat x, \qquad z_l = W_l\,[\mathrm{LayerNorm}(h_l);\ \hat x] \quad (l \ge 1),
+    \qquad P(\text{click}) = \mathrm{softmax}(z)_1
+
+so the cheapest exit costs no transformer block at all, and every deeper head starts from the classical
+evidence and adds what the text carries. Inference runs the blocks one at a time; after a block that carries a
+head, the head scores the still-active samples, the calibration map of that head (:mod:`scorer.calibration`,
+when set) turns its probability into a frequency, the exit rule (:mod:`scorer.exit_rules`) picks the samples
+that stop, and the batch shrinks to the rest (FastBERT-style). Blocks past the last head are never run. Because
+a sample's computation never depends on the other samples in its batch, its scores equal those of running it
+alone (up to float rounding; a test checks it).
 
 Pooling: encoders (BERT family, e.g. MiniLM) use the first token or the mask-weighted mean; decoders (Llama /
 Qwen family, e.g. SmolLM2) use the last real token (inputs are right-padded), whose causal state has seen the
@@ -25,6 +35,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
+from scorer.calibration import HeadCalibration
 from scorer.exit_rules import ExitRule
 
 ENCODER, DECODER = "encoder", "decoder"
@@ -70,21 +81,66 @@ class ExitResult:
     ctr: np.ndarray
 
 
+class ExitHead(nn.Module):
+    """``Linear([LayerNorm(pooled); features])`` to {no-click, click}; ``hidden=0`` reads the features alone."""
+
+    def __init__(self, hidden: int, n_features: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden) if hidden else None
+        self.linear = nn.Linear(hidden + n_features, 2)
+
+    def reset_parameters(self) -> None:
+        self.linear.reset_parameters()
+        if self.norm is not None:
+            self.norm.reset_parameters()
+
+    def forward(self, pooled: torch.Tensor | None, features: torch.Tensor | None) -> torch.Tensor:
+        parts = [] if self.norm is None else [self.norm(pooled.to(self.linear.weight.dtype))]
+        if features is not None:
+            parts.append(features.to(self.linear.weight.dtype))
+        return self.linear(torch.cat(parts, dim=-1))
+
+
 class EarlyExitModel(nn.Module):
-    def __init__(self, backbone: PreTrainedModel, head_layers: list[int], pooling: str | None = None) -> None:
+    def __init__(self, backbone: PreTrainedModel, head_layers: list[int], pooling: str | None = None,
+                 n_features: int = 0) -> None:
         super().__init__()
         self.backbone = backbone
         self.kind = backbone_kind(backbone)
         n_layers = backbone.config.num_hidden_layers
         increasing = bool(head_layers) and sorted(set(head_layers)) == list(head_layers)
-        if not increasing or head_layers[0] < 1 or head_layers[-1] > n_layers:
-            raise ValueError(f"head_layers must be increasing layer numbers in 1..{n_layers}, got {head_layers}")
+        if not increasing or head_layers[0] < 0 or head_layers[-1] > n_layers:
+            raise ValueError(f"head_layers must be increasing layer numbers in 0..{n_layers}, got {head_layers}")
+        if head_layers[0] == 0 and n_features == 0:
+            raise ValueError("a head on layer 0 reads only the numeric features: it needs n_features > 0")
         self.head_layers = list(head_layers)
+        self.n_features = n_features
         self.pooling = pooling or ("last" if self.kind == DECODER else "mean")
         if self.pooling not in ("first", "mean", "last"):
             raise ValueError(f"pooling must be first, mean or last, got {self.pooling!r}")
         hidden = backbone.config.hidden_size
-        self.heads = nn.ModuleList(nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, 2)) for _ in head_layers)
+        self.heads = nn.ModuleList(ExitHead(hidden if layer else 0, n_features) for layer in head_layers)
+        self.register_buffer("feature_mean", torch.zeros(n_features))
+        self.register_buffer("feature_std", torch.ones(n_features))
+        self.calibration: HeadCalibration | None = None  # raw head probabilities until calibrated
+
+    def set_feature_scale(self, features: torch.Tensor) -> None:
+        """Standardize features with the mean and deviation of ``features`` (the training rows)."""
+        self.feature_mean.copy_(features.float().mean(0))
+        self.feature_std.copy_(features.float().std(0).clamp(min=1e-3))
+
+    def scaled(self, features: torch.Tensor | None) -> torch.Tensor | None:
+        if not self.n_features:
+            return None
+        if features is None or features.shape[-1] != self.n_features:
+            raise ValueError(f"this model reads {self.n_features} features per row; got "
+                             f"{None if features is None else tuple(features.shape)}")
+        return (features.to(self.feature_mean.device).float() - self.feature_mean) / self.feature_std
+
+    @property
+    def block_heads(self) -> list[int]:
+        """Indices of the heads that sit on a transformer block (every head but a layer-0 one)."""
+        return [j for j, layer in enumerate(self.head_layers) if layer > 0]
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -130,12 +186,14 @@ class EarlyExitModel(nn.Module):
         weights = mask.unsqueeze(-1).to(state.hidden.dtype)
         return (state.hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
-    def head_logits(self, j: int, pooled: torch.Tensor) -> torch.Tensor:
-        return self.heads[j](pooled.to(self.heads[j][1].weight.dtype))
+    def head_logits(self, j: int, pooled: torch.Tensor | None, scaled: torch.Tensor | None) -> torch.Tensor:
+        """Logits of head ``j`` from its pooled state (None for a layer-0 head) and the scaled features."""
+        return self.heads[j](pooled, scaled)
 
     # ---- training and full-depth scoring ---------------------------------------------------------------------
     def pooled_per_head(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
-        """Pooled hidden state at every head layer (no exit); the input of :meth:`forward` and of cached training."""
+        """Pooled hidden state at every block head's layer (no exit): the input of :meth:`forward` and of
+        cached training (a layer-0 head has none)."""
         state = self.start(input_ids, attention_mask)
         pooled = []
         for layer in range(self.head_layers[-1]):
@@ -144,38 +202,68 @@ class EarlyExitModel(nn.Module):
                 pooled.append(self.pool(state))
         return pooled
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def logits_from(self, pooled: list[torch.Tensor], features: torch.Tensor | None) -> torch.Tensor:
+        """``(heads, n, 2)`` from the block heads' pooled states and the raw features."""
+        scaled = self.scaled(features)
+        it = iter(pooled)
+        return torch.stack([self.head_logits(j, next(it) if layer else None, scaled)
+                            for j, layer in enumerate(self.head_layers)])
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                features: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of every head, ``(heads, n, 2)`` (full depth; training and evaluation)."""
-        pooled = self.pooled_per_head(input_ids, attention_mask)
-        return torch.stack([self.head_logits(j, p) for j, p in enumerate(pooled)])
+        return self.logits_from(self.pooled_per_head(input_ids, attention_mask), features)
+
+    def head_probability(self, j: int, logits: torch.Tensor) -> np.ndarray:
+        """Click probability of head ``j`` from its logits, calibrated when the model has a calibration."""
+        p = torch.softmax(logits.float(), dim=-1)[:, 1].cpu().numpy().astype(np.float64)
+        return p if self.calibration is None else self.calibration.apply(j, p)
 
     # ---- early-exit inference --------------------------------------------------------------------------------
     @torch.inference_mode()
-    def predict(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rule: ExitRule) -> ExitResult:
-        """Score a batch with early exit: after each head, rows the rule releases leave the batch."""
+    def predict(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rule: ExitRule,
+                features: torch.Tensor | None = None) -> ExitResult:
+        """Score a batch with early exit: after each head, rows the rule releases leave the batch. A layer-0
+        head decides before any block runs; rows it releases never enter the backbone."""
         n, n_heads = len(input_ids), len(self.head_layers)
         probs = np.full((n, n_heads), np.nan, dtype=np.float64)
         exit_head = np.full(n, n_heads - 1)
         active = torch.arange(n)
-        state = self.start(input_ids, attention_mask)
+        scaled = self.scaled(features)
+
+        def decide(j: int, p: np.ndarray) -> torch.Tensor:
+            """Record head ``j``'s probabilities of the active rows; the mask of rows that go on."""
+            rows = active.numpy()
+            probs[rows, j] = p
+            if j == n_heads - 1:
+                return torch.zeros(len(rows), dtype=torch.bool)
+            fire = rule.decide(probs[rows, : j + 1])
+            exit_head[rows[fire]] = j
+            return torch.from_numpy(~fire)
+
         j = 0
+        if self.head_layers[0] == 0:
+            keep = decide(0, self.head_probability(0, self.head_logits(0, None, scaled)))
+            active, j = active[keep], 1
+            if not keep.any():
+                return self._result(probs, exit_head)
+            input_ids, attention_mask, scaled = input_ids[keep], attention_mask[keep], scaled[keep]
+        state = self.start(input_ids, attention_mask)
         for layer in range(self.head_layers[-1]):
             state = self.step(state, layer)
             if layer + 1 != self.head_layers[j]:
                 continue
-            p = torch.softmax(self.head_logits(j, self.pool(state)).float(), dim=-1)[:, 1].cpu().numpy()
-            rows = active.numpy()
-            probs[rows, j] = p
-            if j == n_heads - 1:
-                break
-            fire = rule.decide(probs[rows, : j + 1])
-            exit_head[rows[fire]] = j
-            keep = torch.from_numpy(~fire)
+            keep = decide(j, self.head_probability(j, self.head_logits(j, self.pool(state), scaled)))
             if not keep.any():
                 break
             if not keep.all():
                 active = active[keep]
-                state = state.select(keep.nonzero().squeeze(1).to(state.hidden.device))
+                index = keep.nonzero().squeeze(1)
+                state = state.select(index.to(state.hidden.device))
+                scaled = None if scaled is None else scaled[index.to(scaled.device)]
             j += 1
-        ctr = probs[np.arange(n), exit_head]
+        return self._result(probs, exit_head)
+
+    def _result(self, probs: np.ndarray, exit_head: np.ndarray) -> ExitResult:
+        ctr = probs[np.arange(len(probs)), exit_head]
         return ExitResult(probs, exit_head, np.array(self.head_layers)[exit_head], ctr)

@@ -9,12 +9,20 @@ Layout::
     So far the user liked 12 of 20 items.
     Similar users: 7 of 10 similar users who reacted to it liked it.
     Candidate: <item text>
+    So far 31 of 52 users who reacted to the candidate liked it.
     Will the user like the candidate? Answer:
 
 Without neighbours (the no-RAG ablation, or a neighbour-free degraded request) the "Similar users" line is
 omitted; a user with no history gets "The user has no history yet." in place of the list and no "So far" line.
 The "So far" line counts all the user's reactions (distinct items, the latest reaction per item), not only the
-listed ones: the user's click rate, which the history lines alone cannot carry within a small budget.
+listed ones: the user's click rate, which the history lines alone cannot carry within a small budget. The
+candidate's line (every user's reactions to the item so far, from the item payload) is there for every user,
+cold or not: a user with no history still gets item-level evidence; an item nobody reacted to yet gets
+"Nobody has reacted to the candidate yet.". ``item_rate=None`` (the text-only ablation, or an item whose payload
+could not be read) omits the line.
+
+``affinity`` (the cosine of the user's and the candidate's LightGCN vectors) is not rendered: it reaches the
+model as a number (:mod:`scorer.features`), as do the counts above.
 
 Truncation order when the text exceeds ``budget`` tokens: (1) history lines are dropped oldest first, down to
 none; (2) the candidate's text is cut (by words, from the end) down to one word; (3) if the fixed lines alone
@@ -53,6 +61,8 @@ class PromptInputs:
     history: Sequence[tuple[str, int]] = field(default_factory=tuple)  # (item text, label), oldest first
     neighbours: NeighbourEvidence | None = None
     rate: tuple[int, int] | None = None  # (liked, reacted) over all the user's reactions
+    item_rate: tuple[int, int] | None = None  # (liked, reacted) over all reactions the candidate received
+    affinity: float | None = None  # cosine of the user's and the candidate's LightGCN vectors (None: one lacks one)
 
 
 def neighbour_line(evidence: NeighbourEvidence) -> str:
@@ -69,8 +79,17 @@ def render(inputs: PromptInputs, history: Sequence[tuple[str, int]], target: str
         lines.append(f"So far the user liked {inputs.rate[0]} of {inputs.rate[1]} items.")
     if inputs.neighbours is not None:
         lines.append(neighbour_line(inputs.neighbours))
-    lines += [f"Candidate: {target}", QUESTION]
+    lines.append(f"Candidate: {target}")
+    if inputs.item_rate is not None:
+        lines.append(item_line(*inputs.item_rate))
+    lines.append(QUESTION)
     return "\n".join(lines)
+
+
+def item_line(liked: int, reacted: int) -> str:
+    if reacted == 0:
+        return "Nobody has reacted to the candidate yet."
+    return f"So far {liked} of {reacted} users who reacted to the candidate liked it."
 
 
 def build_prompt(inputs: PromptInputs, count_tokens: Callable[[str], int], budget: int) -> str:

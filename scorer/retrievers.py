@@ -30,11 +30,26 @@ from scorer.context import history_from_payload
 
 @dataclass(frozen=True)
 class UserView:
-    """A known user: query vector and payload."""
+    """A known user: query vector (what the retriever searches with), LightGCN vector, and payload."""
 
     user_id: str
     vector: list[float]
     payload: dict
+    graph_vector: list[float]
+
+
+@dataclass(frozen=True)
+class ItemView:
+    """A known item (someone clicked it): LightGCN vector and payload (``n_liked``, ``n_disliked``)."""
+
+    item_id: str
+    vector: list[float]
+    payload: dict
+
+
+def item_view(store: VectorStore, item_id: str) -> ItemView | None:
+    found = store.get(ITEM, item_id)
+    return None if found is None else ItemView(item_id, found[0], found[1])
 
 
 class Retriever(Protocol):
@@ -43,8 +58,8 @@ class Retriever(Protocol):
     def user(self, user_id: str) -> UserView | None:
         """The requester's query vector and payload; None for a user without a vector (cold)."""
 
-    def item_known(self, item_id: str) -> bool:
-        """Whether the item has a vector (someone reacted to it)."""
+    def item(self, item_id: str) -> ItemView | None:
+        """The candidate's vector and reaction counts; None for an item nobody has clicked yet (cold)."""
 
     def neighbours(self, user: UserView, item_id: str, k: int) -> list[Neighbour]:
         """Top-``k`` users most similar to ``user`` among those who reacted to ``item_id``."""
@@ -58,10 +73,10 @@ class GcnRetriever:
 
     def user(self, user_id: str) -> UserView | None:
         found = self.store.get(USER, user_id)
-        return None if found is None else UserView(user_id, found[0], found[1])
+        return None if found is None else UserView(user_id, found[0], found[1], found[0])
 
-    def item_known(self, item_id: str) -> bool:
-        return self.store.get(ITEM, item_id) is not None
+    def item(self, item_id: str) -> ItemView | None:
+        return item_view(self.store, item_id)
 
     def neighbours(self, user: UserView, item_id: str, k: int) -> list[Neighbour]:
         return self.store.similar_users(user.vector, k=k, exclude_user=user.user_id, interacted_with=item_id)
@@ -125,10 +140,10 @@ class TextRetriever:
         payload = found[1]
         vector = self.encoder.encode([history_text(payload, self.text_of, self.history_len)])[0].tolist()
         self.text_store.upsert([VectorRecord(USER, user_id, vector, payload)])
-        return UserView(user_id, vector, payload)
+        return UserView(user_id, vector, payload, found[0])
 
-    def item_known(self, item_id: str) -> bool:
-        return self.store.get(ITEM, item_id) is not None
+    def item(self, item_id: str) -> ItemView | None:
+        return item_view(self.store, item_id)
 
     def neighbours(self, user: UserView, item_id: str, k: int) -> list[Neighbour]:
         return self.text_store.similar_users(user.vector, k=k, exclude_user=user.user_id, interacted_with=item_id)

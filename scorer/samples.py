@@ -10,6 +10,7 @@ click applied. Training on these is what keeps training and serving prompts the 
 for the row at position ``t`` (user ``u``, item ``i``, label ``y``):
 - history: ``u``'s last ``history_len`` reactions before ``t`` (item text, label), oldest first, and ``u``'s
   rate (likes, reactions) over distinct items, the latest reaction per item;
+- item evidence: ``i``'s likes and reactions before ``t``, and the cosine of ``u``'s and ``i``'s vectors;
 - neighbours (GCN retrieval): among the users who reacted to ``i`` before ``t`` and have a LightGCN vector, the
   ``n_neighbours`` most cosine-similar to ``u``'s vector; their likes and dislikes of ``i`` are the evidence.
   A user without a vector (cold) gets no evidence (``None``), as the online scorer does;
@@ -19,6 +20,7 @@ for the row at position ``t`` (user ``u``, item ``i``, label ``y``):
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,10 +29,11 @@ import numpy as np
 from tqdm import tqdm
 
 from graph_updater.datasets import Interactions
+from graph_updater.graph import ITEM, USER
 from graph_updater.online import GraphUpdater
 from graph_updater.store import VectorStore
 from schemas.messages import ImpressionRequest
-from scorer.context import item_text
+from scorer.context import cosine, item_text
 from scorer.prompt import NeighbourEvidence, PromptInputs
 from scorer.retrievers import GcnRetriever
 from scorer.scoring import ContextBuilder, ScorerOptions
@@ -44,8 +47,18 @@ class CtrSample:
     label: int
     inputs: PromptInputs  # with neighbours (GCN retrieval)
 
+    @property
+    def warm(self) -> bool:
+        """The user had reacted to something before this row (cold rows are a new user's first impression)."""
+        return self.inputs.rate is not None and self.inputs.rate[1] > 0
+
     def without_neighbours(self) -> PromptInputs:
-        return PromptInputs(self.inputs.target, self.inputs.history, None, self.inputs.rate)
+        """The no-RAG ablation: no neighbour line (and no neighbour features)."""
+        return dataclasses.replace(self.inputs, neighbours=None)
+
+    def text_only(self) -> PromptInputs:
+        """The text-only ablation: the prompt as it was before item-level evidence (no candidate rate line)."""
+        return dataclasses.replace(self.inputs, item_rate=None)
 
 
 def neighbour_evidence(user_vector: np.ndarray, reactor_vectors: np.ndarray, reactor_labels: np.ndarray,
@@ -60,9 +73,10 @@ def neighbour_evidence(user_vector: np.ndarray, reactor_vectors: np.ndarray, rea
     return NeighbourEvidence(liked, len(top) - liked)
 
 
-def build_samples(data: Interactions, rows: np.ndarray, vector_of: Callable[[str], np.ndarray | None],
+def build_samples(data: Interactions, rows: np.ndarray, vector_of: Callable[[str, str], np.ndarray | None],
                   history_len: int = 10, n_neighbours: int = 10) -> list[CtrSample]:
-    """Samples for the table positions ``rows`` (any order); one pass over the table up to the last row."""
+    """Samples for the table positions ``rows`` (any order); one pass over the table up to the last row.
+    ``vector_of(kind, id)`` gives the frozen vector of a user (``u``) or item (``i``), None when it has none."""
     wanted = set(int(r) for r in rows)
     history: dict[str, deque] = defaultdict(lambda: deque(maxlen=history_len))
     reactions: dict[str, dict[str, int]] = defaultdict(dict)
@@ -72,16 +86,17 @@ def build_samples(data: Interactions, rows: np.ndarray, vector_of: Callable[[str
     for t in range(int(max(wanted)) + 1 if wanted else 0):
         user, item, label = data.users[t], data.items[t], int(data.labels[t])
         if t in wanted:
-            me = vector_of(user)
+            me = vector_of(USER, user)
             evidence = None
             if me is not None:
-                seen = [(v, y) for r, y in reactors[item] if r != user and (v := vector_of(r)) is not None]
+                seen = [(v, y) for r, y in reactors[item] if r != user and (v := vector_of(USER, r)) is not None]
                 vectors = np.array([v for v, _ in seen]).reshape(len(seen), len(me))
                 evidence = neighbour_evidence(me, vectors, np.array([y for _, y in seen], dtype=np.int64),
                                               n_neighbours)
-            mine = reactions[user]
+            mine, item_reactions = reactions[user], [y for _, y in reactors[item]]
             inputs = PromptInputs(item_text(text, item), tuple(history[user]), evidence,
-                                  (sum(mine.values()), len(mine)))
+                                  (sum(mine.values()), len(mine)), (sum(item_reactions), len(item_reactions)),
+                                  cosine(me, vector_of(ITEM, item)))
             out[t] = CtrSample(user, item, label, inputs)
         history[user].append((item_text(text, item), label))
         reactions[user][item] = label

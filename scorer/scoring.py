@@ -6,7 +6,9 @@ to the vector store on the event loop (the embedded store is shared with the gra
 is CPU/GPU work run in a worker thread so the loop keeps heartbeating, and outputs are plain messages.
 
 Per request (:class:`RequestContext`): the user's vector and payload (none -> ``cold_user``), then per
-candidate the top-N similar users who reacted to it (unknown item -> ``cold_item``). Retrieval stops when the
+candidate its own payload and vector (like rate, reactions, user-item affinity; unknown item -> ``cold_item``;
+read for cold users too) and the top-N similar users who reacted to it. The heads read the numeric evidence
+(:mod:`scorer.features`) beside the prompt when the checkpoint was trained with it. Retrieval stops when the
 per-request budget ``retrieval_budget_ms`` or the request's own deadline (``ts + deadline_ms``) runs out; the
 remaining candidates are scored without neighbours and the request is flagged ``no_retrieval``; a store error
 does the same. A request taken after its deadline skips retrieval (``deadline``). The model scores every
@@ -18,19 +20,28 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import structlog
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from schemas.messages import CandidateExit, CtrScore, DegradedFlag, ExitTelemetry, ImpressionRequest
 from scorer.checkpoint import ModelCard
-from scorer.context import evidence_from, history_from_payload, item_text, rate_from_payload
+from scorer.context import (
+    cosine,
+    evidence_from,
+    history_from_payload,
+    item_rate_from_payload,
+    item_text,
+    rate_from_payload,
+)
 from scorer.exit_rules import ExitRule
+from scorer.features import feature_matrix
 from scorer.model import EarlyExitModel
-from scorer.prompt import PromptInputs, PromptTooLong, build_prompt
-from scorer.retrievers import Retriever
+from scorer.prompt import NeighbourEvidence, PromptInputs, PromptTooLong, build_prompt
+from scorer.retrievers import Retriever, UserView
 
 log = structlog.get_logger("scorer")
 
@@ -100,28 +111,38 @@ class ContextBuilder:
                 ctx.degraded.add(DegradedFlag.NO_RETRIEVAL)
                 log.warning("retrieval_failed", request_id=request.request_id, error=repr(exc)[:300])
         for item in request.item_ids:
-            evidence = None
-            if user is not None and self.options.n_neighbours and DegradedFlag.NO_RETRIEVAL not in ctx.degraded:
-                evidence = self._evidence(ctx, user, item, started, budget_ms)
-            ctx.inputs.append(PromptInputs(self.text_of(item), history, evidence, rate))
+            inputs = PromptInputs(self.text_of(item), history, None, rate)
+            if not ctx.degraded & {DegradedFlag.DEADLINE, DegradedFlag.NO_RETRIEVAL}:
+                inputs = self._candidate(ctx, inputs, user, item, started, budget_ms)
+            ctx.inputs.append(inputs)
         ctx.retrieval_ms = (time.perf_counter() - started) * 1000.0
         return ctx
 
-    def _evidence(self, ctx: RequestContext, user, item: str, started: float, budget_ms: float):
+    def _candidate(self, ctx: RequestContext, inputs: PromptInputs, user: UserView | None, item: str,
+                   started: float, budget_ms: float) -> PromptInputs:
+        """The candidate's own evidence (rate, affinity), then the neighbours' reactions to it."""
         if (time.perf_counter() - started) * 1000.0 >= budget_ms:
             ctx.degraded.add(DegradedFlag.NO_RETRIEVAL)
-            return None
+            return inputs
         try:
-            if not self.retriever.item_known(item):
+            found = self.retriever.item(item)
+            if found is None:
                 ctx.degraded.add(DegradedFlag.COLD_ITEM)
-                return evidence_from(())
+                inputs = replace(inputs, item_rate=(0, 0))
+            else:
+                inputs = replace(inputs, item_rate=item_rate_from_payload(found.payload),
+                                 affinity=cosine(user.graph_vector, found.vector) if user is not None else None)
+            if user is None or not self.options.n_neighbours:
+                return inputs
+            if found is None:
+                return replace(inputs, neighbours=evidence_from(()))
             neighbours = self.retriever.neighbours(user, item, self.options.n_neighbours)
         except Exception as exc:
             ctx.degraded.add(DegradedFlag.NO_RETRIEVAL)
             log.warning("retrieval_failed", request_id=ctx.request.request_id, error=repr(exc)[:300])
-            return None
+            return inputs
         ctx.neighbours_used += len(neighbours)
-        return evidence_from(n.reaction_to(item) for n in neighbours)
+        return replace(inputs, neighbours=evidence_from(n.reaction_to(item) for n in neighbours))
 
 
 class Scorer:
@@ -133,7 +154,8 @@ class Scorer:
         self.contexts = ContextBuilder(retriever, catalogue, options)
         self.device = next(model.parameters()).device
         self.model_version = f"{card.version}+{rule.name}"
-        build_prompt(PromptInputs("x"), self.count_tokens, card.max_length)  # a budget too small fails at start
+        longest_fixed = PromptInputs("x", (), NeighbourEvidence(99, 99), (99_999, 99_999), (99_999, 99_999))
+        build_prompt(longest_fixed, self.count_tokens, card.max_length)  # a budget too small fails at start
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text).input_ids)
@@ -146,12 +168,14 @@ class Scorer:
         try:
             return build_prompt(inputs, self.count_tokens, self.card.max_length)
         except PromptTooLong:  # an unknown item id longer than the budget allows: keep its first characters
-            return build_prompt(PromptInputs(inputs.target[:16], (), inputs.neighbours, inputs.rate),
-                                self.count_tokens, self.card.max_length)
+            return build_prompt(replace(inputs, target=inputs.target[:16], history=()), self.count_tokens,
+                                self.card.max_length)
 
     def infer(self, contexts: list[RequestContext]) -> Inference:
         started = time.perf_counter()
-        texts = [self.prompt(inputs) for ctx in contexts for inputs in ctx.inputs]
+        inputs = [x for ctx in contexts for x in ctx.inputs]
+        texts = [self.prompt(x) for x in inputs]
+        features = torch.from_numpy(feature_matrix(inputs, self.card.prior)) if self.card.features else None
         tokens = self.tokenizer(texts, truncation=True, max_length=self.card.max_length)["input_ids"]  # once
         order = np.argsort([len(t) for t in tokens], kind="stable")
         n_heads = len(self.model.head_layers)
@@ -163,7 +187,7 @@ class Scorer:
             rows = order[start:start + size]
             enc = self.tokenizer.pad({"input_ids": [tokens[r] for r in rows]}, padding=True, return_tensors="pt")
             result = self.model.predict(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device),
-                                        self.rule)
+                                        self.rule, None if features is None else features[rows])
             probs[rows], exit_layer[rows], ctr[rows] = result.probs, result.exit_layer, result.ctr
         return Inference(probs, exit_layer, ctr, (time.perf_counter() - started) * 1000.0)
 

@@ -69,6 +69,9 @@ def load_scorer(settings: Settings, store: VectorStore) -> Scorer:
     options = ScorerOptions(settings.neighbours if settings.retriever != "none" else 0, settings.history_len,
                             settings.model_batch_size, settings.retrieval_budget_ms)
     retriever = GcnRetriever(store)  # "none": the user's own payload is still read, no neighbour query runs
+    if settings.retriever == "text" and settings.qdrant_url:
+        raise ValueError("EXITREC_RETRIEVER=text is not supported with a shared Qdrant server (EXITREC_QDRANT_URL): "
+                         "every scorer replica would build and write its own text index; use EXITREC_RETRIEVER=gcn")
     if settings.retriever == "text":
         encoder = SentenceEncoder(backbones.resolve("minilm", settings.cache_dir))
         text_store = open_store(settings.vector_backend, settings.qdrant_url, ":memory:",

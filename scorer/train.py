@@ -7,25 +7,31 @@ Depth-aware learning rates (shallower layers higher): block :math:`l` (0-based) 
 :math:`\eta_l = \eta\,\gamma^{l}` with :math:`0 < \gamma \le 1`, the embeddings at :math:`\eta`, the heads at
 their own rate. Early heads must become decisive from few layers, so their layers move more.
 
-Two regimes: ``full`` fine-tunes backbone and heads (small encoders); ``frozen`` keeps the backbone fixed,
-caches each head layer's pooled state once, and trains only the heads on the cache (decoders on a CPU).
+Two regimes: ``full`` fine-tunes backbone and heads (small encoders, with a GPU or patience); ``frozen`` keeps
+the backbone fixed, caches each head layer's pooled state once (one forward pass per sample), and trains only the
+heads on the cache for many epochs (the default on a CPU). Both stop early on validation AUC (mean over heads):
+the heads' state of the best epoch is kept.
 
-Calibration replays an exit rule over validation probabilities of all heads for a grid of thresholds and keeps
-the one with the fewest expected layers whose AUC is within ``budget`` of full depth.
+Exit calibration replays an exit rule over validation probabilities of all heads (calibrated probabilities, as
+served) for a grid of thresholds and keeps the one with the fewest expected layers whose AUC drop from full depth
+is within ``budget`` *with 95% confidence*: the paired bootstrap bound of :func:`scorer.quality.auc_drop_bound`,
+not the point estimate. A point estimate of a 0.002 drop on a few thousand rows is below its own noise (a
+single AUC there is uncertain by ~0.01), while the paired bound is tight when early and full-depth scores agree.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 from torch import nn
 from tqdm import tqdm
 
 from scorer.exit_rules import ExitRule, exit_points
 from scorer.model import ENCODER, EarlyExitModel
+from scorer.quality import auc, auc_drop_bound
 
 RULE_GRIDS: dict[str, tuple[str, Sequence[float]]] = {
     "ratio_trend": ("threshold", (1.5, 2.0, 3.0, 4.0, 6.0, 9.0, 14.0, 19.0, 49.0, 99.0)),
@@ -59,96 +65,168 @@ def batches(n: int, size: int, rng: np.random.Generator | None = None):
 
 
 @torch.no_grad()
-def cached_features(model: EarlyExitModel, ids: torch.Tensor, mask: torch.Tensor, batch_size: int = 16,
-                    progress: bool = True) -> list[torch.Tensor]:
-    """Pooled state at each head layer for every sample (backbone frozen), on the CPU."""
+def pooled_states(model: EarlyExitModel, ids: torch.Tensor, mask: torch.Tensor, batch_size: int = 32,
+                  progress: bool = True) -> list[torch.Tensor]:
+    """Pooled state at each block head's layer for every sample (backbone frozen), on the CPU."""
     device = next(model.parameters()).device
-    parts: list[list[torch.Tensor]] = [[] for _ in model.head_layers]
+    parts: list[list[torch.Tensor]] = [[] for _ in model.block_heads]
     for rows in tqdm(list(batches(len(ids), batch_size)), desc="caching head-layer states", disable=not progress):
         for j, pooled in enumerate(model.pooled_per_head(ids[rows].to(device), mask[rows].to(device))):
             parts[j].append(pooled.float().cpu())
     return [torch.cat(p) for p in parts]
 
 
-def train(model: EarlyExitModel, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, *,
-          regime: str = "full", epochs: int = 2, batch_size: int = 16, lr: float = 5e-5, decay: float = 0.8,
-          head_lr: float = 1e-3, weights: Sequence[float] | None = None, seed: int = 0,
+def mean_head_auc(logits: torch.Tensor, labels: np.ndarray) -> float:
+    """Mean over heads of the AUC of ``logits`` ``(heads, n, 2)``."""
+    p = torch.softmax(logits.float(), -1)[..., 1].cpu().numpy()
+    return float(np.mean([auc(labels, row) for row in p]))
+
+
+@dataclass
+class Cached:
+    """What frozen-backbone head training reads: pooled states per block head, raw features, labels."""
+
+    pooled: list[torch.Tensor]
+    features: torch.Tensor | None
+    labels: torch.Tensor
+
+
+def fit_heads(model: EarlyExitModel, train_set: Cached, val_set: Cached | None = None, *, epochs: int = 30,
+              batch_size: int = 128, head_lr: float = 1e-3, weights: Sequence[float] | None = None, seed: int = 0,
+              patience: int = 5, progress: bool = True) -> list[float]:
+    """Train the heads (and the feature scale) on cached states; keep the epoch with the best validation AUC
+    (stop after ``patience`` epochs without gain). Returns the per-step losses."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    for head in model.heads:  # a fresh, seeded start: seeds differ only here and in the batch order
+        head.reset_parameters()
+    if train_set.features is not None and model.n_features:
+        model.set_feature_scale(train_set.features)
+    labels = train_set.labels.long()
+    opt = torch.optim.AdamW(model.heads.parameters(), lr=head_lr, weight_decay=0.01)
+    losses: list[float] = []
+    best, best_auc, stale = None, -np.inf, 0
+    for _ in tqdm(range(epochs), desc="training heads", disable=not progress):
+        model.heads.train()
+        for rows in batches(len(labels), batch_size, rng):
+            feats = None if train_set.features is None else train_set.features[rows]
+            logits = model.logits_from([p[rows] for p in train_set.pooled], feats)
+            loss = joint_loss(logits, labels[rows], weights)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        if val_set is None:
+            continue
+        model.heads.eval()
+        with torch.no_grad():
+            score = mean_head_auc(model.logits_from(val_set.pooled, val_set.features), val_set.labels.numpy())
+        if score > best_auc:
+            best, best_auc, stale = {k: v.clone() for k, v in model.heads.state_dict().items()}, score, 0
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    if best is not None:
+        model.heads.load_state_dict(best)
+    model.eval()
+    return losses
+
+
+def train(model: EarlyExitModel, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
+          features: torch.Tensor | None = None, *, regime: str = "full", epochs: int = 2, batch_size: int = 16,
+          lr: float = 5e-5, decay: float = 0.8, head_lr: float = 1e-3, weights: Sequence[float] | None = None,
+          seed: int = 0, val: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None,
           progress: bool = True) -> list[float]:
-    """Train in place; returns the per-step losses."""
+    """Train in place on prompts ``ids``/``mask`` with ``features`` (None for a model without them); ``val`` =
+    (ids, mask, features, labels) for early stopping. Returns the per-step losses."""
+    labels = labels.long()
+    if regime == "frozen":
+        model.backbone.requires_grad_(False)
+        train_set = Cached(pooled_states(model, ids, mask, progress=progress), features, labels)
+        val_set = None if val is None else Cached(pooled_states(model, val[0], val[1], progress=progress),
+                                                  val[2], val[3])
+        return fit_heads(model, train_set, val_set, epochs=epochs, batch_size=max(batch_size, 64),
+                         head_lr=head_lr, weights=weights, seed=seed, progress=progress)
+    if regime != "full":
+        raise ValueError(f"regime must be 'full' or 'frozen', got {regime!r}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     device = next(model.parameters()).device
-    labels = labels.long()
-    losses: list[float] = []
-    if regime == "frozen":
-        model.backbone.requires_grad_(False)
-        features = cached_features(model, ids, mask, progress=progress)
-        opt = torch.optim.AdamW(model.heads.parameters(), lr=head_lr, weight_decay=0.01)
-        model.heads.train()
-        for _ in tqdm(range(epochs), desc="training heads", disable=not progress):
-            for rows in batches(len(labels), max(batch_size, 64), rng):
-                logits = torch.stack([model.head_logits(j, f[rows].to(device)) for j, f in enumerate(features)])
-                loss = joint_loss(logits, labels[rows].to(device), weights)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
-        model.eval()
-        return losses
-    if regime != "full":
-        raise ValueError(f"regime must be 'full' or 'frozen', got {regime!r}")
+    if features is not None and model.n_features:
+        model.set_feature_scale(features)
     opt = torch.optim.AdamW(depth_aware_groups(model, lr, decay, head_lr), weight_decay=0.01)
-    model.train()
+    losses: list[float] = []
+    best, best_auc = None, -np.inf
     for epoch in range(epochs):
+        model.train()
         for rows in tqdm(list(batches(len(labels), batch_size, rng)), desc=f"fine-tuning epoch {epoch + 1}",
                          disable=not progress):
-            loss = joint_loss(model(ids[rows].to(device), mask[rows].to(device)), labels[rows].to(device), weights)
+            feats = None if features is None else features[rows].to(device)
+            loss = joint_loss(model(ids[rows].to(device), mask[rows].to(device), feats), labels[rows].to(device),
+                              weights)
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             losses.append(loss.item())
+        if val is not None:
+            model.eval()
+            probs = head_probabilities(model, *val[:3])
+            score = float(np.mean([auc(val[3].numpy(), probs[:, j]) for j in range(probs.shape[1])]))
+            if score > best_auc:
+                best, best_auc = {k: v.detach().clone() for k, v in model.state_dict().items()}, score
+    if best is not None:
+        model.load_state_dict(best)
     model.eval()
     return losses
 
 
 @torch.no_grad()
-def head_probabilities(model: EarlyExitModel, ids: torch.Tensor, mask: torch.Tensor, batch_size: int = 32,
-                       progress: bool = False) -> np.ndarray:
-    """Click probability of every head at full depth, ``(n, heads)``."""
+def head_probabilities(model: EarlyExitModel, ids: torch.Tensor, mask: torch.Tensor,
+                       features: torch.Tensor | None = None, batch_size: int = 32, progress: bool = False
+                       ) -> np.ndarray:
+    """Raw (uncalibrated) click probability of every head at full depth, ``(n, heads)``."""
     device = next(model.parameters()).device
     out = []
     for rows in tqdm(list(batches(len(ids), batch_size)), desc="scoring all heads", disable=not progress):
-        logits = model(ids[rows].to(device), mask[rows].to(device)).float()
+        feats = None if features is None else features[rows]
+        logits = model(ids[rows].to(device), mask[rows].to(device), feats).float()
         out.append(torch.softmax(logits, -1)[..., 1].T.cpu().numpy())
     return np.concatenate(out).astype(np.float64)
 
 
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    return float(roc_auc_score(labels, scores)) if len(set(labels.tolist())) > 1 else float("nan")
+@torch.no_grad()
+def cached_probabilities(model: EarlyExitModel, data: Cached) -> np.ndarray:
+    """Raw click probability of every head from cached states, ``(n, heads)``."""
+    return torch.softmax(model.logits_from(data.pooled, data.features).float(), -1)[..., 1].T.numpy()\
+        .astype(np.float64)
 
 
 def calibrate(probs: np.ndarray, labels: np.ndarray, head_layers: Sequence[int], rule: str = "ratio_trend",
-              budget: float = 0.002) -> tuple[ExitRule, list[dict]]:
+              budget: float = 0.002, level: float = 0.95) -> tuple[ExitRule, list[dict]]:
     """Choose the rule parameter that minimises the expected layers run subject to
-    ``AUC(full) - AUC(exit) <= budget`` on validation data; returns the rule (the ``never`` rule when no
-    parameter saves a layer within the budget) and the whole curve."""
+    ``bound(AUC(full) - AUC(exit)) <= budget`` on validation data (``probs`` calibrated, as served; the bound
+    at ``level`` of :func:`~scorer.quality.auc_drop_bound`); returns the rule (the ``never`` rule when no
+    parameter saves a layer within the budget) and the whole curve with each point's bound."""
     if rule not in RULE_GRIDS:
         raise ValueError(f"unknown rule {rule!r}; choose one of {sorted(RULE_GRIDS)}")
     from scorer.exit_rules import RULES
 
     field, grid = RULE_GRIDS[rule]
     layers = np.asarray(head_layers)
-    auc_full = auc(labels, probs[:, -1])
+    full = probs[:, -1]
+    auc_full = auc(labels, full)
     curve, best, best_layers = [], None, float(layers[-1])
     for value in grid:
         candidate = RULES[rule](**{field: value})
         exits = exit_points(probs, candidate)
         score = probs[np.arange(len(probs)), exits]
-        point = {field: value, "auc": auc(labels, score), "auc_full": auc_full,
-                 "mean_layers": float(layers[exits].mean()),
-                 "expected_speedup": float(layers[-1] / layers[exits].mean())}
+        mean_layers = float(layers[exits].mean())
+        point = {field: value, "auc": auc(labels, score), "auc_full": auc_full, "mean_layers": mean_layers,
+                 "expected_speedup": float(layers[-1] / max(mean_layers, 0.5)),
+                 "auc_drop_bound": auc_drop_bound(labels, full, score, level), "n_rows": len(labels)}
         curve.append(point)
-        if auc_full - point["auc"] <= budget and point["mean_layers"] < best_layers:
-            best, best_layers = candidate, point["mean_layers"]
+        if point["auc_drop_bound"] <= budget and mean_layers < best_layers:
+            best, best_layers = candidate, mean_layers
     return (best or ExitRule()), curve  # ExitRule() never exits early: no threshold met the budget

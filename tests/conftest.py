@@ -63,23 +63,26 @@ def trained_checkpoint(split, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_scorer_checkpoint(tmp_path_factory) -> Path:
-    """An early-exit checkpoint with a tiny BERT (2 layers, hidden 32, random weights) and MiniLM's real
-    tokenizer: the whole serving path at a fraction of the cost. ``max_prob`` at 0.51 lets some rows exit at
-    head 1 and sends the rest to head 2."""
+    """An early-exit checkpoint with a tiny BERT (2 layers, hidden 32, random weights), MiniLM's real tokenizer,
+    the numeric features and a layer-0 head: the whole serving path at a fraction of the cost. ``max_prob`` at
+    0.51 lets some rows exit early and sends the rest to the last head."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from scorer import backbones
     from scorer import checkpoint as model_checkpoint
+    from scorer.calibration import HeadCalibration
+    from scorer.features import FEATURES
     from scorer.model import EarlyExitModel
 
     tokenizer = AutoTokenizer.from_pretrained(str(backbones.resolve("minilm", Path("."))))
     torch.manual_seed(0)
     backbone = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=128))
-    model = EarlyExitModel(backbone, [1, 2])
-    card = model_checkpoint.ModelCard("tiny-bert", [1, 2], model.pooling, 64, True,
-                                      {"rule": "max_prob", "threshold": 0.51})
+    model = EarlyExitModel(backbone, [0, 1, 2], n_features=len(FEATURES))
+    model.calibration = HeadCalibration.identity(3)
+    card = model_checkpoint.ModelCard("tiny-bert", [0, 1, 2], model.pooling, 80, True,
+                                      {"rule": "max_prob", "threshold": 0.51}, features=list(FEATURES), prior=0.55)
     return model_checkpoint.save(tmp_path_factory.mktemp("tiny-scorer"), model, tokenizer, card)
 
 

@@ -5,6 +5,7 @@ Here (no engine) these tests skip with the reason; the Maven-started broker carr
 
 from __future__ import annotations
 
+import asyncio
 import functools
 
 import numpy as np
@@ -61,7 +62,7 @@ async def test_kafka_container_carries_clicks():
         consumer = AIOKafkaConsumer("clicks", bootstrap_servers=bootstrap, auto_offset_reset="earliest")
         await consumer.start()
         try:
-            record = await consumer.getone()
+            record = await asyncio.wait_for(consumer.getone(), timeout=30)  # not the whole test timeout
         finally:
             await consumer.stop()
         assert decode(Click, record.value) == click and record.key == b"u1"

@@ -1,11 +1,10 @@
 """The analytics join and its numbers (pure: no Kafka)."""
 
-import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
 from schemas.messages import CandidateExit, CtrScore, DegradedFlag, ExitTelemetry
-from worker.metrics import ScoreJoin, auc
+from worker.metrics import ScoreJoin
 
 T0 = 1_800_000_000_000
 
@@ -22,12 +21,24 @@ def telemetry(request_id: str, items: list[str], layer: int = 2, degraded=()) ->
         degraded=list(degraded), model_version="m", ts=T0)
 
 
-def test_auc_matches_sklearn_with_ties():
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 2, 500)
-    scores = np.round(rng.random(500), 1)  # many ties
-    assert auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores))
-    assert np.isnan(auc(np.ones(5), np.arange(5)))
+def test_joined_scores_report_logloss_and_calibration_beside_auc():
+    """Scores of 0.2 that click 20% of the time and 0.8 that click 80%: calibrated (ECE 0), AUC of the two
+    groups; the same ranking scaled towards 0 is as good a ranking but a worse probability."""
+    join, shifted = ScoreJoin(window_ms=10**9), ScoreJoin(window_ms=10**9)
+    labels, ps = [], []
+    for k in range(1000):
+        p = 0.2 if k % 2 else 0.8
+        y = int(k // 2 % 10 < p * 10)
+        labels.append(y)
+        ps.append(p)
+        for j, ctr in ((join, p), (shifted, p / 4)):
+            j.score(score(f"r{k}", f"u{k}", "a", ctr), T0 + k)
+            j.click(f"u{k}", "a", y, T0 + k + 1)
+    total, worse = join.report()["total"], shifted.report()["total"]
+    assert total["joined"] == 1000 and total["auc"] == pytest.approx(roc_auc_score(labels, ps))
+    assert total["ece"] == pytest.approx(0.0, abs=1e-9) and total["ctr_ratio"] == pytest.approx(1.0)
+    assert worse["auc"] == pytest.approx(total["auc"])
+    assert worse["ece"] > 0.3 and worse["logloss"] > total["logloss"] and worse["ctr_ratio"] == pytest.approx(0.25)
 
 
 def test_scores_join_later_clicks_in_either_read_order_and_duplicates_are_dropped():
@@ -63,3 +74,17 @@ def test_latency_exits_windows_degraded_and_dead_letters():
     assert report["unanswered"] == 1 and report["duplicates"] == 1
     assert sorted(report["windows"]) == [T0 // 1000 * 1000, (T0 + 1000) // 1000 * 1000]
     assert report["windows"][T0 // 1000 * 1000]["requests"] == 1
+
+
+def test_a_replaced_score_and_a_repeated_early_click_are_counted_not_silently_dropped():
+    join = ScoreJoin(window_ms=1000)
+    join.score(score("r1", "u1", "a", 0.9), T0)
+    join.score(score("r2", "u1", "a", 0.3), T0 + 10)  # a second request for the same pair: replaces r1's
+    join.click("u1", "a", 1, T0 + 20)
+    join.click("u2", "b", 0, T0 + 30)  # two clicks before any score for (u2, b)
+    join.click("u2", "b", 1, T0 + 40)
+    join.score(score("r3", "u2", "b", 0.7), T0 + 5)
+    report = join.report()
+    assert report["replaced_scores"] == 1 and report["total"]["joined"] == 2
+    assert join.total.scores == [0.3, 0.7] and join.total.labels == [1, 1]  # the latest score, the latest click
+    assert report["unjoined_clicks"] == 1

@@ -20,7 +20,7 @@ def tiny(kind: str) -> EarlyExitModel:
     model = EarlyExitModel(backbone, head_layers=[1, 2, 4]).eval()
     with torch.no_grad():  # spread the heads' outputs so that a threshold splits the batch
         for head in model.heads:
-            head[1].weight.mul_(20)
+            head.linear.weight.mul_(20)
     return model
 
 
@@ -76,3 +76,60 @@ def test_head_layers_are_validated():
     for bad in ([], [0, 2], [2, 1], [1, 5]):
         with pytest.raises(ValueError):
             EarlyExitModel(backbone, bad)
+
+
+def with_features(kind: str = ENCODER) -> EarlyExitModel:
+    """The tiny backbone with a layer-0 head and 3 numeric features read by every head."""
+    torch.manual_seed(0)
+    model = EarlyExitModel(tiny(kind).backbone, head_layers=[0, 1, 2, 4], n_features=3).eval()
+    with torch.no_grad():
+        for head in model.heads:
+            head.linear.weight.mul_(20)
+    return model
+
+
+def test_layer0_head_reads_only_features_and_released_rows_never_enter_a_block():
+    model = with_features()
+    ids, mask = batch([5, 9, 7, 12, 3, 8])
+    features = torch.randn(6, 3, generator=torch.Generator().manual_seed(3))
+    probs0 = torch.softmax(model(ids, mask, features)[0], -1)[:, 1].detach().numpy()
+    other_ids, _ = batch([5, 9, 7, 12, 3, 8], seed=7)  # different text, same features: head 0 does not change
+    np.testing.assert_allclose(torch.softmax(model(other_ids, mask, features)[0], -1)[:, 1].detach().numpy(), probs0,
+                               atol=1e-6)
+    rule = MaxProbRule(float(np.median(np.maximum(probs0, 1 - probs0))))
+    rows_in_block0 = []
+    hook = model.blocks[0].register_forward_hook(lambda m, args, out: rows_in_block0.append(args[0].shape[0]))
+    result = model.predict(ids, mask, rule, features)
+    hook.remove()
+    released = int((result.exit_head == 0).sum())
+    assert 0 < released < 6
+    assert rows_in_block0 == [6 - released], "rows that exit at layer 0 must not run any transformer block"
+    assert (result.exit_layer[result.exit_head == 0] == 0).all()
+    for r in range(6):  # and every row still scores as if alone
+        n = int(mask[r].sum())
+        alone = model.predict(ids[r:r + 1, :n], mask[r:r + 1, :n], rule, features[r:r + 1])
+        assert alone.exit_head[0] == result.exit_head[r]
+        np.testing.assert_allclose(alone.ctr[0], result.ctr[r], atol=1e-5)
+
+
+def test_predict_applies_each_heads_calibration_before_the_rule():
+    from scorer.calibration import HeadCalibration
+
+    model = with_features()
+    ids, mask = batch([5, 9, 7])
+    features = torch.randn(3, 3, generator=torch.Generator().manual_seed(4))
+    raw = model.predict(ids, mask, ExitRule(), features)
+    model.calibration = HeadCalibration(((1.0, 0.0), (1.0, 0.0), (1.0, 0.0), (0.5, 1.0)))
+    calibrated = model.predict(ids, mask, ExitRule(), features)
+    logit = np.log(raw.ctr / (1 - raw.ctr))
+    np.testing.assert_allclose(calibrated.ctr, 1 / (1 + np.exp(-(0.5 * logit + 1.0))), atol=1e-6)
+    np.testing.assert_allclose(calibrated.probs[:, :3], raw.probs[:, :3], atol=1e-7)
+
+
+def test_feature_count_is_checked():
+    model = with_features()
+    ids, mask = batch([4, 6])
+    with pytest.raises(ValueError, match="3 features"):
+        model.predict(ids, mask, ExitRule(), torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="n_features"):
+        EarlyExitModel(model.backbone, [0, 1])

@@ -11,7 +11,8 @@ HISTORY = [(f"Book {k} by Someone", k % 2) for k in range(30)]  # oldest first
 
 
 def test_full_prompt_when_it_fits():
-    inputs = PromptInputs("The Hobbit by Tolkien", HISTORY[:3], NeighbourEvidence(liked=7, disliked=3), (12, 20))
+    inputs = PromptInputs("The Hobbit by Tolkien", HISTORY[:3], NeighbourEvidence(liked=7, disliked=3), (12, 20),
+                          (31, 52), affinity=0.4)
     text = build_prompt(inputs, words, budget=10_000)
     assert text.splitlines() == [
         "The user's history (oldest first):",
@@ -21,8 +22,10 @@ def test_full_prompt_when_it_fits():
         "So far the user liked 12 of 20 items.",
         "Similar users: 7 of 10 similar users who reacted to it liked it.",
         "Candidate: The Hobbit by Tolkien",
+        "So far 31 of 52 users who reacted to the candidate liked it.",
         "Will the user like the candidate? Answer:",
     ]
+    assert "0.4" not in text  # the affinity reaches the heads as a number, not as text
 
 
 def test_history_is_dropped_oldest_first_to_fit_the_budget():
@@ -50,3 +53,13 @@ def test_no_rag_and_cold_user_variants():
     assert "Similar users" not in no_rag
     cold = build_prompt(PromptInputs("X", (), NeighbourEvidence(0, 0), (0, 0)), words, 1000)
     assert cold.startswith(NO_HISTORY) and "none of the similar users" in cold and "So far" not in cold
+
+
+def test_cold_user_still_gets_the_candidates_evidence():
+    cold = build_prompt(PromptInputs("X", (), None, None, (3, 4)), words, 1000)
+    assert cold.splitlines() == [NO_HISTORY, "Candidate: X",
+                                 "So far 3 of 4 users who reacted to the candidate liked it.",
+                                 "Will the user like the candidate? Answer:"]
+    unknown = build_prompt(PromptInputs("X", (), None, None, (0, 0)), words, 1000)
+    assert "Nobody has reacted to the candidate yet." in unknown
+    assert "candidate liked" not in build_prompt(PromptInputs("X"), words, 1000)  # text-only view: no line

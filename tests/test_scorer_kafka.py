@@ -11,6 +11,7 @@ import signal
 import time
 from collections import Counter
 
+import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from kafka_io import read_topic, settings_env, wait_for
@@ -19,6 +20,7 @@ from graph_updater.agent import updater_group
 from graph_updater.recovery import committed_offsets
 from schemas.codec import decode
 from schemas.messages import CtrScore, DeadLetter, DegradedFlag, ExitTelemetry, ImpressionRequest
+from scorer import quality
 from scorer.agent import scorer_group
 from scorer.service import prepare_worker
 from worker.analytics import TopicReader, follow
@@ -42,6 +44,24 @@ def worker_settings(settings, trained_checkpoint, tiny_scorer_checkpoint, **extr
     return settings.model_copy(update={"graph_checkpoint": trained_checkpoint,
                                        "scorer_checkpoint": tiny_scorer_checkpoint, "catalogue": "ml-100k",
                                        "replica_id": "r1", "scorer_batch_size": 16, **extra})
+
+
+def alone_scores(scorer, requests: list[ImpressionRequest]) -> dict[tuple[str, str], tuple[float, int]]:
+    """``(request, item) -> (ctr, exit layer)`` of each candidate scored by itself: its own context, prompt and
+    features through :meth:`EarlyExitModel.predict` with a batch of one."""
+    import torch
+
+    from scorer.features import feature_matrix
+
+    out = {}
+    for request in requests:
+        ctx = scorer.context(request, 0.0, 0.0)
+        for item, inputs in zip(request.item_ids, ctx.inputs, strict=True):
+            enc = scorer.tokenizer([scorer.prompt(inputs)], return_tensors="pt")
+            result = scorer.model.predict(enc["input_ids"], enc["attention_mask"], scorer.rule,
+                                          torch.from_numpy(feature_matrix([inputs], scorer.card.prior)))
+            out[(request.request_id, item)] = (float(result.ctr[0]), int(result.exit_layer[0]))
+    return out
 
 
 def crafted(split) -> dict[str, ImpressionRequest]:
@@ -75,16 +95,23 @@ async def test_every_request_is_scored_and_bad_ones_dead_lettered(settings, spli
         scores = await read_topic(settings.kafka_bootstrap, settings.topic("ctr-scores"), n_candidates, 120)
         telemetry = await read_topic(settings.kafka_bootstrap, settings.topic("exit-telemetry"), len(requests), 60)
         letters = await read_topic(settings.kafka_bootstrap, settings.topic("impressions.dlq"), len(BAD_REQUESTS))
+        # each served score is the model's own answer for that candidate's prompt and features, scored alone
+        # (no click was published yet, so the store still holds what the scorer read)
+        served = {(s.request_id, s.item_id): s for s in (decode(CtrScore, r.value) for r in scores)}
+        alone = alone_scores(service.scorer, [r for r in requests if r.deadline_ms is None])
     finally:
         await service.app.stop()
         service.store.close()
+    for key, (ctr, layer) in alone.items():
+        assert served[key].ctr == pytest.approx(ctr, abs=1e-5) and served[key].exit_layer == layer, key
+    assert len({layer for _, layer in alone.values()}) > 1, "the rule splits the batch: several exit layers occur"
 
     # one score per (request, candidate), keyed by user; one telemetry message per request, keyed by request
     decoded = [decode(CtrScore, r.value) for r in scores]
     assert Counter((s.request_id, s.item_id) for s in decoded) == Counter(
         (r.request_id, i) for r in requests for i in r.item_ids)
     assert all(r.key == s.user_id.encode() for r, s in zip(scores, decoded, strict=True))
-    assert all(0.0 <= s.ctr <= 1.0 and s.exit_layer in (1, 2) for s in decoded)
+    assert all(0.0 <= s.ctr <= 1.0 and s.exit_layer in (0, 1, 2) for s in decoded)
     traces = {t.request_id: t for t in (decode(ExitTelemetry, r.value) for r in telemetry)}
     assert len(telemetry) == len(traces) == len(requests)
     by_id = {r.request_id: r for r in requests}
@@ -92,7 +119,7 @@ async def test_every_request_is_scored_and_bad_ones_dead_lettered(settings, spli
     for request_id, trace in traces.items():
         assert [c.item_id for c in trace.candidates] == by_id[request_id].item_ids
         for c in trace.candidates:
-            assert len(c.head_confidences) == c.exit_layer  # heads on layers 1 and 2: one confidence per head run
+            assert len(c.head_confidences) == c.exit_layer + 1  # heads on layers 0, 1, 2: one per head run
             assert score_of[(request_id, c.item_id)].exit_layer == c.exit_layer
     # degraded modes are flagged, and the flagged requests were still scored
     assert traces["t-cold-user"].degraded == [DegradedFlag.COLD_USER] and traces["t-cold-user"].neighbours_used == 0
@@ -126,7 +153,11 @@ async def test_every_request_is_scored_and_bad_ones_dead_lettered(settings, spli
     report = join.report()
     assert report["unanswered"] == 0 and report["duplicates"] == 0 and report["unjoined_clicks"] == 0
     assert report["total"]["dead_letters"] == {"impressions.dlq": len(BAD_REQUESTS)}
-    assert report["total"]["degraded"]["deadline"] == 1 and 0.0 <= report["total"]["auc"] <= 1.0
+    assert report["total"]["degraded"]["deadline"] == 1
+    by_pair = {(s.user_id, s.item_id): s.ctr for s in decoded if not s.request_id.startswith("t-")}
+    expected = [by_pair[(u, i)] for u, i in zip(rows.users, rows.items, strict=True)]
+    assert report["total"]["auc"] == pytest.approx(quality.auc(rows.labels, np.array(expected)))
+    assert report["total"]["logloss"] == pytest.approx(quality.logloss(rows.labels, np.array(expected)))
     assert len(join.total.latency_ms) == len(requests)
 
 

@@ -1,5 +1,7 @@
 """Tiny-config train -> calibrate -> evaluate -> checkpoint round trip, on real MovieLens prompts."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -7,13 +9,14 @@ from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, Llam
 
 from graph_updater import checkpoint as graph_checkpoint
 from graph_updater.datasets import time_split
-from graph_updater.graph import USER
 from graph_updater.train import train_offline
-from scorer import backbones, checkpoint, experiment
-from scorer.exit_rules import ExitRule
+from scorer import backbones, checkpoint, experiment, quality
+from scorer.calibration import HeadCalibration
+from scorer.exit_rules import ExitRule, MaxProbRule
+from scorer.features import FEATURES
 from scorer.model import EarlyExitModel
 from scorer.samples import build_samples, neighbour_evidence
-from scorer.train import RULE_GRIDS, calibrate, head_probabilities, joint_loss, train
+from scorer.train import calibrate, head_probabilities, joint_loss, train
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +32,8 @@ def samples(ml100k):
     train_offline(graph.graph, epochs=2)
     final = graph.graph.final()
 
-    def vector_of(user):
-        v = graph.graph.node(USER, user)
+    def vector_of(kind, external_id):
+        v = graph.graph.node(kind, external_id)
         return None if v is None or not graph.graph.adj[v] else final[v]
 
     start = len(split.train)
@@ -38,17 +41,20 @@ def samples(ml100k):
     return build_samples(ml100k, rows, vector_of)
 
 
+PRIOR = 0.55
+
+
 def encode(tokenizer, samples):
-    """The experiment's own prompt encoding, at a 96-token budget."""
-    data = experiment.encode(tokenizer, samples, max_length=96)
-    return data.ids, data.mask, data.labels
+    """The experiment's own prompt encoding and features, at a 96-token budget."""
+    data = experiment.encode(tokenizer, samples, max_length=96, prior=PRIOR)
+    return data.ids, data.mask, data.labels, data.features
 
 
 def tiny_bert(vocab: int) -> EarlyExitModel:
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
                      intermediate_size=64, max_position_embeddings=128)
-    return EarlyExitModel(BertModel(cfg, add_pooling_layer=False), [1, 2, 4])
+    return EarlyExitModel(BertModel(cfg, add_pooling_layer=False), [0, 1, 2, 4], n_features=len(FEATURES))
 
 
 def test_samples_are_prequential_and_carry_neighbour_evidence(samples, ml100k):
@@ -59,6 +65,11 @@ def test_samples_are_prequential_and_carry_neighbour_evidence(samples, ml100k):
     assert all(len(s.inputs.history) <= 10 for s in samples)
     assert neighbour_evidence(np.array([1.0, 0]), np.array([[1.0, 0], [0, 1.0], [0.9, 0.1]]),
                               np.array([1, 0, 0]), n=2).liked == 1  # the two nearest: one like, one dislike
+    # item evidence for every row, cold user or not: the item's reactions strictly before the row
+    for s, t in zip(samples[:50], range(len(time_split(ml100k).train), 10**9), strict=False):
+        before = ml100k.items[:t] == s.item_id
+        assert s.inputs.item_rate == (int(ml100k.labels[:t][before].sum()), int(before.sum()))
+    assert any(s.inputs.affinity is not None for s in samples)
 
 
 def test_joint_loss_weights_heads():
@@ -67,35 +78,75 @@ def test_joint_loss_weights_heads():
     assert joint_loss(logits, label, [1.0, 0.0]) > 5 > joint_loss(logits, label, [0.0, 1.0])
 
 
+def test_calibrate_picks_the_cheapest_threshold_whose_paired_bound_is_within_budget():
+    """Hand-made heads with one right answer. Rows A: head 0 is sure and right (0.97 / 0.03). Rows B: head 0 is
+    fairly sure and wrong (max prob 0.8), head 1 unsure (0.5), the last head right. Thresholds <= 0.8 release
+    B rows with wrong scores (a large AUC drop); 0.85-0.95 release exactly the A rows at their full-depth score
+    (no drop, 2.5 mean layers); 0.98+ release nobody (no saving). The answer is 0.85, the first of the ties."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    a = np.arange(400) < 200
+    head0 = np.where(a, np.where(y == 1, 0.97, 0.03), np.where(y == 1, 0.2, 0.8))
+    head1 = np.where(a, 0.97 * y + 0.03 * (1 - y), 0.5)
+    last = np.where(a, np.where(y == 1, 0.97, 0.03), np.where(y == 1, 0.9, 0.1))
+    probs = np.stack([head0, head1, last], axis=1)
+    rule, curve = calibrate(probs, y, [1, 2, 4], "max_prob", budget=0.002)
+    assert rule == MaxProbRule(0.85)
+    by_threshold = {p["threshold"]: p for p in curve}
+    assert by_threshold[0.85]["auc_drop_bound"] == 0.0 and by_threshold[0.85]["mean_layers"] == 2.5
+    assert by_threshold[0.8]["auc_drop_bound"] > 0.1  # wrong early exits: far outside the budget
+    assert by_threshold[0.99]["mean_layers"] == 4.0
+    assert calibrate(probs[~a], y[~a], [1, 2, 4], "max_prob")[0] == ExitRule()  # nothing safe to exit: never
+
+
 def test_train_calibrate_evaluate_and_reload_identically(samples, tokenizer, tmp_path):
-    ids, mask, labels = encode(tokenizer, samples)
+    ids, mask, labels, features = encode(tokenizer, samples)
     model = tiny_bert(tokenizer.vocab_size)
     before = [p.detach().clone() for p in model.backbone.encoder.layer[0].parameters()]
-    losses = train(model, ids[:200], mask[:200], labels[:200], regime="full", epochs=2, batch_size=32,
-                   lr=1e-3, head_lr=3e-3, progress=False)
+    losses = train(model, ids[:200], mask[:200], labels[:200], features[:200], regime="full", epochs=2,
+                   batch_size=32, lr=1e-3, head_lr=3e-3, progress=False)
     assert np.isfinite(losses).all() and np.mean(losses[-4:]) < np.mean(losses[:4])
     assert any(not torch.equal(a, b) for a, b in zip(before, model.backbone.encoder.layer[0].parameters(),
                                                       strict=True))
-    probs = head_probabilities(model, ids[200:], mask[200:])
-    assert probs.shape == (100, 3) and np.isfinite(probs).all()
-    rule, curve = calibrate(probs, labels[200:].numpy(), model.head_layers, "max_prob", budget=0.01)
-    assert len(curve) == len(RULE_GRIDS["max_prob"][1])
-    for point in curve:
-        if point["threshold"] == getattr(rule, "threshold", None):
-            assert point["auc_full"] - point["auc"] <= 0.01
+    raw = head_probabilities(model, ids[200:], mask[200:], features[200:])
+    assert raw.shape == (100, 4) and np.isfinite(raw).all()
+    model.calibration = HeadCalibration.fit(raw, labels[200:].numpy())
+    rule, curve = calibrate(model.calibration.apply_all(raw), labels[200:].numpy(), model.head_layers, "max_prob",
+                            budget=0.01)
     card = checkpoint.ModelCard("tiny", model.head_layers, model.pooling, 96, fine_tuned=True, rule=rule.to_dict(),
-                                calibration=curve)
+                                calibration=curve, features=list(FEATURES), prior=PRIOR)
     checkpoint.save(tmp_path / "ckpt", model, tokenizer, card)
     again, tok2, card2, rule2 = checkpoint.load(tmp_path / "ckpt", cache_dir=tmp_path)
     assert rule2 == rule and card2.calibration == curve and tok2.vocab_size == tokenizer.vocab_size
-    a = model.predict(ids[200:], mask[200:], rule)
-    b = again.predict(ids[200:], mask[200:], rule)
+    assert card2.version.endswith("+f8") and again.calibration == model.calibration
+    a = model.predict(ids[200:], mask[200:], rule, features[200:])
+    b = again.predict(ids[200:], mask[200:], rule, features[200:])
     np.testing.assert_array_equal(a.ctr, b.ctr)
     np.testing.assert_array_equal(a.exit_head, b.exit_head)
+    for needed in ("calibration.json", "heads.safetensors"):
+        broken = tmp_path / f"without-{needed}"
+        shutil.copytree(tmp_path / "ckpt", broken)
+        (broken / needed).unlink()
+        with pytest.raises(FileNotFoundError, match=needed):
+            checkpoint.load(broken, cache_dir=tmp_path)
+
+
+def test_platt_calibration_turns_scores_into_frequencies():
+    """Raw probabilities squeezed towards 0.5 (an under-confident head): the fitted map restores frequencies
+    without changing the ranking."""
+    rng = np.random.default_rng(1)
+    true_p = rng.uniform(0.05, 0.95, 5000)
+    y = (rng.uniform(size=5000) < true_p).astype(int)
+    squeezed = 0.5 + (true_p - 0.5) * 0.3
+    cal = HeadCalibration.fit(squeezed.reshape(-1, 1), y)
+    fixed = cal.apply(0, squeezed)
+    assert quality.ece(y, squeezed) > 0.1 > 0.03 > quality.ece(y, fixed)
+    assert quality.logloss(y, fixed) < quality.logloss(y, squeezed)
+    assert quality.auc(y, fixed) == pytest.approx(quality.auc(y, squeezed))
 
 
 def test_frozen_regime_trains_only_the_heads(samples, tokenizer):
-    ids, mask, labels = encode(tokenizer, samples[:96])
+    ids, mask, labels, _ = encode(tokenizer, samples[:96])
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
                       num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128)

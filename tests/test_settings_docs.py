@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 from worker.settings import Settings
@@ -19,9 +20,11 @@ def test_settings_come_from_the_environment(monkeypatch):
     assert s.topic("clicks") == "clicks"
 
 
-def test_compose_runs_the_workers_with_known_settings():
-    """docker-compose.yml cannot run here (no Docker engine); what can be checked is that its worker services
-    run real commands and set only settings that exist, with values the settings accept."""
+def test_compose_file_declares_real_commands_known_settings_and_durable_state():
+    """docker-compose.yml is parsed, not run (Docker-engine tests live in test_docker_services.py): its worker
+    services run real commands and set only settings that exist, with values the settings accept; Kafka's log and
+    Qdrant's storage both live in named volumes; the Qdrant server matches the pinned client; both have health
+    checks the workers wait for."""
     import yaml
 
     root = README.parent
@@ -38,6 +41,14 @@ def test_compose_runs_the_workers_with_known_settings():
         fixed = {k.removeprefix("EXITREC_").lower(): v for k, v in env.items() if "${" not in str(v)}
         Settings(**fixed)  # raises on a value the settings reject
     assert 'ENTRYPOINT ["exitrec"]' in (root / "infra" / "Dockerfile").read_text()
+    volumes = set(compose["volumes"])
+    assert any(v.split(":")[0] in volumes for v in services["kafka"]["volumes"]), "the click log must be durable"
+    assert any(v.split(":")[0] in volumes for v in services["qdrant"]["volumes"])
+    client_pin = re.search(r'"qdrant-client==(\d+\.\d+)', (root / "pyproject.toml").read_text()).group(1)
+    assert services["qdrant"]["image"].startswith(f"qdrant/qdrant:v{client_pin}.")
+    for name in ("kafka", "qdrant"):
+        assert "healthcheck" in services[name]
+        assert services["scorer"]["depends_on"][name]["condition"] == "service_healthy"
 
 
 def test_settings_reach_a_child_process_through_the_environment(monkeypatch, tmp_path):

@@ -93,6 +93,8 @@ def report_table(report: dict, title: str = "exitrec analytics") -> Table:
     table.add_column("total", justify="right")
     rows = [("requests answered", "requests", 0), ("candidates scored", "candidates", 0),
             ("scores joined with clicks", "joined", 0), ("AUC (joined)", "auc", 3),
+            ("log loss (joined)", "logloss", 3), ("ECE, 10 bins (joined)", "ece", 3),
+            ("predicted / observed ctr", "ctr_ratio", 2),
             ("mean exit layer", "mean_exit_layer", 2), ("latency p50 ms", "latency_p50_ms", 1),
             ("latency p99 ms", "latency_p99_ms", 1), ("retrieval p50 ms", "retrieval_p50_ms", 2)]
     for label, key, digits in rows:

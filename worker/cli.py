@@ -238,17 +238,21 @@ def analytics(from_beginning: bool, duration: float | None, window: float, png: 
 @click.option("--n-train", default=2000, show_default=True)
 @click.option("--n-val", default=500, show_default=True)
 @click.option("--max-length", default=128, show_default=True, help="prompt token budget")
-@click.option("--head-layers", default=None, help="comma-separated 1-based layers (default per backbone)")
-@click.option("--epochs", default=1, show_default=True, help="fine-tuning epochs (encoders)")
-@click.option("--head-epochs", default=30, show_default=True, help="head epochs (frozen decoders)")
+@click.option("--head-layers", default=None,
+              help="comma-separated layers, 0 = the features-only head before the first block (default per backbone)")
+@click.option("--regime", type=click.Choice(["frozen", "full"]), default=None,
+              help="frozen: cache the backbone's states, train heads (CPU default); full: fine-tune the backbone too")
+@click.option("--epochs", default=1, show_default=True, help="fine-tuning epochs (full regime)")
+@click.option("--head-epochs", default=40, show_default=True, help="head epochs (frozen regime; early stopping)")
 @click.option("--rule", type=click.Choice(["ratio_trend", "max_prob", "entropy", "patience"]), default="ratio_trend",
               show_default=True)
 @click.option("--budget", default=0.002, show_default=True, help="allowed AUC loss of early exit vs full depth")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="checkpoint folder (default <cache>/models/early-exit-<dataset>-<backbone>)")
 def train_model(dataset: str, backbone: str, n_train: int, n_val: int, max_length: int, head_layers: str | None,
-                epochs: int, head_epochs: int, rule: str, budget: float, out: Path | None) -> None:
-    """Train the early-exit model on prequential RAG prompts, calibrate its exit rule, save a checkpoint."""
+                regime: str | None, epochs: int, head_epochs: int, rule: str, budget: float, out: Path | None) -> None:
+    """Train the early-exit model on prequential RAG prompts and features, calibrate each head's probabilities and
+    the exit rule on later validation rows, save a checkpoint."""
     from scorer.experiment import train_checkpoint
 
     settings = _settings()
@@ -256,7 +260,7 @@ def train_model(dataset: str, backbone: str, n_train: int, n_val: int, max_lengt
     out = out or settings.cache_dir / "models" / f"early-exit-{dataset}-{Path(backbone).name}"
     chosen = train_checkpoint(settings.data_dir, settings.cache_dir, dataset, backbone, out, n_train=n_train,
                               n_val=n_val, max_length=max_length, head_layers=layers, epochs=epochs,
-                              head_epochs=head_epochs, rule=rule, budget=budget)
+                              head_epochs=head_epochs, rule=rule, budget=budget, regime=regime)
     click.echo(json.dumps({"checkpoint": str(out), "rule": chosen.to_dict()}, indent=2))
 
 
@@ -265,23 +269,23 @@ def train_model(dataset: str, backbone: str, n_train: int, n_val: int, max_lengt
 @click.option("--dataset", type=DATASETS, default="bookcrossing", show_default=True)
 @click.option("--n-test", default=1000, show_default=True)
 def eval_model(folder: Path, dataset: str, n_test: int) -> None:
-    """AUC, log loss, exit histogram and requests/s of a checkpoint on the dataset's test slice."""
+    """AUC, log loss, ECE, exit histogram and requests/s of a checkpoint on the dataset's test slice, beside the
+    classical baseline on the same rows."""
     import numpy as np
 
-    from scorer import checkpoint, experiment
+    from scorer import checkpoint, experiment, quality
     from scorer.exit_rules import ExitRule
-    from scorer.train import auc
 
     settings = _settings()
     model, tokenizer, card, rule = checkpoint.load(folder, settings.cache_dir, experiment.backbones.best_device())
     sets = experiment.sample_sets(dataset, settings.data_dir, settings.cache_dir, 1000, 0, n_test)  # baseline fit
-    test = experiment.encode(tokenizer, sets.test, card.max_length)
+    test = experiment.encode(tokenizer, sets.test, card.max_length, card.prior if card.features else None)
     y = test.labels.numpy()
     rps_full, full = experiment.throughput(model, test, ExitRule())
     rps_exit, exited = experiment.throughput(model, test, rule)
     click.echo(json.dumps({
-        "n_test": len(y), "auc_full": auc(y, full.ctr), "auc_exit": auc(y, exited.ctr),
-        "logloss_exit": experiment.logloss(y, exited.ctr), "auc_baseline": sets.baseline_auc,
+        "n_test": len(y), "full": quality.report(y, full.ctr), "exit": quality.report(y, exited.ctr),
+        "baseline": quality.report(y, sets.baseline_test),
         "mean_exit_layer": float(exited.exit_layer.mean()),
         "exit_histogram": {int(k): int(v) for k, v in zip(*np.unique(exited.exit_layer, return_counts=True),
                                                           strict=True)},

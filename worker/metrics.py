@@ -5,12 +5,16 @@ a later ``clicks`` event of the same user and item; the click's label (1 clicked
 the score's outcome. Re-delivered outputs are deduplicated by ``(request_id, item_id)`` and ``request_id``.
 Topics are read concurrently, so a click may be read before the score it answers: such a click waits (bounded)
 and joins a score that arrives later with an earlier record time. A click that never finds its score (a row
-scored before the analytics consumer started, or never scored), or one older than the pending score of its
-(user, item), is counted as unjoined, not joined.
+scored before the analytics consumer started, or never scored), one older than the pending score of its
+(user, item), or an earlier of two clicks for a (user, item) that arrived before any score, is counted as
+unjoined, not joined. A second score for a (user, item) whose first is still waiting replaces it and is counted
+(``replaced_scores``): the first one will never be joined.
 
 Windows are tumbling, ``window_ms`` long, by record timestamp. Per window and in total:
 - AUC of the joined (score, label) pairs, :math:`\mathrm{AUC} = P(s^+ > s^-) + \tfrac12 P(s^+ = s^-)`
-  (Mann-Whitney), undefined (NaN) until both labels are present;
+  (Mann-Whitney), undefined (NaN) until both labels are present; log loss and expected calibration error
+  (10 bins) of the same pairs, and the predicted-over-observed click ratio (:mod:`scorer.quality`): a ``ctr`` is
+  a probability, so how far it is from the observed frequency is reported beside the ranking;
 - requests answered, candidates scored, mean exit layer and the exit-layer histogram;
 - impression -> score latency: telemetry record time minus the impression's record time (both stamped by
   their producers: the ad system and the scorer), p50 / p99;
@@ -25,25 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from schemas.messages import CtrScore, ExitTelemetry
-
-
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Mann-Whitney AUC with ties counted half; NaN when only one class is present."""
-    labels, scores = np.asarray(labels), np.asarray(scores, dtype=float)
-    pos, neg = int((labels == 1).sum()), int((labels == 0).sum())
-    if pos == 0 or neg == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    start = 0
-    while start < len(scores):  # average ranks over ties
-        end = start
-        while end + 1 < len(scores) and sorted_scores[end + 1] == sorted_scores[start]:
-            end += 1
-        ranks[order[start:end + 1]] = (start + end) / 2.0 + 1.0
-        start = end + 1
-    return float((ranks[labels == 1].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
+from scorer import quality
 
 
 def percentile(values, q: float) -> float:
@@ -71,8 +57,11 @@ class Window:
     def summary(self) -> dict:
         layers = sum(k * v for k, v in self.exit_layers.items())
         n = sum(self.exit_layers.values())
+        probability = quality.report(np.array(self.labels), np.array(self.scores)) if self.labels else {}
         return {
-            "auc": auc(np.array(self.labels), np.array(self.scores)), "joined": self.joined,
+            "auc": probability.get("auc", float("nan")), "logloss": probability.get("logloss", float("nan")),
+            "ece": probability.get("ece", float("nan")), "ctr_ratio": probability.get("ctr_ratio", float("nan")),
+            "joined": self.joined,
             "requests": self.requests, "candidates": self.candidates,
             "mean_exit_layer": layers / n if n else float("nan"),
             "exit_histogram": {int(k): v for k, v in sorted(self.exit_layers.items())},
@@ -112,6 +101,8 @@ class ScoreJoin:
         self.early_clicks: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()  # -> (label, ts)
         self.duplicates = 0
         self.stale_clicks = 0
+        self.replaced_scores = 0  # a later score for a (user, item) whose earlier score was still unjoined
+        self.repeated_clicks = 0  # a second early click for a (user, item) before any score arrived
         self.model_versions: Counter = Counter()
 
     def window(self, ts: int) -> Window:
@@ -139,6 +130,8 @@ class ScoreJoin:
             del self.early_clicks[key]
             self._join(score.ctr, *early)
             return
+        if key in self.pending:  # the earlier score will never be joined: say so
+            self.replaced_scores += 1
         self.pending[key] = (score.ctr, ts)
         self.pending.move_to_end(key)
         self._bound(self.pending)
@@ -172,6 +165,8 @@ class ScoreJoin:
         key = (user_id, item_id)
         found = self.pending.get(key)
         if found is None:  # its score may still be on the way
+            if key in self.early_clicks:  # the earlier click is dropped unjoined: count it
+                self.repeated_clicks += 1
             self.early_clicks[key] = (label, ts)
             self._bound(self.early_clicks)
         elif 0 <= ts - found[1] <= self.join_window_ms:
@@ -196,6 +191,7 @@ class ScoreJoin:
 
     def report(self) -> dict:
         return {"total": self.total.summary(), "duplicates": self.duplicates, "unanswered": self.unanswered,
-                "unjoined_clicks": len(self.early_clicks) + self.stale_clicks,
+                "unjoined_clicks": len(self.early_clicks) + self.stale_clicks + self.repeated_clicks,
+                "replaced_scores": self.replaced_scores,
                 "model_versions": dict(self.model_versions),
                 "windows": {start: w.summary() for start, w in sorted(self.windows.items())}}

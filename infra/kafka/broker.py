@@ -45,7 +45,7 @@ class BrokerInfo:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("EXITREC_CACHE", Path.home() / ".cache" / "exitrec"))
+    return Path(os.environ.get("EXITREC_CACHE_DIR", Path.home() / ".cache" / "exitrec"))
 
 
 def _pom_version() -> str:

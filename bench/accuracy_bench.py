@@ -1,0 +1,273 @@
+"""CTR quality against the classical baseline on the same rows, over seeds -> ``accuracy_<dataset>.json``
+
+    python -m bench.accuracy_bench --dataset ml-100k [--n-train 12000 --n-val 3000 --n-test 2000 --seeds 3]
+
+One run, one dataset, all through the serving code: prequential samples (:func:`scorer.experiment.sample_sets`:
+the graph updater folds every earlier click into qdrant-edge and the scorer's own context builder reads the
+user, the candidate and the neighbours, as a worker does), training rows then validation rows of the stream slice
+in time order, test rows from the test slice. The classical baseline (logistic regression on smoothed user and
+item like-rates and log counts) is fitted on the same training rows and scored on the same test rows.
+
+The MiniLM backbone is frozen (the CPU regime): each prompt view is encoded once and its head-layer states
+cached; every configuration then trains only its heads, ``--seeds`` times (seeds change the heads' initial
+weights and the batch order), stops early on validation AUC, fits each head's Platt calibration and the exit
+rule on the validation rows (paired-bootstrap bound, :func:`scorer.train.calibrate`), and is scored on the test
+rows at full depth and with early exit (calibrated probabilities, the offline replay of the served exit path).
+Configurations (ablations):
+
+- ``text_only``: the prompt as before item-level evidence, heads on the text alone;
+- ``item_evidence``: + the candidate's like-rate line in the prompt, heads on the text alone;
+- ``features``: + the numeric evidence (:mod:`scorer.features`) into every head and a head before the first
+  block (collaborative path "b"): the default;
+- ``features_only``: that model's layer-0 head alone (no transformer block: what the text adds is the gap);
+- ``norag``: the default without neighbour retrieval (no neighbour line, neighbour features at the prior).
+
+The default configuration's seed-0 model is saved as a checkpoint (``--save-default``, by default
+``<cache>/models/early-exit-<dataset>-minilm``, where ``exitrec train-model`` writes and the worker and the
+end-to-end benchmark read), so the model measured here is the model served.
+
+Requests/s: batched :meth:`~scorer.model.EarlyExitModel.predict` on the first ``--rps-rows`` test rows, full depth
+and early exit back to back (seed 0 of each configuration). Warm rows are those whose user reacted to something
+before; cold rows a new user's. A PNG shows AUC per configuration and the default's reliability curve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.machine import machine
+from scorer import checkpoint, experiment, quality
+from scorer.calibration import HeadCalibration
+from scorer.exit_rules import ExitRule, exit_points
+from scorer.features import FEATURES
+from scorer.model import EarlyExitModel
+from scorer.train import Cached, cached_probabilities, calibrate, fit_heads, pooled_states
+from worker.logging import configure_logging
+from worker.settings import Settings
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# configuration: (prompt view, reads the numeric features)
+CONFIGS = {"text_only": ("text_only", False), "item_evidence": ("default", False), "features": ("default", True),
+           "norag": ("norag", True)}
+DEFAULT = "features"
+
+
+def slice_metrics(y: np.ndarray, p: np.ndarray, warm: np.ndarray) -> dict:
+    overall = quality.report(y, p)
+    return {**overall, "auc_warm": quality.auc(y[warm], p[warm]), "auc_cold": quality.auc(y[~warm], p[~warm]),
+            "logloss_warm": quality.logloss(y[warm], p[warm]) if warm.any() else float("nan"),
+            "logloss_cold": quality.logloss(y[~warm], p[~warm]) if (~warm).any() else float("nan")}
+
+
+def cache_view(model: EarlyExitModel, tokenizer, sets, view: str, args, cache: Path) -> dict[str, tuple]:
+    """Encoded prompts and cached head-layer states of every split under one prompt view (on disk, reused)."""
+    out = {}
+    for split in ("train", "val", "test"):
+        path = cache / f"{view}-{split}.pt"
+        samples = getattr(sets, split)
+        enc = experiment.encode(tokenizer, samples, args.max_length, sets.prior, view)
+        if path.exists():
+            pooled = torch.load(path)
+        else:
+            pooled = pooled_states(model, enc.ids, enc.mask)
+            torch.save(pooled, path)
+        out[split] = (enc, Cached(pooled, enc.features, enc.labels))
+    return out
+
+
+def heads_model(backbone, features: bool, layers: list[int]) -> EarlyExitModel:
+    return EarlyExitModel(backbone, layers if features else [x for x in layers if x > 0],
+                          n_features=len(FEATURES) if features else 0).eval()
+
+
+def run_config(model: EarlyExitModel, data: dict, seed: int, args) -> tuple[dict, np.ndarray, ExitRule]:
+    """Train heads, calibrate, choose the exit rule; test metrics (full depth and exit) and test probabilities."""
+    started = time.perf_counter()
+    fit_heads(model, data["train"][1], data["val"][1], epochs=args.head_epochs, seed=seed, progress=False)
+    train_s = time.perf_counter() - started
+    y_val = data["val"][1].labels.numpy()
+    model.calibration = HeadCalibration.fit(cached_probabilities(model, data["val"][1]), y_val)
+    val_probs = model.calibration.apply_all(cached_probabilities(model, data["val"][1]))
+    rule, curve = calibrate(val_probs, y_val, model.head_layers, args.rule, args.budget)
+    test_probs = model.calibration.apply_all(cached_probabilities(model, data["test"][1]))
+    exits = exit_points(test_probs, rule)
+    layers = np.array(model.head_layers)
+    return {"exit": test_probs[np.arange(len(test_probs)), exits], "full": test_probs[:, -1],
+            "mean_exit_layer": float(layers[exits].mean()), "train_s": train_s, "rule": rule.to_dict(),
+            "val_curve": curve, "heads_auc": [quality.auc(data["test"][1].labels.numpy(), test_probs[:, j])
+                                              for j in range(len(layers))]}, test_probs, rule
+
+
+def rps(model: EarlyExitModel, enc, rule: ExitRule, rows: int) -> float:
+    part = experiment.Encoded(enc.ids[:rows], enc.mask[:rows], enc.labels[:rows],
+                              None if enc.features is None or not model.n_features else enc.features[:rows])
+    experiment.throughput(model, experiment.Encoded(part.ids[:32], part.mask[:32], part.labels[:32],
+                                                    None if part.features is None else part.features[:32]), rule)
+    return experiment.throughput(model, part, rule)[0]
+
+
+def summarize(per_seed: list[dict], y: np.ndarray, warm: np.ndarray) -> dict:
+    exit_metrics = [slice_metrics(y, r["exit"], warm) for r in per_seed]
+    full_metrics = [slice_metrics(y, r["full"], warm) for r in per_seed]
+
+    def mean(rows, key):
+        return float(np.mean([r[key] for r in rows]))
+
+    return {"auc": mean(exit_metrics, "auc"), "auc_sd": float(np.std([r["auc"] for r in exit_metrics], ddof=1))
+            if len(exit_metrics) > 1 else 0.0,
+            "auc_seeds": [r["auc"] for r in exit_metrics],
+            "auc_warm": mean(exit_metrics, "auc_warm"), "auc_cold": mean(exit_metrics, "auc_cold"),
+            "logloss": mean(exit_metrics, "logloss"), "logloss_warm": mean(exit_metrics, "logloss_warm"),
+            "logloss_cold": mean(exit_metrics, "logloss_cold"), "ece": mean(exit_metrics, "ece"),
+            "ctr_ratio": mean(exit_metrics, "ctr_ratio"),
+            "auc_full": mean(full_metrics, "auc"), "logloss_full": mean(full_metrics, "logloss"),
+            "ece_full": mean(full_metrics, "ece"),
+            "auc_exit_minus_full": float(np.mean([e["auc"] - f["auc"] for e, f in
+                                                  zip(exit_metrics, full_metrics, strict=True)])),
+            "mean_exit_layer": float(np.mean([r["mean_exit_layer"] for r in per_seed])),
+            "heads_auc": np.mean([r["heads_auc"] for r in per_seed], axis=0).tolist(),
+            "rules": [r["rule"] for r in per_seed], "train_s": mean(per_seed, "train_s"),
+            "val_curve_seed0": per_seed[0]["val_curve"]}
+
+
+def plot(out: Path, result: dict, y: np.ndarray, p_default: np.ndarray) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["configs"])
+    fig, (ax, rel) = plt.subplots(1, 2, figsize=(12, 4.5))
+    x = np.arange(len(names))
+    for k, (key, label) in enumerate((("auc", "all"), ("auc_warm", "warm users"), ("auc_cold", "cold users"))):
+        ax.bar(x + (k - 1) * 0.27, [result["configs"][n][key] for n in names], 0.27, label=label,
+               yerr=[result["configs"][n]["auc_sd"] for n in names] if key == "auc" else None)
+    for key, style in (("baseline_auc", "-"), ("baseline_auc_warm", "--"), ("baseline_auc_cold", ":")):
+        ax.axhline(result[key], color="k", ls=style, lw=1, label=key.replace("_", " "))
+    ax.set_xticks(x, names, rotation=20)
+    lo = min(min(result["configs"][n][k] for n in names for k in ("auc", "auc_warm", "auc_cold")),
+             result["baseline_auc_cold"])
+    ax.set_ylim(max(0.4, lo - 0.05), None)
+    ax.set_ylabel(f"test AUC (mean of {len(result['seeds'])} seeds, early exit)")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(f"{result['dataset']}: {result['n_rows']:,} test rows")
+    for label, p in (("default", p_default), ("baseline", np.asarray(result["_baseline_p"]))):
+        b = np.minimum((p * 10).astype(int), 9)
+        pts = [(p[b == k].mean(), y[b == k].mean()) for k in range(10) if (b == k).sum() >= 10]
+        rel.plot(*zip(*pts, strict=True), "o-", label=label)
+    rel.plot([0, 1], [0, 1], "k:", lw=1)
+    rel.set_xlabel("predicted ctr (10 bins, ≥10 rows)")
+    rel.set_ylabel("observed click rate")
+    rel.set_title(f"calibration: ECE default {result['configs'][result['default']]['ece']:.3f}, "
+                  f"baseline {result['baseline_ece']:.3f}")
+    rel.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "ml-1m", "bookcrossing"])
+    parser.add_argument("--n-train", type=int, default=12000)
+    parser.add_argument("--n-val", type=int, default=3000)
+    parser.add_argument("--n-test", type=int, default=2000)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--max-length", type=int, default=96)
+    parser.add_argument("--head-epochs", type=int, default=60)
+    parser.add_argument("--rule", default="max_prob")
+    parser.add_argument("--budget", type=float, default=0.002)
+    parser.add_argument("--rps-rows", type=int, default=512)
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
+    parser.add_argument("--save-default", type=Path, default=None,
+                        help="checkpoint folder for the default's seed-0 model (default "
+                             "<cache>/models/early-exit-<dataset>-minilm)")
+    args = parser.parse_args()
+    configure_logging("WARNING")
+    settings = Settings()
+    started = time.perf_counter()
+    sets = experiment.sample_sets(args.dataset, settings.data_dir, settings.cache_dir, args.n_train, args.n_val,
+                                  args.n_test)
+    samples_s = time.perf_counter() - started
+    print(f"samples: {len(sets.train)} train, {len(sets.val)} val, {len(sets.test)} test in {samples_s:.0f} s",
+          flush=True)
+    base, tokenizer = experiment.new_model("minilm", settings.cache_dir)
+    layers = base.head_layers
+    cache = settings.cache_dir / "bench" / f"accuracy-{args.dataset}-{args.n_train}-{args.n_val}-{args.n_test}-" \
+                                          f"{args.max_length}"
+    cache.mkdir(parents=True, exist_ok=True)
+    y = np.array([s.label for s in sets.test])
+    warm = np.array([s.warm for s in sets.test])
+    configs, views, timings, default_p = {}, {}, {}, None
+    for name in args.configs.split(","):
+        view, features = CONFIGS[name]
+        if view not in views:
+            t0 = time.perf_counter()
+            views[view] = cache_view(base, tokenizer, sets, view, args, cache)
+            timings[f"encode_{view}_s"] = round(time.perf_counter() - t0, 1)
+            print(f"view {view} cached in {timings[f'encode_{view}_s']} s", flush=True)
+        per_seed, models = [], []
+        for seed in range(args.seeds):
+            model = heads_model(base.backbone, features, layers)
+            result, test_probs, rule = run_config(model, views[view], seed, args)
+            per_seed.append(result)
+            models.append((model, rule, test_probs))
+        configs[name] = summarize(per_seed, y, warm)
+        model, rule, test_probs = models[0]
+        enc = views[view]["test"][0]
+        configs[name]["rps"] = rps(model, enc, rule, args.rps_rows)
+        configs[name]["rps_full"] = rps(model, enc, ExitRule(), args.rps_rows)
+        configs[name]["speedup"] = configs[name]["rps"] / configs[name]["rps_full"]
+        if features:  # the layer-0 head alone: the same seeds' models, no transformer block
+            head0 = [{"exit": p[:, 0], "full": p[:, 0], "mean_exit_layer": 0.0, "train_s": r["train_s"],
+                      "rule": {"rule": "fixed_head", "head": 0}, "val_curve": [], "heads_auc": r["heads_auc"][:1]}
+                     for (_, _, p), r in zip(models, per_seed, strict=True)]
+            configs[f"{name}_only" if name == "features" else f"{name}_layer0"] = summarize(head0, y, warm)
+        if name == DEFAULT:
+            default_p = np.mean([r["exit"] for r in per_seed], axis=0)
+            folder = args.save_default or settings.cache_dir / "models" / f"early-exit-{args.dataset}-minilm"
+            card = checkpoint.ModelCard("minilm", model.head_layers, model.pooling, args.max_length, False,
+                                        rule.to_dict(), per_seed[0]["val_curve"],
+                                        {"dataset": args.dataset, "n_train": len(sets.train), "n_val": len(sets.val),
+                                         "regime": "frozen", "source": "bench.accuracy_bench seed 0"},
+                                        list(FEATURES), sets.prior)
+            checkpoint.save(folder, model, tokenizer, card)
+            print(f"default model saved: {folder}", flush=True)
+        c = configs[name]
+        print(f"{name}: AUC {c['auc']:.4f} ± {c['auc_sd']:.4f} (full {c['auc_full']:.4f}), warm {c['auc_warm']:.4f}, "
+              f"cold {c['auc_cold']:.4f}, logloss {c['logloss']:.4f}, ECE {c['ece']:.4f}, mean exit layer "
+              f"{c['mean_exit_layer']:.2f}, rps {c['rps']:.1f} vs {c['rps_full']:.1f}", flush=True)
+    baseline = slice_metrics(y, sets.baseline_test, warm)
+    result = {
+        "dataset": args.dataset, "default": DEFAULT, "seeds": list(range(args.seeds)), "n_rows": len(y),
+        "n_train": len(sets.train), "n_val": len(sets.val), "n_warm": int(warm.sum()), "n_cold": int((~warm).sum()),
+        "test_positive_rate": float(y.mean()), "max_length": args.max_length, "backbone": "minilm (frozen)",
+        "head_layers": layers, "features": list(FEATURES), "budget": args.budget, "rule": args.rule,
+        "baseline": "logistic regression on smoothed user and item like-rates and log reaction counts, fitted on "
+                    "the training rows",
+        "baseline_auc": baseline["auc"], "baseline_auc_warm": baseline["auc_warm"],
+        "baseline_auc_cold": baseline["auc_cold"], "baseline_logloss": baseline["logloss"],
+        "baseline_logloss_warm": baseline["logloss_warm"], "baseline_logloss_cold": baseline["logloss_cold"],
+        "baseline_ece": baseline["ece"], "configs": configs,
+        "timings_s": {"samples": round(samples_s, 1), **timings, "total": round(time.perf_counter() - started, 1)},
+        "machine": machine(),
+        "command": "python -m bench.accuracy_bench " + " ".join(f"--{k.replace('_', '-')} {v}"
+                                                                for k, v in vars(args).items()),
+    }
+    out = RESULTS / f"accuracy_{args.dataset}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    if default_p is not None:
+        plot(out.with_suffix(".png"), {**result, "_baseline_p": sets.baseline_test.tolist()}, y, default_p)
+    print(json.dumps({k: result[k] for k in ("baseline_auc", "baseline_auc_warm", "baseline_auc_cold",
+                                             "baseline_logloss", "baseline_ece")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
