@@ -1,0 +1,101 @@
+"""The scorer's retrieval step on the real embedded Qdrant engine: what each candidate's prompt and features know,
+and which degraded flag says what was missing (cold users, unknown items, deadlines, budgets, a failing store)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from graph_updater import checkpoint as graph_checkpoint
+from graph_updater.graph import ITEM, USER
+from graph_updater.store import EdgeStore
+from schemas.messages import DegradedFlag, ImpressionRequest
+from scorer.features import FEATURES, features
+from scorer.retrievers import GcnRetriever
+from scorer.scoring import ContextBuilder, ScorerOptions
+
+
+@pytest.fixture(scope="module")
+def state(trained_checkpoint):
+    updater, _ = graph_checkpoint.load(trained_checkpoint)
+    store = EdgeStore()
+    store.ensure_collections(updater.graph.dim)
+    store.upsert(updater.all_records())
+    yield updater, store
+    store.close()
+
+
+def builder(store, budget_ms: float = 1e9) -> ContextBuilder:
+    return ContextBuilder(GcnRetriever(store), {}, ScorerOptions(retrieval_budget_ms=budget_ms))
+
+
+def known_pair(updater) -> tuple[str, str]:
+    user = next(u for u, h in updater.histories.items() if len(h.liked) > 3)
+    item = max(updater.item_reactions, key=lambda i: sum(updater.item_reactions[i]))
+    return user, item
+
+
+def request(user: str, items: list[str], **extra) -> ImpressionRequest:
+    return ImpressionRequest(request_id="r", user_id=user, item_ids=items, ts=int(time.time() * 1000), **extra)
+
+
+def test_a_cold_user_still_gets_the_candidates_rate_and_a_warm_one_also_its_affinity(state):
+    updater, store = state
+    user, item = known_pair(updater)
+    liked, disliked = updater.item_reactions[item]
+    cold = builder(store).context(request("never-seen", [item]), 0.0, time.time() * 1000)
+    assert cold.degraded == {DegradedFlag.COLD_USER}
+    assert cold.inputs[0].item_rate == (liked, liked + disliked) and cold.inputs[0].affinity is None
+    assert cold.inputs[0].neighbours is None and cold.inputs[0].rate is None
+    warm = builder(store).context(request(user, [item, "never-seen-item"]), 0.0, time.time() * 1000)
+    assert warm.degraded == {DegradedFlag.COLD_ITEM}
+    known, unknown = warm.inputs
+    (user_vector, _), (item_vector, _) = store.get(USER, user), store.get(ITEM, item)
+    cos = np.dot(user_vector, item_vector) / (np.linalg.norm(user_vector) * np.linalg.norm(item_vector))
+    assert known.item_rate == (liked, liked + disliked) and known.affinity == pytest.approx(cos, abs=1e-6)
+    assert known.neighbours is not None and known.rate[1] > 0
+    assert unknown.item_rate == (0, 0) and unknown.affinity is None and unknown.neighbours.reacted == 0
+    named = dict(zip(FEATURES, features(known, 0.55), strict=True))
+    assert named["has_affinity"] == 1.0 and named["item_count"] > 0
+
+
+def test_deadlines_in_the_future_short_and_past(state):
+    updater, store = state
+    user, item = known_pair(updater)
+    now = time.time() * 1000
+    roomy = builder(store).context(request(user, [item], deadline_ms=60_000), 0.0, now)
+    assert roomy.degraded == set() and roomy.inputs[0].neighbours is not None
+    # a deadline shorter than the retrieval budget cuts retrieval: scored from what was read, flagged
+    req = request(user, [item, item + "0"], deadline_ms=1)
+    short = builder(store).context(req, 0.0, req.ts + 0.999)
+    assert DegradedFlag.NO_RETRIEVAL in short.degraded and short.inputs[0].item_rate is None
+    past = builder(store).context(request(user, [item], deadline_ms=5), 0.0, now + 10_000)
+    assert past.degraded == {DegradedFlag.DEADLINE} and past.inputs[0].rate is None
+
+
+def test_retrieval_running_out_of_its_own_budget(state):
+    updater, store = state
+    user, _ = known_pair(updater)
+    items = list(updater.item_reactions)[:40]
+    ctx = builder(store, budget_ms=0.0).context(request(user, items), 0.0, time.time() * 1000)
+    assert DegradedFlag.NO_RETRIEVAL in ctx.degraded
+    assert all(x.neighbours is None and x.item_rate is None for x in ctx.inputs)
+    assert all(x.rate == ctx.inputs[0].rate and x.rate[1] > 0 for x in ctx.inputs)  # the user's own payload stays
+
+
+def test_a_store_failing_on_item_reads_scores_without_them(state, monkeypatch):
+    updater, store = state
+    user, item = known_pair(updater)
+    real_get = store.get
+
+    def items_unreachable(kind, external_id):
+        if kind == ITEM:
+            raise ConnectionError("items shard unreachable")
+        return real_get(kind, external_id)
+
+    monkeypatch.setattr(store, "get", items_unreachable)
+    ctx = builder(store).context(request(user, [item]), 0.0, time.time() * 1000)
+    assert ctx.degraded == {DegradedFlag.NO_RETRIEVAL}
+    assert ctx.inputs[0].item_rate is None and ctx.inputs[0].neighbours is None and ctx.inputs[0].rate[1] > 0
