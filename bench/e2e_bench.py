@@ -87,7 +87,8 @@ def summary(accuracy: PrequentialRun, capacity: PrequentialRun, paced: Prequenti
     layers = [x for r in runs for x in r.exit_layers]
     return {
         "rps": capacity.rps, "p50_ms": percentile(paced.latency_ms, 50), "p99_ms": percentile(paced.latency_ms, 99),
-        "auc": joined["auc"], "joined": joined["joined"],
+        "auc": joined["auc"], "logloss": joined["logloss"], "ece": joined["ece"], "ctr_ratio": joined["ctr_ratio"],
+        "joined": joined["joined"],
         "retrieval_p50_ms": percentile([x for r in runs for x in r.retrieval_ms], 50),
         "mean_exit_layer": float(np.mean(layers)),
         "exit_histogram": {int(k): int(v) for k, v in zip(*np.unique(layers, return_counts=True), strict=True)},
@@ -200,7 +201,8 @@ async def main_async(args) -> dict:
     split = time_split(data)
     base = base.model_copy(update={
         "graph_checkpoint": ensure_checkpoint(base, args.dataset),
-        "scorer_checkpoint": ensure_model(base, args.dataset), "catalogue": args.dataset, "replica_id": "bench",
+        "scorer_checkpoint": args.checkpoint or benchmarked_model(base, args.dataset), "catalogue": args.dataset,
+        "replica_id": "bench",
         "text_index_users": args.text_index_users, "retrieval_budget_ms": args.retrieval_budget_ms})
     work = base.cache_dir / "bench" / "e2e"
     work.mkdir(parents=True, exist_ok=True)
@@ -220,8 +222,31 @@ async def main_async(args) -> dict:
             "accuracy_requests": args.accuracy, "capacity_requests": args.capacity, "paced_requests": args.paced,
             "rate": args.rate, "retrieval_budget_ms": args.retrieval_budget_ms, "candidates_per_request": 1,
             "warm_clicks": len(split.stream),
-            "model": str(base.scorer_checkpoint.name), "configs": configs,
-            **offline_auc(base, data, split, args.accuracy)}
+            "model": str(base.scorer_checkpoint), "configs": configs,
+            **baseline_on_accuracy_rows(data, split, args.accuracy), **offline_auc(base, data, split, args.accuracy)}
+
+
+def benchmarked_model(settings: Settings, dataset: str) -> Path:
+    """The model ``bench.accuracy_bench`` measured and saved (``<cache>/models/early-exit-<dataset>-minilm``),
+    else the demo's quick model (trained now if missing)."""
+    folder = settings.cache_dir / "models" / f"early-exit-{dataset}-minilm"
+    return folder if (folder / "calibration.json").exists() else ensure_model(settings, dataset)
+
+
+def baseline_on_accuracy_rows(data, split, n_rows: int) -> dict:
+    """The classical baseline (LR on smoothed user and item rates and log counts) fitted on the stream slice (the
+    model's training history) and scored on exactly the accuracy phase's rows."""
+    from sklearn.linear_model import LogisticRegression
+
+    from scorer import experiment, quality
+
+    prior = float(split.train.labels.mean())
+    history = np.arange(len(split.train), len(split.train) + len(split.stream))
+    first = len(split.train) + len(split.stream)
+    rows = np.arange(first, first + n_rows)
+    lr = LogisticRegression().fit(experiment.baseline_features(data, history, prior), data.labels[history])
+    p = lr.predict_proba(experiment.baseline_features(data, rows, prior))[:, 1]
+    return {f"baseline_{k}": v for k, v in quality.report(data.labels[rows], p).items()}
 
 
 def main() -> None:
@@ -232,6 +257,8 @@ def main() -> None:
     parser.add_argument("--paced", type=int, default=300, help="requests sent at --rate (latency)")
     parser.add_argument("--rate", type=float, default=10.0, help="offered requests/s of the paced phase")
     parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="early-exit model (default: the one bench.accuracy_bench saved, else the demo's)")
     parser.add_argument("--text-index-users", type=int, default=10_000)
     parser.add_argument("--retrieval-budget-ms", type=float, default=1000.0,
                         help="generous, so that AUC compares retrievers, not budgets (retrieval time is reported)")

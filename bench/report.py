@@ -72,15 +72,19 @@ def accuracy_table(results: list[dict]) -> str:
 
 def e2e_table(results: list[dict]) -> str:
     head = ("| dataset | configuration | requests/s (capacity) | p50 / p99 ms at offered rate | AUC (join) | "
-            "retrieval p50 ms | mean exit layer | degraded (accuracy phase) |")
-    lines = [head, "|" + "---|" * 8]
+            "log loss | ECE | retrieval p50 ms | mean exit layer | degraded (accuracy phase) |")
+    lines = [head, "|" + "---|" * 10]
     for d in results:
+        if "baseline_auc" in d:
+            lines.append(f"| {d['dataset']} | baseline: LR on rates and counts, same rows | — | — | "
+                         f"{fmt(d['baseline_auc'])} | {fmt(d['baseline_logloss'])} | {fmt(d['baseline_ece'])} | "
+                         "— | — | — |")
         for name, c in d["configs"].items():
             degraded = ", ".join(f"{k} {v}" for k, v in sorted(c["degraded_in_accuracy_phase"].items())) or "none"
             lines.append(
                 f"| {d['dataset']} | `{name}` | {fmt(c['rps'], 1)} | {fmt(c['p50_ms'], 0)} / {fmt(c['p99_ms'], 0)} "
-                f"at {fmt(d['rate'], 0)}/s | {fmt(c['auc'])} | {fmt(c['retrieval_p50_ms'], 2)} | "
-                f"{fmt(c['mean_exit_layer'], 2)} | {degraded} |")
+                f"at {fmt(d['rate'], 0)}/s | {fmt(c['auc'])} | {fmt(c.get('logloss'))} | {fmt(c.get('ece'))} | "
+                f"{fmt(c['retrieval_p50_ms'], 2)} | {fmt(c['mean_exit_layer'], 2)} | {degraded} |")
     return "\n".join(lines)
 
 

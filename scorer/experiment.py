@@ -222,7 +222,7 @@ def per_head_latency_ms(model: EarlyExitModel, data: Encoded, n: int) -> list[fl
 
 def train_checkpoint(data_dir: Path, cache_dir: Path, dataset: str, backbone: str, out: Path, n_train: int = 2000,
                      n_val: int = 500, max_length: int = 128, head_layers: list[int] | None = None, epochs: int = 1,
-                     head_epochs: int = 40, rule: str = "ratio_trend", budget: float = 0.002,
+                     head_epochs: int = 40, rule: str = "max_prob", budget: float = 0.002,
                      regime: str | None = None) -> ExitRule:
     """Train on prequential RAG prompts and features (early stopping on validation AUC), fit each head's
     calibration and the exit rule on the validation rows (after the training rows in time), save the checkpoint

@@ -244,8 +244,9 @@ def analytics(from_beginning: bool, duration: float | None, window: float, png: 
               help="frozen: cache the backbone's states, train heads (CPU default); full: fine-tune the backbone too")
 @click.option("--epochs", default=1, show_default=True, help="fine-tuning epochs (full regime)")
 @click.option("--head-epochs", default=40, show_default=True, help="head epochs (frozen regime; early stopping)")
-@click.option("--rule", type=click.Choice(["ratio_trend", "max_prob", "entropy", "patience"]), default="ratio_trend",
-              show_default=True)
+@click.option("--rule", type=click.Choice(["ratio_trend", "max_prob", "entropy", "patience"]), default="max_prob",
+              show_default=True, help="max_prob reads calibrated probabilities at every head, the layer-0 one included "
+                                      "(ratio_trend never exits at a first head)")
 @click.option("--budget", default=0.002, show_default=True, help="allowed AUC loss of early exit vs full depth")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="checkpoint folder (default <cache>/models/early-exit-<dataset>-<backbone>)")
