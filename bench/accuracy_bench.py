@@ -17,9 +17,12 @@ Configurations (ablations):
 
 - ``text_only``: the prompt as before item-level evidence, heads on the text alone;
 - ``item_evidence``: + the candidate's like-rate line in the prompt, heads on the text alone;
-- ``features``: + the numeric evidence (:mod:`scorer.features`) into every head and a head before the first
-  block (collaborative path "b"): the default;
-- ``features_only``: that model's layer-0 head alone (no transformer block: what the text adds is the gap);
+- ``features``: + the numeric evidence (:data:`scorer.features.FEATURES`: rates, counts, neighbour share,
+  LightGCN user-item cosine) into every head and a head before the first block (collaborative path "b");
+- ``content``: + the content match of :mod:`scorer.content` (the candidate's text embedding against the user's
+  liked and disliked history): the default;
+- ``<config>_layer0``: that model's layer-0 head alone (no transformer block: what the prompt states add is the
+  gap);
 - ``norag``: the default without neighbour retrieval (no neighbour line, neighbour features at the prior).
 
 The default configuration's seed-0 model is saved as a checkpoint (``--save-default``, by default
@@ -45,17 +48,17 @@ from bench.machine import machine
 from scorer import checkpoint, experiment, quality
 from scorer.calibration import HeadCalibration
 from scorer.exit_rules import ExitRule, exit_points
-from scorer.features import FEATURES
+from scorer.features import ALL_FEATURES, FEATURES
 from scorer.model import EarlyExitModel
 from scorer.train import Cached, cached_probabilities, calibrate, fit_heads, pooled_states
 from worker.logging import configure_logging
 from worker.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# configuration: (prompt view, reads the numeric features)
-CONFIGS = {"text_only": ("text_only", False), "item_evidence": ("default", False), "features": ("default", True),
-           "norag": ("norag", True)}
-DEFAULT = "features"
+# configuration: (prompt view, the features its heads read)
+CONFIGS = {"text_only": ("text_only", ()), "item_evidence": ("default", ()), "features": ("default", FEATURES),
+           "content": ("default", ALL_FEATURES), "norag": ("norag", ALL_FEATURES)}
+DEFAULT = "content"
 
 
 def slice_metrics(y: np.ndarray, p: np.ndarray, warm: np.ndarray) -> dict:
@@ -65,13 +68,14 @@ def slice_metrics(y: np.ndarray, p: np.ndarray, warm: np.ndarray) -> dict:
             "logloss_cold": quality.logloss(y[~warm], p[~warm]) if (~warm).any() else float("nan")}
 
 
-def cache_view(model: EarlyExitModel, tokenizer, sets, view: str, args, cache: Path) -> dict[str, tuple]:
-    """Encoded prompts and cached head-layer states of every split under one prompt view (on disk, reused)."""
+def cache_view(model: EarlyExitModel, tokenizer, sets, view: str, args, cache: Path, embeddings) -> dict[str, tuple]:
+    """Encoded prompts (with all features) and cached head-layer states of every split under one prompt view
+    (states on disk, reused by later runs)."""
     out = {}
     for split in ("train", "val", "test"):
         path = cache / f"{view}-{split}.pt"
         samples = getattr(sets, split)
-        enc = experiment.encode(tokenizer, samples, args.max_length, sets.prior, view)
+        enc = experiment.encode(tokenizer, samples, args.max_length, sets.prior, view, embeddings)
         if path.exists():
             pooled = torch.load(path)
         else:
@@ -81,9 +85,19 @@ def cache_view(model: EarlyExitModel, tokenizer, sets, view: str, args, cache: P
     return out
 
 
-def heads_model(backbone, features: bool, layers: list[int]) -> EarlyExitModel:
+def heads_model(backbone, features: tuple[str, ...], layers: list[int]) -> EarlyExitModel:
     return EarlyExitModel(backbone, layers if features else [x for x in layers if x > 0],
-                          n_features=len(FEATURES) if features else 0).eval()
+                          n_features=len(features)).eval()
+
+
+def with_features(data: dict[str, tuple], n: int) -> dict[str, tuple]:
+    """The view's splits with only the first ``n`` feature columns (none for ``n = 0``)."""
+    out = {}
+    for split, (enc, cached) in data.items():
+        feats = enc.features[:, :n] if n else None
+        out[split] = (experiment.Encoded(enc.ids, enc.mask, enc.labels, feats),
+                      Cached(cached.pooled, feats, cached.labels))
+    return out
 
 
 def run_config(model: EarlyExitModel, data: dict, seed: int, args) -> tuple[dict, np.ndarray, ExitRule]:
@@ -106,7 +120,7 @@ def run_config(model: EarlyExitModel, data: dict, seed: int, args) -> tuple[dict
 
 def rps(model: EarlyExitModel, enc, rule: ExitRule, rows: int) -> float:
     part = experiment.Encoded(enc.ids[:rows], enc.mask[:rows], enc.labels[:rows],
-                              None if enc.features is None or not model.n_features else enc.features[:rows])
+                              None if enc.features is None else enc.features[:rows])
     experiment.throughput(model, experiment.Encoded(part.ids[:32], part.mask[:32], part.labels[:32],
                                                     None if part.features is None else part.features[:32]), rule)
     return experiment.throughput(model, part, rule)[0]
@@ -198,6 +212,7 @@ def main() -> None:
     print(f"samples: {len(sets.train)} train, {len(sets.val)} val, {len(sets.test)} test in {samples_s:.0f} s",
           flush=True)
     base, tokenizer = experiment.new_model("minilm", settings.cache_dir)
+    embeddings = experiment.content_embeddings(settings.cache_dir)
     layers = base.head_layers
     cache = settings.cache_dir / "bench" / f"accuracy-{args.dataset}-{args.n_train}-{args.n_val}-{args.n_test}-" \
                                           f"{args.max_length}"
@@ -209,18 +224,18 @@ def main() -> None:
         view, features = CONFIGS[name]
         if view not in views:
             t0 = time.perf_counter()
-            views[view] = cache_view(base, tokenizer, sets, view, args, cache)
+            views[view] = cache_view(base, tokenizer, sets, view, args, cache, embeddings)
             timings[f"encode_{view}_s"] = round(time.perf_counter() - t0, 1)
             print(f"view {view} cached in {timings[f'encode_{view}_s']} s", flush=True)
         per_seed, models = [], []
         for seed in range(args.seeds):
             model = heads_model(base.backbone, features, layers)
-            result, test_probs, rule = run_config(model, views[view], seed, args)
+            result, test_probs, rule = run_config(model, with_features(views[view], len(features)), seed, args)
             per_seed.append(result)
             models.append((model, rule, test_probs))
         configs[name] = summarize(per_seed, y, warm)
         model, rule, test_probs = models[0]
-        enc = views[view]["test"][0]
+        enc = with_features(views[view], len(features))["test"][0]
         configs[name]["rps"] = rps(model, enc, rule, args.rps_rows)
         configs[name]["rps_full"] = rps(model, enc, ExitRule(), args.rps_rows)
         configs[name]["speedup"] = configs[name]["rps"] / configs[name]["rps_full"]
@@ -228,7 +243,7 @@ def main() -> None:
             head0 = [{"exit": p[:, 0], "full": p[:, 0], "mean_exit_layer": 0.0, "train_s": r["train_s"],
                       "rule": {"rule": "fixed_head", "head": 0}, "val_curve": [], "heads_auc": r["heads_auc"][:1]}
                      for (_, _, p), r in zip(models, per_seed, strict=True)]
-            configs[f"{name}_only" if name == "features" else f"{name}_layer0"] = summarize(head0, y, warm)
+            configs[f"{name}_layer0"] = summarize(head0, y, warm)
         if name == DEFAULT:
             default_p = np.mean([r["exit"] for r in per_seed], axis=0)
             folder = args.save_default or settings.cache_dir / "models" / f"early-exit-{args.dataset}-minilm"
@@ -236,7 +251,7 @@ def main() -> None:
                                         rule.to_dict(), per_seed[0]["val_curve"],
                                         {"dataset": args.dataset, "n_train": len(sets.train), "n_val": len(sets.val),
                                          "regime": "frozen", "source": "bench.accuracy_bench seed 0"},
-                                        list(FEATURES), sets.prior)
+                                        list(features), sets.prior)
             checkpoint.save(folder, model, tokenizer, card)
             print(f"default model saved: {folder}", flush=True)
         c = configs[name]
@@ -248,7 +263,7 @@ def main() -> None:
         "dataset": args.dataset, "default": DEFAULT, "seeds": list(range(args.seeds)), "n_rows": len(y),
         "n_train": len(sets.train), "n_val": len(sets.val), "n_warm": int(warm.sum()), "n_cold": int((~warm).sum()),
         "test_positive_rate": float(y.mean()), "max_length": args.max_length, "backbone": "minilm (frozen)",
-        "head_layers": layers, "features": list(FEATURES), "budget": args.budget, "rule": args.rule,
+        "head_layers": layers, "features": list(ALL_FEATURES), "budget": args.budget, "rule": args.rule,
         "baseline": "logistic regression on smoothed user and item like-rates and log reaction counts, fitted on "
                     "the training rows",
         "baseline_auc": baseline["auc"], "baseline_auc_warm": baseline["auc_warm"],

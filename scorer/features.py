@@ -16,8 +16,10 @@ with the training prior :math:`p_0` (the positive rate of the graph's history) a
 ==================  ==========================================================================================
 
 These are the classical baseline's inputs (smoothed rates, log counts) plus what retrieval and the graph add, so
-a head that reads them starts from the baseline's information rather than below it. Missing evidence (cold user,
-unknown item, no retrieval) is the prior and a zero count, never an error.
+a head that reads them starts from the baseline's information rather than below it. With a
+:class:`~scorer.content.TextEmbeddings` the five content-match numbers of :mod:`scorer.content` follow
+(:data:`ALL_FEATURES`, what checkpoints use by default). Missing evidence (cold user, unknown item, no
+retrieval) is the prior and a zero count, never an error.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from scorer.content import CONTENT_FEATURES, TextEmbeddings, content_match, texts_of
 from scorer.prompt import PromptInputs
 
 FEATURES = ("user_rate", "item_rate", "neighbour_rate", "user_count", "item_count", "neighbour_count", "affinity",
             "has_affinity")
+ALL_FEATURES = FEATURES + CONTENT_FEATURES
 STRENGTH = 5.0
 
 
@@ -48,6 +52,11 @@ def features(inputs: PromptInputs, prior: float) -> list[float]:
             float(inputs.affinity or 0.0), float(inputs.affinity is not None)]
 
 
-def feature_matrix(inputs: Sequence[PromptInputs], prior: float) -> np.ndarray:
-    """``(n, len(FEATURES))`` float32, one row per pair."""
-    return np.array([features(x, prior) for x in inputs], dtype=np.float32).reshape(len(inputs), len(FEATURES))
+def feature_matrix(inputs: Sequence[PromptInputs], prior: float, embeddings: TextEmbeddings | None = None
+                   ) -> np.ndarray:
+    """``(n, len(FEATURES))`` float32, one row per pair; ``(n, len(ALL_FEATURES))`` with ``embeddings``."""
+    if embeddings is None:
+        return np.array([features(x, prior) for x in inputs], dtype=np.float32).reshape(len(inputs), len(FEATURES))
+    embeddings.ensure(texts_of(inputs))
+    rows = [features(x, prior) + content_match(x, embeddings) for x in inputs]
+    return np.array(rows, dtype=np.float32).reshape(len(inputs), len(ALL_FEATURES))

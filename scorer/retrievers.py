@@ -14,17 +14,12 @@ Both read the same user payload (history for prompts, reaction keys for the filt
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
-
-import numpy as np
-import torch
-from transformers import AutoModel, AutoTokenizer
 
 from graph_updater.graph import ITEM, USER
 from graph_updater.online import VectorRecord
 from graph_updater.store import Neighbour, VectorStore
-from scorer import backbones
+from scorer.content import SentenceEncoder
 from scorer.context import history_from_payload
 
 
@@ -80,29 +75,6 @@ class GcnRetriever:
 
     def neighbours(self, user: UserView, item_id: str, k: int) -> list[Neighbour]:
         return self.store.similar_users(user.vector, k=k, exclude_user=user.user_id, interacted_with=item_id)
-
-
-class SentenceEncoder:
-    """MiniLM sentence embeddings: mean of the last hidden states over real tokens, L2-normalised."""
-
-    def __init__(self, folder: Path, max_length: int = 128, device: torch.device | None = None) -> None:
-        self.device = device or backbones.best_device()
-        self.model = AutoModel.from_pretrained(str(folder)).to(self.device).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        self.max_length = max_length
-
-    @property
-    def dim(self) -> int:
-        return self.model.config.hidden_size
-
-    @torch.inference_mode()
-    def encode(self, texts: list[str]) -> np.ndarray:
-        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                             return_tensors="pt").to(self.device)
-        hidden = self.model(**enc).last_hidden_state
-        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        return torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy()
 
 
 def history_text(payload: dict, text_of, history_len: int) -> str:

@@ -29,6 +29,7 @@ from transformers import PreTrainedTokenizerBase
 
 from schemas.messages import CandidateExit, CtrScore, DegradedFlag, ExitTelemetry, ImpressionRequest
 from scorer.checkpoint import ModelCard
+from scorer.content import TextEmbeddings
 from scorer.context import (
     cosine,
     evidence_from,
@@ -38,7 +39,7 @@ from scorer.context import (
     rate_from_payload,
 )
 from scorer.exit_rules import ExitRule
-from scorer.features import feature_matrix
+from scorer.features import ALL_FEATURES, FEATURES, feature_matrix
 from scorer.model import EarlyExitModel
 from scorer.prompt import NeighbourEvidence, PromptInputs, PromptTooLong, build_prompt
 from scorer.retrievers import Retriever, UserView
@@ -149,8 +150,15 @@ class Scorer:
     """Holds the model (loaded once per process), its tokenizer and exit rule, and the context builder."""
 
     def __init__(self, model: EarlyExitModel, tokenizer: PreTrainedTokenizerBase, card: ModelCard, rule: ExitRule,
-                 retriever: Retriever, catalogue: Mapping[str, str], options: ScorerOptions) -> None:
+                 retriever: Retriever, catalogue: Mapping[str, str], options: ScorerOptions,
+                 embeddings: TextEmbeddings | None = None) -> None:
+        if card.features and tuple(card.features) not in (FEATURES, ALL_FEATURES):
+            raise ValueError(f"the checkpoint's heads read features {card.features}; this scorer computes {FEATURES} "
+                             f"or {ALL_FEATURES}: retrain the model (exitrec train-model)")
+        if tuple(card.features) == ALL_FEATURES and embeddings is None:
+            raise ValueError("the checkpoint's heads read content-match features: the scorer needs text embeddings")
         self.model, self.tokenizer, self.card, self.rule = model.eval(), tokenizer, card, rule
+        self.embeddings = embeddings if tuple(card.features) == ALL_FEATURES else None
         self.contexts = ContextBuilder(retriever, catalogue, options)
         self.device = next(model.parameters()).device
         self.model_version = f"{card.version}+{rule.name}"
@@ -175,7 +183,8 @@ class Scorer:
         started = time.perf_counter()
         inputs = [x for ctx in contexts for x in ctx.inputs]
         texts = [self.prompt(x) for x in inputs]
-        features = torch.from_numpy(feature_matrix(inputs, self.card.prior)) if self.card.features else None
+        features = torch.from_numpy(feature_matrix(inputs, self.card.prior, self.embeddings)) \
+            if self.card.features else None
         tokens = self.tokenizer(texts, truncation=True, max_length=self.card.max_length)["input_ids"]  # once
         order = np.argsort([len(t) for t in tokens], kind="stable")
         n_heads = len(self.model.head_layers)

@@ -29,9 +29,11 @@ from graph_updater.service import rebuild, store_for
 from graph_updater.store import VectorStore, open_store
 from scorer import backbones, checkpoint
 from scorer.agent import ScorerStats, register_scorer
+from scorer.content import SentenceEncoder, TextEmbeddings
 from scorer.context import item_text
 from scorer.exit_rules import ExitRule
-from scorer.retrievers import GcnRetriever, SentenceEncoder, TextRetriever
+from scorer.features import ALL_FEATURES
+from scorer.retrievers import GcnRetriever, TextRetriever
 from scorer.scoring import Scorer, ScorerOptions
 from worker.app import Topics, create_app, create_topics, declare_topics
 from worker.settings import Settings
@@ -68,17 +70,19 @@ def load_scorer(settings: Settings, store: VectorStore) -> Scorer:
     catalogue = load(settings.catalogue, settings.data_dir).item_text if settings.catalogue else {}
     options = ScorerOptions(settings.neighbours if settings.retriever != "none" else 0, settings.history_len,
                             settings.model_batch_size, settings.retrieval_budget_ms)
-    retriever = GcnRetriever(store)  # "none": the user's own payload is still read, no neighbour query runs
     if settings.retriever == "text" and settings.qdrant_url:
         raise ValueError("EXITREC_RETRIEVER=text is not supported with a shared Qdrant server (EXITREC_QDRANT_URL): "
                          "every scorer replica would build and write its own text index; use EXITREC_RETRIEVER=gcn")
+    retriever = GcnRetriever(store)  # "none": the user's own payload is still read, no neighbour query runs
+    needs_text = settings.retriever == "text" or tuple(card.features) == ALL_FEATURES
+    encoder = SentenceEncoder(backbones.resolve("minilm", settings.cache_dir)) if needs_text else None
     if settings.retriever == "text":
-        encoder = SentenceEncoder(backbones.resolve("minilm", settings.cache_dir))
         text_store = open_store(settings.vector_backend, settings.qdrant_url, ":memory:",
                                 f"{settings.collection_prefix}_text")
         retriever = TextRetriever(store, text_store, encoder, functools.partial(item_text, catalogue),
                                   settings.history_len)
-    scorer = Scorer(model, tokenizer, card, rule, retriever, catalogue, options)
+    scorer = Scorer(model, tokenizer, card, rule, retriever, catalogue, options,
+                    TextEmbeddings(encoder) if encoder is not None else None)
     log.info("scorer_loaded", model_version=scorer.model_version, device=str(scorer.device),
              retriever=settings.retriever, head_layers=model.head_layers, max_length=card.max_length)
     return scorer

@@ -276,11 +276,14 @@ def eval_model(folder: Path, dataset: str, n_test: int) -> None:
 
     from scorer import checkpoint, experiment, quality
     from scorer.exit_rules import ExitRule
+    from scorer.features import FEATURES
 
     settings = _settings()
     model, tokenizer, card, rule = checkpoint.load(folder, settings.cache_dir, experiment.backbones.best_device())
     sets = experiment.sample_sets(dataset, settings.data_dir, settings.cache_dir, 1000, 0, n_test)  # baseline fit
-    test = experiment.encode(tokenizer, sets.test, card.max_length, card.prior if card.features else None)
+    embeddings = experiment.content_embeddings(settings.cache_dir) if len(card.features) > len(FEATURES) else None
+    test = experiment.encode(tokenizer, sets.test, card.max_length, card.prior if card.features else None,
+                             embeddings=embeddings)
     y = test.labels.numpy()
     rps_full, full = experiment.throughput(model, test, ExitRule())
     rps_exit, exited = experiment.throughput(model, test, rule)
