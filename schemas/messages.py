@@ -74,7 +74,8 @@ class CtrScore(Message):
     user_id: Id
     item_id: Id
     ctr: float = Field(ge=0.0, le=1.0)
-    exit_layer: int = Field(ge=0, le=1024, description="1-based layer whose head produced the score")
+    exit_layer: int = Field(ge=0, le=1024, description="layer whose head produced the score: 0 = the features-only "
+                            "head before the first transformer block, l >= 1 = after l blocks")
     model_version: str = Field(min_length=1, max_length=128)
     ts: TimestampMs
 
