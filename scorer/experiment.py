@@ -119,6 +119,14 @@ def baseline_features(data: Interactions, rows: np.ndarray, prior: float) -> np.
     return np.array([feats[int(r)] for r in rows]).reshape(len(rows), 4)
 
 
+def train_then_validation(first: int, end: int, n_train: int, n_val: int, rng: np.random.Generator
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """``n_train + n_val`` rows drawn from ``[first, end)``, sorted: the earliest ``n_train`` train, the rest
+    validate, so every validation row is later in time than every training row (as test rows are later still)."""
+    rows = np.sort(rng.choice(np.arange(first, end), min(n_train + n_val, end - first), replace=False))
+    return rows[:n_train], rows[n_train:n_train + n_val]
+
+
 def sample_sets(dataset: str, data_dir: Path, cache_dir: Path, n_train: int, n_val: int, n_test: int,
                 seed: int = 0) -> SampleSets:
     """Prequential samples: ``n_train`` then ``n_val`` rows of the stream slice (validation after training in
@@ -127,8 +135,7 @@ def sample_sets(dataset: str, data_dir: Path, cache_dir: Path, n_train: int, n_v
     split = time_split(data)
     rng = np.random.default_rng(seed)
     a, b = len(split.train), len(split.train) + len(split.stream)
-    stream_rows = np.sort(rng.choice(np.arange(a, b), min(n_train + n_val, b - a), replace=False))
-    train_rows, val_rows = stream_rows[:n_train], stream_rows[n_train:n_train + n_val]
+    train_rows, val_rows = train_then_validation(a, b, n_train, n_val, rng)
     test_rows = np.sort(rng.choice(np.arange(b, len(data)), min(n_test, len(data) - b), replace=False))
     updater = graph_state(dataset, split.train, cache_dir)
     store = EdgeStore()

@@ -157,3 +157,9 @@ def test_frozen_regime_trains_only_the_heads(samples, tokenizer):
     assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in backbone_before.items())
     assert any(not torch.equal(v, model.heads.state_dict()[k]) for k, v in heads_before.items())
     assert model.predict(ids, mask, ExitRule()).ctr.shape == (96,)
+
+
+def test_validation_rows_come_after_every_training_row():
+    train_rows, val_rows = experiment.train_then_validation(100, 5000, 300, 120, np.random.default_rng(3))
+    assert len(train_rows) == 300 and len(val_rows) == 120 and len(set(train_rows) | set(val_rows)) == 420
+    assert train_rows.max() < val_rows.min() and train_rows.min() >= 100 and val_rows.max() < 5000

@@ -59,3 +59,17 @@ def test_settings_reach_a_child_process_through_the_environment(monkeypatch, tmp
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert Settings() == chosen
+
+
+def test_scripts_read_only_documented_settings_and_ci_tools_are_pinned():
+    """A variable a script reads must be the setting users set (EXITREC_CACHE vs EXITREC_CACHE_DIR was not);
+    the tools CI runs are pinned, so a new release cannot fail CI with no change to the code."""
+    import tomllib
+
+    root = README.parent
+    for script in ("infra/venv.sh", "infra/exitrec.sh", "infra/kafka/broker.py"):
+        names = set(re.findall(r"EXITREC_[A-Z_]+", (root / script).read_text()))
+        unknown = [n for n in names if n.removeprefix("EXITREC_").lower() not in Settings.model_fields]
+        assert not unknown, f"{script} reads {unknown}, which are not settings"
+    dev = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.]*", d) for d in dev), dev
