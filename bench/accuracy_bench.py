@@ -106,8 +106,9 @@ def run_config(model: EarlyExitModel, data: dict, seed: int, args) -> tuple[dict
     fit_heads(model, data["train"][1], data["val"][1], epochs=args.head_epochs, seed=seed, progress=False)
     train_s = time.perf_counter() - started
     y_val = data["val"][1].labels.numpy()
-    model.calibration = HeadCalibration.fit(cached_probabilities(model, data["val"][1]), y_val)
-    val_probs = model.calibration.apply_all(cached_probabilities(model, data["val"][1]))
+    raw_val = cached_probabilities(model, data["val"][1])
+    model.calibration = HeadCalibration.fit(raw_val, y_val)
+    val_probs = model.calibration.apply_all(raw_val)
     rule, curve = calibrate(val_probs, y_val, model.head_layers, args.rule, args.budget)
     test_probs = model.calibration.apply_all(cached_probabilities(model, data["test"][1]))
     exits = exit_points(test_probs, rule)

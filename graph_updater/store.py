@@ -33,7 +33,7 @@ import qdrant_edge as edge
 from qdrant_client import QdrantClient, models
 
 from graph_updater.graph import ITEM, USER
-from graph_updater.online import VectorRecord, item_key
+from graph_updater.online import GraphUpdater, VectorRecord, item_key
 
 NAMESPACE = uuid.UUID("6f1c7c9e-7a58-4f59-9d0e-6f8f3b6d2a11")
 REACTION_FIELDS = ("liked_keys", "disliked_keys")
@@ -227,6 +227,15 @@ class EdgeStore(VectorStore):
         self.shards.clear()
         if self.temporary:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def embedded_copy(updater: GraphUpdater) -> EdgeStore:
+    """A temporary qdrant-edge store holding every vector and payload of ``updater`` (training samples and
+    tests replay a stream into it; close it when done)."""
+    store = EdgeStore()
+    store.ensure_collections(updater.graph.dim)
+    store.upsert(updater.all_records())
+    return store
 
 
 def open_store(backend: str = "edge", url: str | None = None, path: str = ":memory:",

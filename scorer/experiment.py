@@ -25,7 +25,7 @@ from sklearn.linear_model import LogisticRegression
 from graph_updater import checkpoint as graph_checkpoint
 from graph_updater.datasets import Interactions, load, time_split
 from graph_updater.online import GraphUpdater
-from graph_updater.store import EdgeStore
+from graph_updater.store import embedded_copy
 from graph_updater.train import train_offline
 from scorer import backbones, quality
 from scorer.calibration import HeadCalibration
@@ -138,10 +138,8 @@ def sample_sets(dataset: str, data_dir: Path, cache_dir: Path, n_train: int, n_v
     train_rows, val_rows = train_then_validation(a, b, n_train, n_val, rng)
     test_rows = np.sort(rng.choice(np.arange(b, len(data)), min(n_test, len(data) - b), replace=False))
     updater = graph_state(dataset, split.train, cache_dir)
-    store = EdgeStore()
+    store = embedded_copy(updater)
     try:
-        store.ensure_collections(updater.graph.dim)
-        store.upsert(updater.all_records())
         wanted = np.concatenate([train_rows, val_rows, test_rows])
         samples = build_samples_streaming(data, len(split.train), wanted, updater, store, data.item_text)
     finally:

@@ -10,7 +10,7 @@ import pytest
 
 from graph_updater import checkpoint as graph_checkpoint
 from graph_updater.graph import ITEM, USER
-from graph_updater.store import EdgeStore
+from graph_updater.store import embedded_copy
 from schemas.messages import DegradedFlag, ImpressionRequest
 from scorer.features import FEATURES, features
 from scorer.retrievers import GcnRetriever
@@ -20,9 +20,7 @@ from scorer.scoring import ContextBuilder, ScorerOptions
 @pytest.fixture(scope="module")
 def state(trained_checkpoint):
     updater, _ = graph_checkpoint.load(trained_checkpoint)
-    store = EdgeStore()
-    store.ensure_collections(updater.graph.dim)
-    store.upsert(updater.all_records())
+    store = embedded_copy(updater)
     yield updater, store
     store.close()
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from graph_updater import checkpoint as graph_checkpoint
-from graph_updater.store import EdgeStore
+from graph_updater.store import embedded_copy
 from schemas.messages import ImpressionRequest
 from scorer.retrievers import GcnRetriever
 from scorer.samples import build_samples_streaming
@@ -16,10 +16,7 @@ from worker.replay import clicks_of
 
 def fresh_state(checkpoint_dir):
     updater, _ = graph_checkpoint.load(checkpoint_dir)
-    store = EdgeStore()
-    store.ensure_collections(updater.graph.dim)
-    store.upsert(updater.all_records())
-    return updater, store
+    return updater, embedded_copy(updater)
 
 
 def test_streaming_samples_match_the_serving_context_and_never_see_their_own_click(ml100k, split,
