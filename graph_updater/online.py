@@ -12,6 +12,7 @@ import functools
 import hashlib
 import itertools
 import json
+import zlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,11 @@ def latest_keys(reactions: dict[str, int]) -> list[int]:
     """Item keys of the latest :data:`PAYLOAD_MAX_ITEMS` reactions, oldest first (reads only those, not all)."""
     latest = list(itertools.islice(reversed(reactions), PAYLOAD_MAX_ITEMS))
     return [item_key(i) for i in reversed(latest)]
+
+
+def unlinked_vector(key: str, dim: int) -> list[float]:
+    """The stored vector of a node without like edges: N(0, 0.1) seeded by the node key (stable across runs)."""
+    return np.random.default_rng(zlib.crc32(key.encode())).normal(0.0, 0.1, dim).astype(np.float32).tolist()
 
 
 def parse_click(key: bytes | None, value: bytes | None) -> Click:
@@ -153,17 +159,26 @@ class GraphUpdater:
         return self.records(np.flatnonzero(moved))
 
     def records(self, nodes) -> list[VectorRecord]:
-        """Vector records of ``nodes`` that have at least one edge (an isolated node has no meaningful vector)."""
-        chosen = np.array([v for v in sorted(set(nodes)) if self.graph.adj[v]], dtype=np.int64)
+        """Vector records of ``nodes`` (every node that reacted or was reacted to; a graph node always has).
+
+        A node with at least one like edge carries its LightGCN vector and ``linked: true``. A node with
+        reactions but no like edge (a user who only disliked so far, an item only disliked) still gets a point,
+        so its history and counts reach the scorer: its payload says ``linked: false`` and its vector is a fixed
+        pseudo-random one (:func:`unlinked_vector`; Qdrant's cosine needs a non-zero vector), which readers
+        must not use as a graph position."""
+        chosen = np.array(sorted(set(nodes)), dtype=np.int64)
         out = []
         for v, vector in zip(chosen.tolist(), self.graph.final(chosen).tolist(), strict=True):
-            kind, external_id = self.graph.keys[v].split(":", 1)
+            key = self.graph.keys[v]
+            kind, external_id = key.split(":", 1)
             if kind == USER:
                 payload = self.history(external_id).payload(external_id, self.recent_n)
             else:
                 liked, disliked = self.item_reactions.get(external_id, (0, 0))
                 payload = {"item_id": external_id, "n_liked": liked, "n_disliked": disliked}
-            out.append(VectorRecord(kind, external_id, vector, payload))
+            payload["linked"] = bool(self.graph.adj[v])
+            out.append(VectorRecord(kind, external_id, vector if payload["linked"] else
+                                    unlinked_vector(key, self.graph.dim), payload))
         return out
 
     def all_records(self) -> list[VectorRecord]:

@@ -12,6 +12,8 @@ User payload: ``user_id``; ``liked_keys`` / ``disliked_keys``, the :func:`~graph
 user's latest 100 liked / disliked items; ``n_liked``, ``n_disliked`` (totals); ``recent``, a JSON string of the
 latest ``[item_id, label, ts]`` reactions (for prompts); ``last_ts``. Item payload: ``item_id``, ``n_liked`` and
 ``n_disliked`` (every reaction the item received so far: the item's like rate, rewritten on each reaction).
+Both carry ``linked``: false for a node with reactions but no like edge yet (its vector is a placeholder, not a
+graph position: :meth:`graph_updater.online.GraphUpdater.records`).
 "Has reacted to item X" is the filter ``liked_keys ∋ key(X) or disliked_keys ∋ key(X)``.
 
 qdrant-client's local mode runs Qdrant's query logic in Python inside this process; a URL talks to a Qdrant

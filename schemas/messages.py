@@ -84,8 +84,8 @@ class DegradedFlag(StrEnum):
     """Why a request was scored with less than the full pipeline."""
 
     NO_RETRIEVAL = "no_retrieval"  # vector store unreachable or too slow for the deadline
-    COLD_USER = "cold_user"  # user has no vector yet
-    COLD_ITEM = "cold_item"  # item never seen
+    COLD_USER = "cold_user"  # user has no LightGCN vector yet (never liked anything)
+    COLD_ITEM = "cold_item"  # item has no LightGCN vector yet (never liked)
     DEADLINE = "deadline"  # deadline already passed when the request was taken
 
 

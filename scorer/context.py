@@ -10,10 +10,11 @@
 - **Item evidence** (every candidate, cold user or not): the candidate's likes and reactions so far from its
   payload (``n_liked`` / ``n_liked + n_disliked``), and the cosine of the user's and the candidate's LightGCN
   vectors (the collaborative score; None when either is missing).
-- **Degraded flags** (:class:`~schemas.messages.DegradedFlag`): ``cold_user`` (no vector: no history, no
-  neighbour line; the candidate's own evidence is still read), ``cold_item`` (no vector: nobody clicked it yet,
-  so its rate line says nobody reacted and the neighbour evidence is "none of the similar users reacted", what
-  training saw for such items; an item with only dislikes so far has no vector either and reads the same),
+- **Degraded flags** (:class:`~schemas.messages.DegradedFlag`): ``cold_user`` (no LightGCN vector: no
+  neighbour line; a user who never reacted has no history either, one who only disliked so far keeps its history
+  and rate; the candidate's own evidence is still read), ``cold_item`` (no vector: nobody liked it yet; an item
+  nobody reacted to reads "nobody reacted" and "none of the similar users reacted", what training saw for such
+  items; one with only dislikes so far keeps its counts and its dislikers as neighbours),
   ``no_retrieval`` (store failed or the retrieval budget ran out: no neighbour line; the candidates whose own
   evidence could not be read get no rate line and prior features), ``deadline`` (the request's deadline had
   passed when it was taken: no retrieval; scored from the prompt text and prior features).

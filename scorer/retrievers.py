@@ -25,36 +25,45 @@ from scorer.context import history_from_payload
 
 @dataclass(frozen=True)
 class UserView:
-    """A known user: query vector (what the retriever searches with), LightGCN vector, and payload."""
+    """A known user (reacted to something): query vector (what the retriever searches with; None when there is
+    nothing to search with), LightGCN vector (None while the user has no like edge: ``linked`` false), payload."""
 
     user_id: str
-    vector: list[float]
+    vector: list[float] | None
     payload: dict
-    graph_vector: list[float]
+    graph_vector: list[float] | None
 
 
 @dataclass(frozen=True)
 class ItemView:
-    """A known item (someone clicked it): LightGCN vector and payload (``n_liked``, ``n_disliked``)."""
+    """A known item (someone reacted to it): LightGCN vector (None while nobody liked it) and payload
+    (``n_liked``, ``n_disliked``)."""
 
     item_id: str
-    vector: list[float]
+    vector: list[float] | None
     payload: dict
+
+
+def graph_position(found: tuple[list[float], dict]) -> list[float] | None:
+    """A stored point's vector when it is a LightGCN position, None for an unlinked node's placeholder (points
+    written before the ``linked`` field existed were all linked)."""
+    vector, payload = found
+    return vector if payload.get("linked", True) else None
 
 
 def item_view(store: VectorStore, item_id: str) -> ItemView | None:
     found = store.get(ITEM, item_id)
-    return None if found is None else ItemView(item_id, found[0], found[1])
+    return None if found is None else ItemView(item_id, graph_position(found), found[1])
 
 
 class Retriever(Protocol):
     name: str
 
     def user(self, user_id: str) -> UserView | None:
-        """The requester's query vector and payload; None for a user without a vector (cold)."""
+        """The requester's query vector and payload; None for a user who never reacted (cold)."""
 
     def item(self, item_id: str) -> ItemView | None:
-        """The candidate's vector and reaction counts; None for an item nobody has clicked yet (cold)."""
+        """The candidate's vector and reaction counts; None for an item nobody has reacted to yet (cold)."""
 
     def neighbours(self, user: UserView, item_id: str, k: int) -> list[Neighbour]:
         """Top-``k`` users most similar to ``user`` among those who reacted to ``item_id``."""
@@ -68,7 +77,10 @@ class GcnRetriever:
 
     def user(self, user_id: str) -> UserView | None:
         found = self.store.get(USER, user_id)
-        return None if found is None else UserView(user_id, found[0], found[1], found[0])
+        if found is None:
+            return None
+        position = graph_position(found)
+        return UserView(user_id, position, found[1], position)
 
     def item(self, item_id: str) -> ItemView | None:
         return item_view(self.store, item_id)
@@ -112,7 +124,7 @@ class TextRetriever:
         payload = found[1]
         vector = self.encoder.encode([history_text(payload, self.text_of, self.history_len)])[0].tolist()
         self.text_store.upsert([VectorRecord(USER, user_id, vector, payload)])
-        return UserView(user_id, vector, payload, found[0])
+        return UserView(user_id, vector, payload, graph_position(found))
 
     def item(self, item_id: str) -> ItemView | None:
         return item_view(self.store, item_id)

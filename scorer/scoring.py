@@ -5,10 +5,11 @@ what :meth:`Scorer.outputs` returns. The steps are split because they run in dif
 to the vector store on the event loop (the embedded store is shared with the graph updater's loop), inference
 is CPU/GPU work run in a worker thread so the loop keeps heartbeating, and outputs are plain messages.
 
-Per request (:class:`RequestContext`): the user's vector and payload (none -> ``cold_user``), then per
-candidate its own payload and vector (like rate, reactions, user-item affinity; unknown item -> ``cold_item``;
-read for cold users too) and the top-N similar users who reacted to it. The heads read the numeric evidence
-(:mod:`scorer.features`) beside the prompt when the checkpoint was trained with it. Retrieval stops when the
+Per request (:class:`RequestContext`): the user's vector and payload (no LightGCN vector -> ``cold_user``; a
+user who only disliked so far still brings its history and rate), then per candidate its own payload and vector
+(like rate, reactions, user-item affinity; no vector -> ``cold_item``, its counts still read; read for cold users
+too) and the top-N similar users who reacted to it (when the user has a query vector). The heads read the numeric
+evidence (:mod:`scorer.features`) beside the prompt when the checkpoint was trained with it. Retrieval stops when the
 per-request budget ``retrieval_budget_ms`` or the request's own deadline (``ts + deadline_ms``) runs out; the
 remaining candidates are scored without neighbours and the request is flagged ``no_retrieval``; a store error
 does the same. A request taken after its deadline skips retrieval (``deadline``). The model scores every
@@ -103,9 +104,9 @@ class ContextBuilder:
         if DegradedFlag.DEADLINE not in ctx.degraded:
             try:
                 user = self.retriever.user(request.user_id)
-                if user is None:
+                if user is None or user.graph_vector is None:
                     ctx.degraded.add(DegradedFlag.COLD_USER)
-                else:
+                if user is not None:
                     history = history_from_payload(user.payload, self.text_of, self.options.history_len)
                     rate = rate_from_payload(user.payload)
             except Exception as exc:  # store unreachable or failing: score without it, say so
@@ -127,13 +128,14 @@ class ContextBuilder:
             return inputs
         try:
             found = self.retriever.item(item)
-            if found is None:
+            if found is None or found.vector is None:
                 ctx.degraded.add(DegradedFlag.COLD_ITEM)
+            if found is None:
                 inputs = replace(inputs, item_rate=(0, 0))
             else:
                 inputs = replace(inputs, item_rate=item_rate_from_payload(found.payload),
                                  affinity=cosine(user.graph_vector, found.vector) if user is not None else None)
-            if user is None or not self.options.n_neighbours:
+            if user is None or user.vector is None or not self.options.n_neighbours:
                 return inputs
             if found is None:
                 return replace(inputs, neighbours=evidence_from(()))

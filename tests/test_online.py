@@ -49,11 +49,22 @@ def test_apply_is_idempotent_per_event_and_latest_reaction_wins():
     assert i1 not in updater.graph.adj[u]
 
 
-def test_user_with_only_negative_clicks_gets_no_vector():
+def test_user_with_only_negative_clicks_gets_an_unlinked_point_with_its_history():
+    """Before: no point at all, so the scorer treated a user with five dislikes as brand new."""
     updater = checkpoint.build_updater(history(), dim=8, num_layers=2)
-    records = updater.apply([click("n1", "shy", "i3", label=0)])
-    assert all(r.external_id != "shy" for r in records)
-    assert list(updater.histories["shy"].disliked) == ["i3"]
+    updater.graph.propagate_full()
+    records = {(r.kind, r.external_id): r for r in updater.apply([click("n1", "shy", "new-item", label=0)])}
+    shy, item = records[(USER, "shy")], records[(ITEM, "new-item")]
+    assert shy.payload["linked"] is False and shy.payload["n_disliked"] == 1 and shy.payload["n_liked"] == 0
+    assert json.loads(shy.payload["recent"]) == [["new-item", 0, TS]]
+    assert item.payload == {"item_id": "new-item", "n_liked": 0, "n_disliked": 1, "linked": False}
+    assert np.linalg.norm(shy.vector) > 0  # a placeholder Qdrant's cosine accepts, stable across runs
+    again = checkpoint.build_updater(history(), dim=8, num_layers=2).apply([click("n1", "shy", "new-item", label=0)])
+    assert next(r.vector for r in again if r.external_id == "shy") == shy.vector
+    liked = {r.external_id: r for r in updater.apply([click("n2", "shy", "i1")])}
+    assert liked["shy"].payload["linked"] is True
+    np.testing.assert_allclose(liked["shy"].vector, updater.graph.final(np.array([updater.graph.node(USER, "shy")]))[0],
+                               rtol=1e-6)
 
 
 def test_refine_moves_vectors_and_reports_them():

@@ -27,22 +27,25 @@ def test_streaming_samples_match_the_serving_context_and_never_see_their_own_cli
     samples = build_samples_streaming(ml100k, first, rows, updater, store, ml100k.item_text, progress=False)
     store.close()
 
-    # the rate line counts the user's reactions strictly before the row (latest reaction per distinct item); a
-    # user without a like yet has no edge, hence no vector: cold, no rate
+    # the rate line counts the user's reactions strictly before the row (latest reaction per distinct item), likes
+    # or not; a user without a like yet has no LightGCN vector, hence no neighbours
+    dislikers = 0
     for row, sample in zip(rows, samples, strict=True):
         before = {}
         for t in np.flatnonzero(ml100k.users[:row] == sample.user_id):
             before[ml100k.items[t]] = int(ml100k.labels[t])
-        expected = (sum(before.values()), len(before)) if sum(before.values()) else None
-        assert sample.inputs.rate == expected, row
+        assert sample.inputs.rate == ((sum(before.values()), len(before)) if before else None), row
+        if before and not sum(before.values()):
+            dislikers += 1
+            assert sample.inputs.neighbours is None and sample.inputs.affinity is None, row
         assert sample.label == int(ml100k.labels[row]) and sample.item_id == ml100k.items[row]
+    assert dislikers > 0  # the slice holds users whose only reactions so far are dislikes
     assert sum(s.inputs.neighbours is not None for s in samples) > len(samples) / 2
 
     # item evidence: the candidate's reactions strictly before the row, for every row (cold users included)
     for row, sample in zip(rows, samples, strict=True):
         earlier = ml100k.labels[:row][ml100k.items[:row] == sample.item_id]
-        clicked = earlier.sum() > 0  # an item nobody clicked has no vector yet: it reads as unknown, (0, 0)
-        assert sample.inputs.item_rate == ((int(earlier.sum()), len(earlier)) if clicked else (0, 0)), row
+        assert sample.inputs.item_rate == (int(earlier.sum()), len(earlier)), row
 
     # the sample of the last row is what the online scorer builds from the same clicks (the affinity up to float
     # rounding: the incremental refresh sums the same terms in another order when batch boundaries differ)
