@@ -30,6 +30,9 @@ def kafka() -> None:
     """A local single-node Apache Kafka broker (KRaft), resolved from Maven Central."""
 
 
+DEFAULT_PORT = 9092  # the port EXITREC_KAFKA_BOOTSTRAP defaults to
+
+
 def _run_dir(settings: Settings) -> Path:
     return settings.cache_dir / "kafka-run"
 
@@ -43,14 +46,26 @@ def kafka_fetch() -> None:
 
 
 @kafka.command("up")
-@click.option("--port", default=9092, show_default=True, help="PLAINTEXT listener port on 127.0.0.1")
+@click.option("--port", type=int, default=None,
+              help="PLAINTEXT listener port on 127.0.0.1 for new storage [default: 9092 when free, else any free "
+                   "port]; an existing log keeps its own port")
 @click.option("--partitions", default=4, show_default=True, help="default partitions of new topics")
-def kafka_up(port: int, partitions: int) -> None:
-    """Start the broker (fresh storage) and print its bootstrap address."""
+@click.option("--fresh", is_flag=True, help="wipe the broker's log (every topic and record) and format new storage")
+def kafka_up(port: int | None, partitions: int, fresh: bool) -> None:
+    """Start the local broker on its existing log (or new storage) and print its bootstrap address."""
     from infra.kafka import broker
 
-    info = broker.start(_run_dir(_settings()), port=port, partitions=partitions)
-    click.echo(f"Kafka up at {info.bootstrap} (pid {info.pid}); export EXITREC_KAFKA_BOOTSTRAP={info.bootstrap}")
+    try:
+        info = broker.start(_run_dir(_settings()), port=port, partitions=partitions, fresh=fresh,
+                            preferred_port=DEFAULT_PORT)
+    except broker.BrokerError as exc:
+        raise click.ClickException(str(exc).splitlines()[0]) from None
+    how = "restarted on its existing log" if info.restarted else "started on new storage"
+    click.echo(f"Kafka {how} at {info.bootstrap} (pid {info.pid})" + (f"; {info.port_note}" if info.port_note else ""))
+    if info.bootstrap != _settings().kafka_bootstrap:
+        click.echo(f"the other commands read EXITREC_KAFKA_BOOTSTRAP: export EXITREC_KAFKA_BOOTSTRAP={info.bootstrap}")
+    else:
+        click.echo(f"the other commands will use it (EXITREC_KAFKA_BOOTSTRAP={info.bootstrap})")
 
 
 @kafka.command("down")

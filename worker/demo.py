@@ -149,7 +149,10 @@ def plot_freshness(freshness_ms, out: Path) -> Path:
 def run_demo(settings: Settings, dataset: str, rate: float, limit: int | None, requests_n: int,
              request_rate: float) -> None:
     console.print("[bold]Kafka[/]: starting the local broker (first run fetches it from Maven Central)")
-    info = broker.start(settings.cache_dir / "kafka-run")
+    info = broker.start(settings.cache_dir / "kafka-run", preferred_port=9092)
+    if info.port_note:
+        console.print(f"[yellow]{info.port_note}[/]: the broker listens on {info.bootstrap} instead; other commands "
+                      f"need EXITREC_KAFKA_BOOTSTRAP={info.bootstrap}")
     tag = f"demo-{int(time.time())}"
     settings = settings.model_copy(update={
         "kafka_bootstrap": info.bootstrap, "topic_prefix": f"{tag}.", "consumer_group": tag, "replica_id": "demo",

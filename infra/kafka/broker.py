@@ -1,9 +1,11 @@
 """A real single-node Apache Kafka broker (KRaft mode) on a loopback port, without Docker.
 
 The broker and its runtime classpath are resolved from Maven Central with ``mvn dependency:copy-dependencies``
-(``infra/kafka/pom.xml``) into a cache outside the clone, so later runs start in seconds. ``start`` formats a
-fresh KRaft storage directory, launches ``kafka.Kafka`` with ``java``, and waits until the port accepts TCP
-connections and the broker has logged that it started; ``stop`` sends SIGTERM and waits for a clean exit.
+(``infra/kafka/pom.xml``) into a cache outside the clone, so later runs start in seconds. ``start`` formats
+KRaft storage once per run directory (or again with ``fresh``), then launches ``kafka.Kafka`` with ``java`` on
+that directory's log, and waits until the port accepts TCP connections and the broker has logged that it started:
+a stopped or killed broker comes back with its cluster id, port, topics and records; ``stop`` sends SIGTERM and
+waits for a clean exit.
 
 State lives in one run directory (``server.properties``, ``data/``, ``broker.log``, ``broker.json``), so the
 CLI (``exitrec kafka up|down|status``) and the pytest fixture share the same code.
@@ -42,6 +44,8 @@ class BrokerInfo:
     controller_port: int
     pid: int
     run_dir: str
+    restarted: bool = False  # started again on an existing log (same cluster id, port, topics)
+    port_note: str = ""  # why the broker is not on the preferred port, when it is not
 
 
 def cache_root() -> Path:
@@ -134,29 +138,61 @@ def _java(libs: Path, main: str, *args: str, heap: str = "256m") -> list[str]:
     return ["java", f"-Xmx{heap}", f"-Dlog4j2.configurationFile={LOG4J2}", "-cp", f"{libs}/*", main, *args]
 
 
-def start(run_dir: Path, port: int | None = None, partitions: int = 4, heap: str = "1g",
-          timeout_s: float = 90.0) -> BrokerInfo:
-    """Format fresh KRaft storage in ``run_dir`` and start a broker; return once it accepts connections."""
+def _stored_ports(props: Path) -> tuple[int, int]:
+    """``(port, controller_port)`` from an existing run folder's ``server.properties``."""
+    for line in props.read_text().splitlines():
+        if line.startswith("listeners="):
+            ports = dict(part.split("://", 1) for part in line.split("=", 1)[1].split(","))
+            return int(ports["PLAINTEXT"].rsplit(":", 1)[1]), int(ports["CONTROLLER"].rsplit(":", 1)[1])
+    raise BrokerError(f"{props} has no listeners= line: wipe the run folder with --fresh")
+
+
+def start(run_dir: Path, port: int | None = None, partitions: int = 4, heap: str = "1g", timeout_s: float = 90.0,
+          fresh: bool = False, preferred_port: int | None = None) -> BrokerInfo:
+    """Start the broker of ``run_dir`` and return once it accepts connections (a running one is returned as is).
+
+    A run folder that already holds formatted storage is restarted on its own log: same cluster id, ports and
+    topics, every record kept (``restarted`` is true). ``fresh`` (or a folder without storage) wipes the folder and
+    formats new storage on ``port``, else ``preferred_port`` when it is free, else any free port (``port_note``
+    says why it is not the preferred one)."""
     libs = resolve_classpath()
     run_dir = Path(run_dir)
     existing = status(run_dir)
-    if existing is not None:
+    if existing is not None and not fresh:
         return existing
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    (run_dir / "data").mkdir(parents=True)
-    port = port or free_port()
-    controller_port = free_port()
+    if existing is not None:
+        stop(run_dir)
     props = run_dir / "server.properties"
-    props.write_text(_server_properties(port, controller_port, run_dir / "data", partitions))
-    fmt = subprocess.run(
-        _java(libs, "kafka.tools.StorageTool", "format", "-t", _cluster_id(),
-              "-c", str(props)),
-        capture_output=True, text=True,
-    )
-    if fmt.returncode != 0:
-        raise BrokerError(f"formatting KRaft storage failed:\n{fmt.stdout}{fmt.stderr}")
-    log = (run_dir / "broker.log").open("w")
+    restart = not fresh and props.exists() and (run_dir / "data" / "meta.properties").exists()
+    note = ""
+    if restart:
+        stored, controller_port = _stored_ports(props)
+        if port is not None and port != stored:
+            raise BrokerError(f"the broker in {run_dir} keeps its log on port {stored}: start it without a port, or "
+                              f"wipe its log with --fresh to use port {port}")
+        port = stored
+        for p in (port, controller_port):
+            if _port_open(p):
+                raise BrokerError(f"port {p} of the broker in {run_dir} is taken by another process: stop that "
+                                  f"process, or wipe this broker's log with --fresh to start on a free port")
+    else:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        (run_dir / "data").mkdir(parents=True)
+        if port is None and preferred_port is not None:
+            if _port_open(preferred_port):
+                note = f"port {preferred_port} is taken"
+            else:
+                port = preferred_port
+        port = port or free_port()
+        controller_port = free_port()
+        props.write_text(_server_properties(port, controller_port, run_dir / "data", partitions))
+        fmt = subprocess.run(_java(libs, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(props)),
+                             capture_output=True, text=True)
+        if fmt.returncode != 0:
+            raise BrokerError(f"formatting KRaft storage failed:\n{fmt.stdout}{fmt.stderr}")
+    log = (run_dir / "broker.log").open("a" if restart else "w")
+    log_start = log.tell()
     proc = subprocess.Popen(_java(libs, "kafka.Kafka", str(props), heap=heap), stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + timeout_s
@@ -164,13 +200,21 @@ def start(run_dir: Path, port: int | None = None, partitions: int = 4, heap: str
         if proc.poll() is not None:
             raise BrokerError(f"broker exited with {proc.returncode}; see {run_dir / 'broker.log'}:\n"
                               + (run_dir / "broker.log").read_text()[-3000:])
-        if _port_open(port) and STARTED_MARK in (run_dir / "broker.log").read_text():
-            info = BrokerInfo(f"127.0.0.1:{port}", port, controller_port, proc.pid, str(run_dir))
+        if _port_open(port) and STARTED_MARK.encode() in (run_dir / "broker.log").read_bytes()[log_start:]:
+            info = BrokerInfo(f"127.0.0.1:{port}", port, controller_port, proc.pid, str(run_dir), restart, note)
             (run_dir / "broker.json").write_text(json.dumps(asdict(info)))
             return info
         time.sleep(0.3)
     proc.terminate()
     raise BrokerError(f"broker did not start within {timeout_s:.0f}s; see {run_dir / 'broker.log'}")
+
+
+def cluster_id(run_dir: Path) -> str:
+    """The KRaft cluster id formatted into ``run_dir``'s storage."""
+    for line in (Path(run_dir) / "data" / "meta.properties").read_text().splitlines():
+        if line.startswith("cluster.id="):
+            return line.split("=", 1)[1]
+    raise BrokerError(f"{run_dir}/data/meta.properties names no cluster.id")
 
 
 def _alive(pid: int) -> bool:
