@@ -30,6 +30,7 @@ from graph_updater.online import GraphUpdater, VectorRecord, parse_click
 from graph_updater.store import VectorStore
 from worker.app import Topics
 from worker.batches import run_batches, send_dead_letter, split_valid
+from worker.monitoring import WorkerMetrics
 from worker.settings import Settings
 
 log = structlog.get_logger("graph_updater")
@@ -79,15 +80,18 @@ class ClickLoop:
     """Consumes ``clicks`` in micro-batches and applies them (see the module docstring)."""
 
     def __init__(self, topics: Topics, updater: GraphUpdater, store: VectorStore, settings: Settings,
-                 stats: UpdaterStats) -> None:
+                 stats: UpdaterStats, metrics: WorkerMetrics | None = None) -> None:
         self.topics, self.updater, self.store, self.settings, self.stats = topics, updater, store, settings, stats
+        self.metrics = metrics or WorkerMetrics()
 
     async def process(self, records: Sequence[ConsumerRecord]) -> None:
         started = time.perf_counter()
         valid, bad = split_valid(records, parse_click)
         clicks = [click for click, _ in valid]
+        written = self.stats.upserts
         for record, err in bad:
             await send_dead_letter(self.topics.clicks_dlq, record, err, "click_dead_lettered")
+            self.metrics.dead_letters.labels(self.topics.clicks_dlq.get_topic_name()).inc()
         vectors = self.updater.apply(clicks)
         if vectors:
             await upsert_with_retry(self.store, vectors, self.stats)
@@ -103,6 +107,7 @@ class ClickLoop:
             log.info("graph_refined", steps=self.settings.refine_steps, vectors_moved=len(moved))
         self.stats.clicks += len(clicks)
         self.stats.dead_letters += len(bad)
+        self.metrics.vectors_written.inc(self.stats.upserts - written)
         self.stats.batches += 1
         log.debug("click_batch", clicks=len(clicks), dead_letters=len(bad), vectors=len(vectors),
                   event_ids=[c.event_id for c in clicks[:5]], ms=round((time.perf_counter() - started) * 1e3, 2))
@@ -110,13 +115,13 @@ class ClickLoop:
     async def run(self) -> None:
         s = self.settings
         await run_batches(s, s.topic("clicks"), updater_group(s), s.updater_batch_size, s.updater_batch_wait_ms,
-                          self.process, "click")
+                          self.process, "click", metrics=self.metrics)
 
 
 def register_updater(app: faust.App, topics: Topics, updater: GraphUpdater, store: VectorStore,
-                     settings: Settings, stats: UpdaterStats) -> ClickLoop:
+                     settings: Settings, stats: UpdaterStats, metrics: WorkerMetrics | None = None) -> ClickLoop:
     """Run a :class:`ClickLoop` as a task of ``app`` (started and cancelled with it)."""
-    loop = ClickLoop(topics, updater, store, settings, stats)
+    loop = ClickLoop(topics, updater, store, settings, stats, metrics)
 
     @app.task
     async def click_loop() -> None:

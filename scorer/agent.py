@@ -27,10 +27,11 @@ import structlog
 from aiokafka import ConsumerRebalanceListener, ConsumerRecord
 
 from schemas.codec import decode_keyed, encode
-from schemas.messages import ImpressionRequest
+from schemas.messages import ExitTelemetry, ImpressionRequest
 from scorer.scoring import Scorer, now_ms
 from worker.app import Topics
 from worker.batches import run_batches, send_dead_letter, split_valid
+from worker.monitoring import WorkerMetrics
 from worker.settings import Settings
 
 log = structlog.get_logger("scorer")
@@ -76,12 +77,16 @@ class PartitionLog(ConsumerRebalanceListener):
 class ImpressionLoop:
     """Consumes ``impressions`` in micro-batches and answers them (see the module docstring)."""
 
-    def __init__(self, topics: Topics, scorer: Scorer, settings: Settings, stats: ScorerStats) -> None:
+    def __init__(self, topics: Topics, scorer: Scorer, settings: Settings, stats: ScorerStats,
+                 metrics: WorkerMetrics | None = None) -> None:
         self.topics, self.scorer, self.settings, self.stats = topics, scorer, settings, stats
+        self.metrics = metrics or WorkerMetrics()
+        self.metrics.serving(scorer.model_version)
 
     async def dead_letter(self, record: ConsumerRecord, err: Exception) -> None:
         await send_dead_letter(self.topics.impressions_dlq, record, err, "impression_dead_lettered")
         self.stats.dead_letters += 1
+        self.metrics.dead_letters.labels(self.topics.impressions_dlq.get_topic_name()).inc()
 
     async def process(self, records: Sequence[ConsumerRecord]) -> None:
         """Dead-letter the invalid records, answer the valid ones. If answering the batch raises (a request that
@@ -107,8 +112,10 @@ class ImpressionLoop:
         contexts = [self.scorer.context(request, float(record.timestamp), taken) for request, record in requests]
         inference = await asyncio.to_thread(self.scorer.infer, contexts)
         produced = now_ms()
-        pending = []
-        for scores, telemetry in self.scorer.outputs(contexts, inference, produced):
+        pending, answered = [], []
+        for (scores, telemetry), (_, record) in zip(self.scorer.outputs(contexts, inference, produced), requests,
+                                                    strict=True):
+            answered.append((telemetry, float(record.timestamp)))
             for score in scores:
                 pending.append(await self.topics.scores.send(key=score.user_id.encode(), value=encode(score)))
             pending.append(await self.topics.telemetry.send(key=telemetry.request_id.encode(),
@@ -116,20 +123,33 @@ class ImpressionLoop:
             self.stats.requests += 1
             self.stats.candidates += len(scores)
         await asyncio.gather(*pending)
+        self.observe(answered, inference.inference_ms, now_ms())
         self.stats.batches += 1
         log.debug("impression_batch", requests=len(requests), request_ids=[r.request_id for r, _ in requests[:5]],
                   inference_ms=round(inference.inference_ms, 1))
 
+    def observe(self, answered: list[tuple[ExitTelemetry, float]], inference_ms: float, sent_ms: float) -> None:
+        """Per request (its telemetry and record timestamp): latency to outputs delivered, exit layers, degraded
+        flags; and the micro-batch's inference time."""
+        m = self.metrics
+        m.inference.observe(inference_ms / 1000.0)
+        for telemetry, produced_ms in answered:
+            m.score_latency.observe(max(0.0, sent_ms - produced_ms) / 1000.0)
+            for candidate in telemetry.candidates:
+                m.exit_layer.observe(candidate.exit_layer)
+            for flag in telemetry.degraded:
+                m.degraded.labels(str(flag)).inc()
+
     async def run(self) -> None:
         s = self.settings
         await run_batches(s, s.topic("impressions"), scorer_group(s), s.scorer_batch_size, s.scorer_batch_wait_ms,
-                          self.process, "impression", PartitionLog(s.replica_id))
+                          self.process, "impression", PartitionLog(s.replica_id), self.metrics)
 
 
 def register_scorer(app: faust.App, topics: Topics, scorer: Scorer, settings: Settings,
-                    stats: ScorerStats) -> ImpressionLoop:
+                    stats: ScorerStats, metrics: WorkerMetrics | None = None) -> ImpressionLoop:
     """Run an :class:`ImpressionLoop` as a task of ``app`` (started and cancelled with it)."""
-    loop = ImpressionLoop(topics, scorer, settings, stats)
+    loop = ImpressionLoop(topics, scorer, settings, stats, metrics)
 
     @app.task
     async def impression_loop() -> None:

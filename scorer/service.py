@@ -13,6 +13,7 @@ end-to-end benchmark, so all of them run the same code.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import socket
 import time
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from graph_updater.agent import UpdaterStats, register_updater
 from graph_updater.datasets import load
+from graph_updater.graph import USER
 from graph_updater.online import GraphUpdater
 from graph_updater.service import rebuild, store_for
 from graph_updater.store import VectorStore, open_store
@@ -36,6 +38,7 @@ from scorer.features import ALL_FEATURES
 from scorer.retrievers import GcnRetriever, TextRetriever
 from scorer.scoring import Scorer, ScorerOptions
 from worker.app import Topics, create_app, create_topics, declare_topics
+from worker.monitoring import HealthServer, WorkerMetrics
 from worker.settings import Settings
 
 log = structlog.get_logger("scorer")
@@ -51,6 +54,8 @@ class WorkerService:
     updater: GraphUpdater | None = None  # None when a Qdrant server is written by a separate graph updater
     updater_stats: UpdaterStats | None = None
     replayed: int = 0
+    metrics: WorkerMetrics | None = None
+    health: HealthServer | None = None  # /metrics, /healthz, /readyz when EXITREC_METRICS_PORT is set
 
 
 def replica_settings(settings: Settings) -> Settings:
@@ -104,14 +109,36 @@ def build_worker(settings: Settings, updater: GraphUpdater | None, store: Vector
     app = create_app(settings)
     topics = declare_topics(app, settings)
     scorer = scorer or load_scorer(settings, store)
-    service = WorkerService(app, topics, store, scorer, ScorerStats(), updater, None, replayed)
+    metrics = WorkerMetrics()
+    service = WorkerService(app, topics, store, scorer, ScorerStats(), updater, None, replayed, metrics)
     if updater is not None:
         service.updater_stats = UpdaterStats()
-        register_updater(app, topics, updater, store, settings, service.updater_stats)
+        register_updater(app, topics, updater, store, settings, service.updater_stats, metrics)
     if updater is not None and isinstance(scorer.contexts.retriever, TextRetriever):
         index_text(scorer.contexts.retriever, updater, settings.text_index_users)
-    register_scorer(app, topics, scorer, settings, service.scorer_stats)
+    register_scorer(app, topics, scorer, settings, service.scorer_stats, metrics)
+    if settings.metrics_port is not None:
+        service.health = health_server(service, settings.metrics_port)
+
+        @app.task
+        async def serve_health() -> None:  # cancelled with the app: the port closes with it
+            await service.health.start()
+            log.info("metrics_endpoint", port=service.health.port, paths=["/metrics", "/healthz", "/readyz"])
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await service.health.stop()
     return service
+
+
+def health_server(service: WorkerService, port: int) -> HealthServer:
+    """The endpoints of ``service``: ready when the model is loaded, every loop's consumer holds an assignment
+    and the vector store answers a count."""
+    loops = ["impression"] + (["click"] if service.updater is not None else [])
+    checks = [("model_loaded", lambda: service.scorer is not None),
+              ("store_reachable", lambda: service.store.count(USER) >= 0)]
+    checks += [(f"{loop}_assigned", lambda loop=loop: service.metrics.assigned.get(loop, False)) for loop in loops]
+    return HealthServer(service.metrics, checks, port=port)
 
 
 def index_text(retriever: TextRetriever, updater: GraphUpdater, limit: int) -> int:

@@ -46,6 +46,26 @@ def worker_settings(settings, trained_checkpoint, tiny_scorer_checkpoint, **extr
                                        "replica_id": "r1", "scorer_batch_size": 16, **extra})
 
 
+async def scrape(port: int) -> dict[str, tuple[int, str]]:
+    """``path -> (status, body)`` of the worker's three endpoints."""
+    import aiohttp
+
+    out = {}
+    async with aiohttp.ClientSession() as session:
+        for path in ("/metrics", "/healthz", "/readyz"):
+            async with session.get(f"http://127.0.0.1:{port}{path}") as response:
+                out[path] = (response.status, await response.text())
+    return out
+
+
+def samples_of(exposition: str) -> dict[tuple[str, tuple], float]:
+    """``(sample name, sorted labels) -> value`` of a Prometheus text exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(x.name, tuple(sorted(x.labels.items()))): x.value
+            for family in text_string_to_metric_families(exposition) for x in family.samples}
+
+
 def alone_scores(scorer, requests: list[ImpressionRequest]) -> dict[tuple[str, str], tuple[float, int]]:
     """``(request, item) -> (ctr, exit layer)`` of each candidate scored by itself: its own context, prompt and
     features through :meth:`EarlyExitModel.predict` with a batch of one."""
@@ -78,7 +98,7 @@ def crafted(split) -> dict[str, ImpressionRequest]:
 
 async def test_every_request_is_scored_and_bad_ones_dead_lettered(settings, split, trained_checkpoint,
                                                                   tiny_scorer_checkpoint):
-    settings = worker_settings(settings, trained_checkpoint, tiny_scorer_checkpoint)
+    settings = worker_settings(settings, trained_checkpoint, tiny_scorer_checkpoint, metrics_port=0)
     rows = split.stream.take(slice(0, 400))
     special = crafted(split)
     requests = impressions_of(rows, first_row=len(split.train), max_candidates=3) + list(special.values())
@@ -95,6 +115,11 @@ async def test_every_request_is_scored_and_bad_ones_dead_lettered(settings, spli
         scores = await read_topic(settings.kafka_bootstrap, settings.topic("ctr-scores"), n_candidates, 120)
         telemetry = await read_topic(settings.kafka_bootstrap, settings.topic("exit-telemetry"), len(requests), 60)
         letters = await read_topic(settings.kafka_bootstrap, settings.topic("impressions.dlq"), len(BAD_REQUESTS))
+        # the Prometheus endpoint counts what the topics show (once the last batch's metrics are recorded)
+        taken = ("exitrec_records_total", (("loop", "impression"),))
+        await wait_for(lambda: samples_of(service.metrics.exposition().decode()).get(taken) ==
+                       len(requests) + len(BAD_REQUESTS), 30, "the metrics of the last batch")
+        endpoints = await scrape(service.health.port)
         # each served score is the model's own answer for that candidate's prompt and features, scored alone
         # (no click was published yet, so the store still holds what the scorer read)
         served = {(s.request_id, s.item_id): s for s in (decode(CtrScore, r.value) for r in scores)}
@@ -104,6 +129,16 @@ async def test_every_request_is_scored_and_bad_ones_dead_lettered(settings, spli
         service.store.close()
     for key, (ctr, layer) in alone.items():
         assert served[key].ctr == pytest.approx(ctr, abs=1e-5) and served[key].exit_layer == layer, key
+    assert endpoints["/healthz"][0] == 200
+    assert endpoints["/readyz"] == (200, json.dumps({"ready": True, "failing": []}))
+    metrics = samples_of(endpoints["/metrics"][1])
+    assert metrics[("exitrec_dead_letters_total", (("topic", settings.topic("impressions.dlq")),))] == len(BAD_REQUESTS)
+    assert metrics[("exitrec_exit_layer_count", ())] == n_candidates
+    assert metrics[("exitrec_score_latency_seconds_count", ())] == len(requests)
+    assert metrics[("exitrec_degraded_total", (("flag", "deadline"),))] == 1
+    assert metrics[("exitrec_model_info", (("model_version", service.scorer.model_version),))] == 1
+    lags = {k: v for k, v in metrics.items() if k[0] == "exitrec_consumer_lag" and ("loop", "impression") in k[1]}
+    assert len(lags) == settings.topic_partitions and set(lags.values()) == {0.0}  # all answered: no lag
     assert len({layer for _, layer in alone.values()}) > 1, "the rule splits the batch: several exit layers occur"
 
     # one score per (request, candidate), keyed by user; one telemetry message per request, keyed by request
@@ -163,7 +198,7 @@ async def test_every_request_is_scored_and_bad_ones_dead_lettered(settings, spli
 
 async def test_store_failure_scores_without_neighbours(settings, split, trained_checkpoint, tiny_scorer_checkpoint):
     """The vector store raising on every read: requests are still answered, flagged ``no_retrieval``."""
-    settings = worker_settings(settings, trained_checkpoint, tiny_scorer_checkpoint)
+    settings = worker_settings(settings, trained_checkpoint, tiny_scorer_checkpoint, metrics_port=0)
     service = await prepare_worker(settings)
 
     def unreachable(*args, **kwargs):
@@ -171,13 +206,16 @@ async def test_store_failure_scores_without_neighbours(settings, split, trained_
 
     service.store.get = unreachable
     service.store.similar_users = unreachable
+    service.store.count = unreachable
     requests = impressions_of(split.stream.take(slice(0, 20)), first_row=len(split.train), max_candidates=2)
     await service.app.start()
     try:
         await publish(settings.kafka_bootstrap, settings.topic("impressions"), requests, progress=False)
         telemetry = await read_topic(settings.kafka_bootstrap, settings.topic("exit-telemetry"), len(requests), 60)
+        status, body = (await scrape(service.health.port))["/readyz"]
     finally:
         await service.app.stop()
+    assert status == 503 and json.loads(body) == {"ready": False, "failing": ["store_reachable"]}
     traces = [decode(ExitTelemetry, r.value) for r in telemetry]
     assert len(traces) == len(requests)
     assert all(t.degraded == [DegradedFlag.NO_RETRIEVAL] and t.neighbours_used == 0 for t in traces)

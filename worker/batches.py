@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from schemas.codec import InvalidMessage, dead_letter, encode
+from worker.monitoring import WorkerMetrics
 from worker.settings import Settings
 
 log = structlog.get_logger("worker")
@@ -51,11 +52,23 @@ async def send_dead_letter(topic: faust.TopicT, record: ConsumerRecord, err: Exc
                 reason=letter.error_message[:300])
 
 
+async def partition_lags(consumer: AIOKafkaConsumer) -> dict[tuple[str, int], int]:
+    """``(topic, partition) -> end offset - position`` for every assigned partition whose end is known."""
+    out = {}
+    for tp in consumer.assignment():
+        end = consumer.highwater(tp)
+        if end is not None:
+            out[(tp.topic, tp.partition)] = max(0, end - await consumer.position(tp))
+    return out
+
+
 async def run_batches(settings: Settings, topic: str, group: str, batch_size: int, wait_ms: int,
                       process: Callable[[list[ConsumerRecord]], Awaitable[None]], name: str,
-                      listener: ConsumerRebalanceListener | None = None) -> None:
+                      listener: ConsumerRebalanceListener | None = None, metrics: WorkerMetrics | None = None
+                      ) -> None:
     """Consume ``topic`` in group ``group`` batch by batch until cancelled (see the module docstring); ``name``
-    prefixes the log events."""
+    prefixes the log events and labels the loop's series in ``metrics`` (lag per partition after every poll,
+    records and batch sizes)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False,
         auto_offset_reset="earliest", max_poll_records=batch_size,
@@ -68,6 +81,8 @@ async def run_batches(settings: Settings, topic: str, group: str, batch_size: in
             batches = await consumer.getmany(timeout_ms=wait_ms, max_records=batch_size)
             records = [r for part in batches.values() for r in part]
             if not records:
+                if metrics is not None:
+                    metrics.partitions(name, await partition_lags(consumer))
                 continue
             await process(records)
             try:
@@ -75,5 +90,8 @@ async def run_batches(settings: Settings, topic: str, group: str, batch_size: in
                                        for tp, part in batches.items() if part})
             except (CommitFailedError, IllegalStateError) as exc:  # partitions moved to another member
                 log.warning(f"{name}_commit_skipped", error=repr(exc)[:300], records=len(records))
+            if metrics is not None:
+                metrics.batch(name, len(records))
+                metrics.partitions(name, await partition_lags(consumer))
     finally:
         await consumer.stop()

@@ -190,6 +190,11 @@ def _run_worker(settings: Settings, follow_clicks: bool) -> None:
     import faust
 
     from scorer.service import build_worker, rebuild_worker
+    from worker.monitoring import port_free
+
+    if settings.metrics_port and not port_free(settings.metrics_port):
+        raise click.ClickException(f"metrics port {settings.metrics_port} is already in use: set "
+                                   f"EXITREC_METRICS_PORT to a free port (unset = no endpoint)")
 
     state = asyncio.run(rebuild_worker(settings, follow_clicks))
     asyncio.set_event_loop(asyncio.new_event_loop())

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     catalogue: str | None = Field(None, description="dataset whose item texts name items in prompts "
                                                     "(ml-100k, ml-1m, bookcrossing, videogames); unset = item ids")
     log_level: str = Field("INFO", description="structlog level")
+    metrics_port: int | None = Field(None, ge=0, le=65535,
+                                     description="port serving /metrics (Prometheus), /healthz and /readyz; unset = "
+                                                 "none, 0 = any free port")
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
