@@ -108,12 +108,13 @@ class ImpressionLoop:
                     await self.dead_letter(one[1], ScoringError(repr(err)[:2000]))
 
     async def answer(self, requests: list[tuple[ImpressionRequest, ConsumerRecord]]) -> None:
+        scorer = self.scorer  # one model per batch: a hot reload meanwhile takes effect from the next batch
         taken = now_ms()
-        contexts = [self.scorer.context(request, float(record.timestamp), taken) for request, record in requests]
-        inference = await asyncio.to_thread(self.scorer.infer, contexts)
+        contexts = [scorer.context(request, float(record.timestamp), taken) for request, record in requests]
+        inference = await asyncio.to_thread(scorer.infer, contexts)
         produced = now_ms()
         pending, answered = [], []
-        for (scores, telemetry), (_, record) in zip(self.scorer.outputs(contexts, inference, produced), requests,
+        for (scores, telemetry), (_, record) in zip(scorer.outputs(contexts, inference, produced), requests,
                                                     strict=True):
             answered.append((telemetry, float(record.timestamp)))
             for score in scores:

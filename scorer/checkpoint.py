@@ -11,6 +11,7 @@ with a message naming it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,11 +37,21 @@ class ModelCard:
     metrics: dict = field(default_factory=dict)
     features: list[str] = field(default_factory=list)  # scorer.features.FEATURES, or [] (text-only heads)
     prior: float = 0.5  # the positive rate the features' rates are smoothed towards
+    digest: str = ""  # of the trained files, set by :func:`load` (not stored): tells two trainings apart
 
     @property
     def version(self) -> str:
         features = f"+f{len(self.features)}" if self.features else ""
-        return f"{Path(self.base_model).name}@{'-'.join(map(str, self.head_layers))}{features}"
+        digest = f"#{self.digest}" if self.digest else ""
+        return f"{Path(self.base_model).name}@{'-'.join(map(str, self.head_layers))}{features}{digest}"
+
+
+def content_digest(folder: Path) -> str:
+    """First 8 hex digits of SHA-256 over ``config.json``, the heads and the calibration (what training writes)."""
+    h = hashlib.sha256()
+    for name in ("config.json", HEADS, calibration.FILE):
+        h.update((Path(folder) / name).read_bytes())
+    return h.hexdigest()[:8]
 
 
 HEADS = "heads.safetensors"
@@ -62,7 +73,8 @@ def save(folder: Path, model: EarlyExitModel, tokenizer: PreTrainedTokenizerBase
     tokenizer.save_pretrained(str(folder / "tokenizer"))
     if card.fine_tuned:
         model.backbone.save_pretrained(str(folder / "backbone"))
-    (folder / "config.json").write_text(json.dumps({**card.__dict__, "kind": model.kind}, indent=2, default=str))
+    stored = {k: v for k, v in card.__dict__.items() if k != "digest"}
+    (folder / "config.json").write_text(json.dumps({**stored, "kind": model.kind}, indent=2, default=str))
     return folder
 
 
@@ -73,6 +85,7 @@ def load(folder: Path, cache_dir: Path, device: torch.device | str = "cpu"
         raise FileNotFoundError(f"{folder} is not an early-exit checkpoint (no config.json)")
     raw = json.loads((folder / "config.json").read_text())
     raw.pop("kind", None)
+    raw.pop("digest", None)
     card = ModelCard(**raw)
     for needed in (HEADS, calibration.FILE, "tokenizer") + (("backbone",) if card.fine_tuned else ()):
         if not (folder / needed).exists():
@@ -91,4 +104,5 @@ def load(folder: Path, cache_dir: Path, device: torch.device | str = "cpu"
                          f"has {len(card.head_layers)} heads")
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
     tokenizer.padding_side = "right"
+    card.digest = content_digest(folder)
     return model.to(device).eval(), tokenizer, card, rule_from_dict(card.rule)

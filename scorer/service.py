@@ -35,6 +35,7 @@ from scorer.content import SentenceEncoder, TextEmbeddings
 from scorer.context import item_text
 from scorer.exit_rules import ExitRule
 from scorer.features import ALL_FEATURES
+from scorer.reload import ModelReloader
 from scorer.retrievers import GcnRetriever, TextRetriever
 from scorer.scoring import Scorer, ScorerOptions
 from worker.app import Topics, create_app, create_topics, declare_topics
@@ -56,6 +57,7 @@ class WorkerService:
     replayed: int = 0
     metrics: WorkerMetrics | None = None
     health: HealthServer | None = None  # /metrics, /healthz, /readyz when EXITREC_METRICS_PORT is set
+    reloader: ModelReloader | None = None  # hot model reload when EXITREC_MODEL_RELOAD_S > 0
 
 
 def replica_settings(settings: Settings) -> Settings:
@@ -93,6 +95,19 @@ def load_scorer(settings: Settings, store: VectorStore) -> Scorer:
     return scorer
 
 
+def reload_scorer(settings: Settings, current: Scorer) -> Scorer:
+    """The checkpoint now in ``scorer_checkpoint`` as a new scorer on the current one's retriever, catalogue,
+    options and text embeddings (the content-match encoder is loaded only when the new heads need it first)."""
+    model, tokenizer, card, rule = checkpoint.load(settings.scorer_checkpoint, settings.cache_dir, current.device)
+    if settings.exit_rule == "never":
+        rule = ExitRule()
+    embeddings = current.embeddings
+    if embeddings is None and tuple(card.features) == ALL_FEATURES:
+        embeddings = TextEmbeddings(SentenceEncoder(backbones.resolve("minilm", settings.cache_dir)))
+    c = current.contexts
+    return Scorer(model, tokenizer, card, rule, c.retriever, c.catalogue, c.options, embeddings)
+
+
 async def rebuild_worker(settings: Settings, follow_clicks: bool, store: VectorStore | None = None,
                          updater: GraphUpdater | None = None) -> tuple[GraphUpdater | None, VectorStore, int]:
     """The graph state of a worker: rebuilt from checkpoint + click log when it follows the clicks itself,
@@ -116,7 +131,15 @@ def build_worker(settings: Settings, updater: GraphUpdater | None, store: Vector
         register_updater(app, topics, updater, store, settings, service.updater_stats, metrics)
     if updater is not None and isinstance(scorer.contexts.retriever, TextRetriever):
         index_text(scorer.contexts.retriever, updater, settings.text_index_users)
-    register_scorer(app, topics, scorer, settings, service.scorer_stats, metrics)
+    loop = register_scorer(app, topics, scorer, settings, service.scorer_stats, metrics)
+    if settings.model_reload_s and settings.scorer_checkpoint is not None:
+        service.reloader = ModelReloader(settings.scorer_checkpoint, lambda: reload_scorer(settings, loop.scorer),
+                                         loop, lambda new: swapped(service, new),
+                                         lambda _: metrics.reloads.labels("refused").inc())
+
+        @app.task
+        async def watch_model() -> None:
+            await service.reloader.run(settings.model_reload_s)
     if settings.metrics_port is not None:
         service.health = health_server(service, settings.metrics_port)
 
@@ -129,6 +152,13 @@ def build_worker(settings: Settings, updater: GraphUpdater | None, store: Vector
             finally:
                 await service.health.stop()
     return service
+
+
+def swapped(service: WorkerService, scorer: Scorer) -> None:
+    """After a hot reload: the service and the metrics name the new model."""
+    service.scorer = scorer
+    service.metrics.serving(scorer.model_version)
+    service.metrics.reloads.labels("loaded").inc()
 
 
 def health_server(service: WorkerService, port: int) -> HealthServer:

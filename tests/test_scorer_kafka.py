@@ -336,3 +336,51 @@ async def test_strict_prequential_replay_waits_for_each_wave_to_be_folded_in(set
             assert seen_history[later.request_id] >= seen_history[first.request_id] + 1
             checked += 1
     assert checked >= 10, "the replayed slice must hold bursts of one user"
+
+
+async def test_a_new_checkpoint_is_hot_loaded_and_a_broken_one_refused(settings, split, trained_checkpoint,
+                                                                       tiny_scorer_checkpoint, tmp_path):
+    """The model folder changes under a running worker: the next batch is scored by the new model (its outputs
+    carry the new version), a corrupt folder is refused and the model before it keeps serving; nothing lost."""
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_scorer_checkpoint, folder)
+    settings = worker_settings(settings, trained_checkpoint, folder, model_reload_s=0.2, metrics_port=0)
+    service = await prepare_worker(settings)
+    first = service.scorer.model_version
+    requests = impressions_of(split.stream.take(slice(0, 80)), first_row=len(split.train), max_candidates=2)[:30]
+    assert len(requests) == 30
+    await service.app.start()
+    try:
+        await publish(settings.kafka_bootstrap, settings.topic("impressions"), requests[:10], progress=False)
+        await wait_for(lambda: service.scorer_stats.requests == 10, 60, "the first requests")
+        config = json.loads((folder / "config.json").read_text())
+        config["rule"] = {"rule": "never"}  # a new training's folder: other rule, other digest
+        (folder / "config.json").write_text(json.dumps(config))
+        await wait_for(lambda: service.reloader.reloads == 1, 60, "the reload")
+        second = service.scorer.model_version
+        await publish(settings.kafka_bootstrap, settings.topic("impressions"), requests[10:20], progress=False)
+        await wait_for(lambda: service.scorer_stats.requests == 20, 60, "the second requests")
+        (folder / "heads.safetensors").write_bytes(b"not a safetensors file")
+        await wait_for(lambda: service.reloader.refusals == 1, 60, "the refusal")
+        await publish(settings.kafka_bootstrap, settings.topic("impressions"), requests[20:], progress=False)
+        n = sum(len(r.item_ids) for r in requests)
+        scores = [decode(CtrScore, r.value) for r in
+                  await read_topic(settings.kafka_bootstrap, settings.topic("ctr-scores"), n, 60)]
+        exposition = service.metrics.exposition().decode()
+    finally:
+        await service.app.stop()
+        service.store.close()
+    assert first != second and "#" in second and second.endswith("+never")
+    batch_of = {r.request_id: k // 10 for k, r in enumerate(requests)}
+    assert Counter((batch_of[s.request_id], s.model_version) for s in scores) == Counter(
+        {(0, first): sum(len(r.item_ids) for r in requests[:10]), (1, second): sum(len(r.item_ids) for r in
+                                                                                 requests[10:20]),
+         (2, second): sum(len(r.item_ids) for r in requests[20:])})
+    assert all(s.exit_layer == 2 for s in scores if s.model_version == second)  # the new rule: full depth
+    metrics = samples_of(exposition)
+    assert metrics[("exitrec_model_reloads_total", (("outcome", "loaded"),))] == 1
+    assert metrics[("exitrec_model_reloads_total", (("outcome", "refused"),))] == 1
+    assert metrics[("exitrec_model_info", (("model_version", second),))] == 1
+    assert metrics[("exitrec_model_info", (("model_version", first),))] == 0

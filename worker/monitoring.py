@@ -15,6 +15,7 @@ process in tests and the demo) with these series:
 ``exitrec_dead_letters_total{topic}``  input records dead-lettered, by dead-letter topic
 ``exitrec_vectors_written_total``      user and item vectors upserted by the click loop
 ``exitrec_model_info{model_version}``  1 for the model version being served
+``exitrec_model_reloads_total{outcome}``  hot reloads of the model folder: ``loaded`` or ``refused``
 =====================================  ======================================================================
 
 :class:`HealthServer` serves ``/metrics`` (text exposition), ``/healthz`` (the process's event loop answers) and
@@ -74,6 +75,8 @@ class WorkerMetrics:
         self.vectors_written = Counter("exitrec_vectors_written", "vectors upserted by the click loop", registry=r)
         self.model_info = Gauge("exitrec_model_info", "1 for the model version being served", ["model_version"],
                                 registry=r)
+        self.reloads = Counter("exitrec_model_reloads", "hot model reloads by outcome (loaded, refused)", ["outcome"],
+                               registry=r)
         self._model_version: str | None = None
         self.assigned: dict[str, bool] = {}  # loop -> its consumer holds an assignment
         self._lag_labels: dict[str, set[tuple[str, str]]] = {}

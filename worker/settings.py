@@ -63,6 +63,9 @@ class Settings(BaseSettings):
                                        description="retrieval time per request; candidates past it get no neighbours")
     text_index_users: int = Field(10_000, ge=0, le=10_000_000,
                                   description="retriever=text: users embedded at start, most active first")
+    model_reload_s: float = Field(30.0, ge=0, le=86_400,
+                                  description="seconds between looks at the model folder for a new checkpoint to "
+                                              "hot-load (0 = never)")
     exit_rule: Literal["calibrated", "never"] = Field(
         "calibrated", description="calibrated = the checkpoint's exit rule, never = full depth")
     catalogue: str | None = Field(None, description="dataset whose item texts name items in prompts "
