@@ -2,10 +2,20 @@
 
 The consumer group's committed offsets mark the clicks whose outputs were written. On start the updater
 re-reads ``clicks`` from the beginning up to those offsets (exclusive) with a group-less consumer, applies the
-valid ones to the graph (no upserts: they were written before), then upserts every vector once (an embedded
-``:memory:`` store starts empty) and hands over to the click loop, which resumes at the committed offsets. Clicks
-are applied idempotently (:mod:`graph_updater.online`), so a click delivered twice cannot count twice.
-The ``clicks`` topic is therefore created with unlimited retention.
+valid ones to the graph (no upserts: they were written before), recomputes every layer by full propagation,
+then upserts every vector once (an embedded ``:memory:`` store starts empty) and hands over to the click loop,
+which resumes at the committed offsets. Clicks are applied idempotently (:mod:`graph_updater.online`), so a
+click delivered twice cannot count twice. The ``clicks`` topic is therefore created with unlimited retention.
+
+**What a restart guarantees.** The recovered state is a function of the checkpoint and the set of committed
+clicks alone, whatever the batch boundaries were: edges, reaction histories, counts and payloads equal a
+one-pass application of those clicks; every new node's base embedding is the fold-in from its trained
+neighbours in the final graph; every vector is the exact LightGCN propagation of those base embeddings
+(tested against that reference, store contents included). Two things the live process had are not
+reproduced: its vectors were refreshed incrementally (radius 0, within 1% cosine of exact for a new node), and
+its BPR refinements since the checkpoint moved base embeddings in an order the log does not record; a restart
+drops both and returns to the exact propagation (the test measures and bounds how far the live vectors were
+from it). Retraining the checkpoint (``exitrec train-graph``) is what keeps that drift small.
 """
 
 from __future__ import annotations

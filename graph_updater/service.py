@@ -56,6 +56,8 @@ async def rebuild(settings: Settings, store: VectorStore | None = None,
     updater = updater or initial_updater(settings)
     replayed = await replay_committed(settings.kafka_bootstrap, updater_group(settings),
                                       settings.topic("clicks"), updater)
+    if replayed:  # the restart guarantee (module docstring of graph_updater.recovery): exact propagation
+        updater.graph.propagate_full()
     store = store or store_for(settings)
     store.ensure_collections(updater.graph.dim)
     written = store.upsert(updater.all_records())
