@@ -23,7 +23,10 @@ Configurations (ablations):
   liked and disliked history): the default;
 - ``<config>_layer0``: that model's layer-0 head alone (no transformer block: what the prompt states add is the
   gap);
-- ``norag``: the default without neighbour retrieval (no neighbour line, neighbour features at the prior).
+- ``norag``: the default without neighbour retrieval (no neighbour line, neighbour features at the prior);
+- ``content_bf16``: the default with the backbone in bf16 (AVX512-BF16 here): its states cached again, heads,
+  calibration and exit rule fitted on them (``exitrec train-model --precision bf16``); ``precision`` in the
+  JSON puts its AUC and requests/s beside fp32's, measured back to back.
 
 The default configuration's seed-0 model is saved as a checkpoint (``--save-default``, by default
 ``<cache>/models/early-exit-<dataset>-minilm``, where ``exitrec train-model`` writes and the worker and the
@@ -37,6 +40,7 @@ before; cold rows a new user's. A PNG shows AUC per configuration and the defaul
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -47,6 +51,7 @@ import torch
 from bench.machine import machine
 from scorer import checkpoint, experiment, quality
 from scorer.calibration import HeadCalibration
+from scorer.checkpoint import with_precision
 from scorer.exit_rules import ExitRule, exit_points
 from scorer.features import ALL_FEATURES, FEATURES
 from scorer.model import EarlyExitModel
@@ -55,9 +60,10 @@ from worker.logging import configure_logging
 from worker.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# configuration: (prompt view, the features its heads read)
-CONFIGS = {"text_only": ("text_only", ()), "item_evidence": ("default", ()), "features": ("default", FEATURES),
-           "content": ("default", ALL_FEATURES), "norag": ("norag", ALL_FEATURES)}
+# configuration: (prompt view, the features its heads read, backbone precision)
+CONFIGS = {"text_only": ("text_only", (), "fp32"), "item_evidence": ("default", (), "fp32"),
+           "features": ("default", FEATURES, "fp32"), "content": ("default", ALL_FEATURES, "fp32"),
+           "norag": ("norag", ALL_FEATURES, "fp32"), "content_bf16": ("default", ALL_FEATURES, "bf16")}
 DEFAULT = "content"
 
 
@@ -68,12 +74,13 @@ def slice_metrics(y: np.ndarray, p: np.ndarray, warm: np.ndarray) -> dict:
             "logloss_cold": quality.logloss(y[~warm], p[~warm]) if (~warm).any() else float("nan")}
 
 
-def cache_view(model: EarlyExitModel, tokenizer, sets, view: str, args, cache: Path, embeddings) -> dict[str, tuple]:
-    """Encoded prompts (with all features) and cached head-layer states of every split under one prompt view
-    (states on disk, reused by later runs)."""
+def cache_view(model: EarlyExitModel, tokenizer, sets, view: str, args, cache: Path, embeddings,
+               precision: str = "fp32") -> dict[str, tuple]:
+    """Encoded prompts (with all features) and cached head-layer states of every split under one prompt view and
+    backbone precision (states on disk, reused by later runs)."""
     out = {}
     for split in ("train", "val", "test"):
-        path = cache / f"{view}-{split}.pt"
+        path = cache / (f"{view}-{split}.pt" if precision == "fp32" else f"{view}-{precision}-{split}.pt")
         samples = getattr(sets, split)
         enc = experiment.encode(tokenizer, samples, args.max_length, sets.prior, view, embeddings)
         if path.exists():
@@ -221,22 +228,26 @@ def main() -> None:
     y = np.array([s.label for s in sets.test])
     warm = np.array([s.warm for s in sets.test])
     configs, views, timings, default_p = {}, {}, {}, None
+    backbones = {"fp32": base}
     for name in args.configs.split(","):
-        view, features = CONFIGS[name]
-        if view not in views:
+        view, features, precision = CONFIGS[name]
+        if precision not in backbones:
+            backbones[precision] = with_precision(copy.deepcopy(base), precision)
+        key = view if precision == "fp32" else f"{view}-{precision}"
+        if key not in views:
             t0 = time.perf_counter()
-            views[view] = cache_view(base, tokenizer, sets, view, args, cache, embeddings)
-            timings[f"encode_{view}_s"] = round(time.perf_counter() - t0, 1)
-            print(f"view {view} cached in {timings[f'encode_{view}_s']} s", flush=True)
+            views[key] = cache_view(backbones[precision], tokenizer, sets, view, args, cache, embeddings, precision)
+            timings[f"encode_{key}_s"] = round(time.perf_counter() - t0, 1)
+            print(f"view {key} cached in {timings[f'encode_{key}_s']} s", flush=True)
         per_seed, models = [], []
         for seed in range(args.seeds):
-            model = heads_model(base.backbone, features, layers)
-            result, test_probs, rule = run_config(model, with_features(views[view], len(features)), seed, args)
+            model = heads_model(backbones[precision].backbone, features, layers)
+            result, test_probs, rule = run_config(model, with_features(views[key], len(features)), seed, args)
             per_seed.append(result)
             models.append((model, rule, test_probs))
         configs[name] = summarize(per_seed, y, warm)
         model, rule, test_probs = models[0]
-        enc = with_features(views[view], len(features))["test"][0]
+        enc = with_features(views[key], len(features))["test"][0]
         configs[name]["rps"] = rps(model, enc, rule, args.rps_rows)
         configs[name]["rps_full"] = rps(model, enc, ExitRule(), args.rps_rows)
         configs[name]["speedup"] = configs[name]["rps"] / configs[name]["rps_full"]
@@ -276,6 +287,11 @@ def main() -> None:
         "command": "python -m bench.accuracy_bench " + " ".join(f"--{k.replace('_', '-')} {v}"
                                                                 for k, v in vars(args).items()),
     }
+    if "content" in configs and "content_bf16" in configs:
+        fp32, bf16 = configs["content"], configs["content_bf16"]
+        result["precision"] = {"auc_bf16_minus_fp32": bf16["auc"] - fp32["auc"],
+                               "rps_bf16_over_fp32": bf16["rps"] / fp32["rps"],
+                               "rps_full_bf16_over_fp32": bf16["rps_full"] / fp32["rps_full"]}
     out = RESULTS / f"accuracy_{args.dataset}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=float) + "\n")

@@ -37,13 +37,28 @@ class ModelCard:
     metrics: dict = field(default_factory=dict)
     features: list[str] = field(default_factory=list)  # scorer.features.FEATURES, or [] (text-only heads)
     prior: float = 0.5  # the positive rate the features' rates are smoothed towards
+    precision: str = "fp32"  # backbone weights and activations at inference: fp32 or bf16 (PRECISIONS)
     digest: str = ""  # of the trained files, set by :func:`load` (not stored): tells two trainings apart
 
     @property
     def version(self) -> str:
         features = f"+f{len(self.features)}" if self.features else ""
+        precision = "" if self.precision == "fp32" else f"+{self.precision}"
         digest = f"#{self.digest}" if self.digest else ""
-        return f"{Path(self.base_model).name}@{'-'.join(map(str, self.head_layers))}{features}{digest}"
+        return f"{Path(self.base_model).name}@{'-'.join(map(str, self.head_layers))}{features}{precision}{digest}"
+
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def with_precision(model: EarlyExitModel, precision: str) -> EarlyExitModel:
+    """Cast the backbone to ``precision`` (:data:`PRECISIONS`; the heads stay fp32 and read the pooled states cast
+    to fp32). bf16 runs the Linear layers with AVX512-BF16 on this CPU: the heads, their calibration and the exit
+    rule must then be fitted on bf16 states too, which is why the precision belongs to the checkpoint."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: choose one of {sorted(PRECISIONS)}")
+    model.backbone.to(PRECISIONS[precision])
+    return model
 
 
 def content_digest(folder: Path) -> str:
@@ -105,4 +120,4 @@ def load(folder: Path, cache_dir: Path, device: torch.device | str = "cpu"
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
     tokenizer.padding_side = "right"
     card.digest = content_digest(folder)
-    return model.to(device).eval(), tokenizer, card, rule_from_dict(card.rule)
+    return with_precision(model.to(device), card.precision).eval(), tokenizer, card, rule_from_dict(card.rule)

@@ -180,8 +180,12 @@ def encode(tokenizer, samples: list[CtrSample], max_length: int, prior: float | 
 
 
 def new_model(reference: str, cache_dir: Path, head_layers: list[int] | None = None,
-              device: torch.device | None = None, seed: int = 0, n_features: int = len(ALL_FEATURES)):
-    """Backbone + freshly initialised heads (seeded, so runs do not depend on what consumed the RNG before)."""
+              device: torch.device | None = None, seed: int = 0, n_features: int = len(ALL_FEATURES),
+              precision: str = "fp32"):
+    """Backbone + freshly initialised heads (seeded, so runs do not depend on what consumed the RNG before); on
+    CPU the backbone runs at ``precision`` (:data:`scorer.checkpoint.PRECISIONS`), on a GPU in bf16."""
+    from scorer.checkpoint import with_precision
+
     folder = backbones.resolve(reference, cache_dir)
     device = device or backbones.best_device()
     dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
@@ -192,7 +196,7 @@ def new_model(reference: str, cache_dir: Path, head_layers: list[int] | None = N
         layers = [layer for layer in layers if layer > 0]
     torch.manual_seed(seed)
     model = EarlyExitModel(backbone, layers, n_features=n_features).to(device)
-    return model, tokenizer
+    return (with_precision(model, precision) if device.type == "cpu" else model), tokenizer
 
 
 def throughput(model: EarlyExitModel, data: Encoded, rule: ExitRule, batch_size: int = 32) -> tuple[float, object]:
@@ -235,7 +239,7 @@ def content_embeddings(cache_dir: Path) -> TextEmbeddings:
 def train_checkpoint(data_dir: Path, cache_dir: Path, dataset: str, backbone: str, out: Path, n_train: int = 2000,
                      n_val: int = 500, max_length: int = 128, head_layers: list[int] | None = None, epochs: int = 1,
                      head_epochs: int = 40, rule: str = "max_prob", budget: float = 0.002,
-                     regime: str | None = None) -> ExitRule:
+                     regime: str | None = None, precision: str = "fp32") -> ExitRule:
     """Train on prequential RAG prompts and features (early stopping on validation AUC), fit each head's
     calibration and the exit rule on the validation rows (after the training rows in time), save the checkpoint
     at ``out`` (what ``exitrec train-model`` and the demo's first run do); return the chosen rule."""
@@ -244,8 +248,11 @@ def train_checkpoint(data_dir: Path, cache_dir: Path, dataset: str, backbone: st
 
     started = time.perf_counter()
     sets = sample_sets(dataset, data_dir, cache_dir, n_train, n_val, 0)
-    model, tokenizer = new_model(backbone, cache_dir, head_layers)
     regime = regime or BACKBONE_DEFAULTS.get(backbone, {}).get("regime", "frozen")
+    if precision != "fp32" and regime != "frozen":
+        raise ValueError(f"precision {precision} serves a frozen backbone's heads; fine-tuning (regime full) "
+                         "trains in fp32")
+    model, tokenizer = new_model(backbone, cache_dir, head_layers, precision=precision)
     embeddings = content_embeddings(cache_dir)
     train_set = encode(tokenizer, sets.train, max_length, sets.prior, embeddings=embeddings)
     val = encode(tokenizer, sets.val, max_length, sets.prior, embeddings=embeddings)
@@ -260,6 +267,6 @@ def train_checkpoint(data_dir: Path, cache_dir: Path, dataset: str, backbone: st
                "val_heads": [quality.report(y_val, val_probs[:, j]) for j in range(val_probs.shape[1])],
                "train_seconds": round(time.perf_counter() - started, 1)}
     card = checkpoint.ModelCard(backbone, model.head_layers, model.pooling, max_length, regime == "full",
-                                chosen.to_dict(), curve, metrics, list(ALL_FEATURES), sets.prior)
+                                chosen.to_dict(), curve, metrics, list(ALL_FEATURES), sets.prior, precision)
     checkpoint.save(out, model, tokenizer, card)
     return chosen

@@ -177,14 +177,15 @@ class EarlyExitModel(nn.Module):
         return state
 
     def pool(self, state: LayerState) -> torch.Tensor:
+        """The block's pooled state in fp32 (a bf16 backbone's mean is summed in fp32)."""
         mask = state.attention_mask
         if self.pooling == "first":
-            return state.hidden[:, 0]
+            return state.hidden[:, 0].float()
         if self.pooling == "last":
             last = mask.sum(dim=1).clamp(min=1) - 1
-            return state.hidden[torch.arange(len(last), device=last.device), last]
-        weights = mask.unsqueeze(-1).to(state.hidden.dtype)
-        return (state.hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+            return state.hidden[torch.arange(len(last), device=last.device), last].float()
+        weights = mask.unsqueeze(-1).float()
+        return (state.hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
     def head_logits(self, j: int, pooled: torch.Tensor | None, scaled: torch.Tensor | None) -> torch.Tensor:
         """Logits of head ``j`` from its pooled state (None for a layer-0 head) and the scaled features."""

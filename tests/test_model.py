@@ -133,3 +133,30 @@ def test_feature_count_is_checked():
         model.predict(ids, mask, ExitRule(), torch.zeros(2, 5))
     with pytest.raises(ValueError, match="n_features"):
         EarlyExitModel(model.backbone, [0, 1])
+
+
+def test_a_bf16_checkpoint_loads_a_bf16_backbone_scores_close_to_fp32_and_says_so(tiny_scorer_checkpoint, tmp_path):
+    import json
+    import shutil
+
+    from scorer import checkpoint
+    from scorer.features import FEATURES
+
+    folder = tmp_path / "bf16"
+    shutil.copytree(tiny_scorer_checkpoint, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "precision": "bf16"}))
+    fp32, tokenizer, card32, _ = checkpoint.load(tiny_scorer_checkpoint, tmp_path)
+    bf16, _, card16, _ = checkpoint.load(folder, tmp_path)
+    assert next(bf16.backbone.parameters()).dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in bf16.heads.parameters())
+    assert "+bf16#" in card16.version and "bf16" not in card32.version
+    enc = tokenizer(["liked: Toy Story", "disliked: Heat (1995) (Action)", "a longer prompt " * 8],
+                    padding=True, return_tensors="pt")
+    features = torch.randn(3, len(FEATURES))
+    with torch.inference_mode():
+        a = fp32.predict(enc["input_ids"], enc["attention_mask"], ExitRule(), features).probs
+        b = bf16.predict(enc["input_ids"], enc["attention_mask"], ExitRule(), features).probs
+    assert np.isfinite(b).all() and np.abs(a - b).max() < 0.02  # bf16 keeps 8 mantissa bits: close, not equal
+    with pytest.raises(ValueError, match="precision 'int4'"):
+        checkpoint.with_precision(bf16, "int4")

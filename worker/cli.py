@@ -268,10 +268,14 @@ def analytics(from_beginning: bool, duration: float | None, window: float, png: 
               show_default=True, help="max_prob reads calibrated probabilities at every head, the layer-0 one included "
                                       "(ratio_trend never exits at a first head)")
 @click.option("--budget", default=0.002, show_default=True, help="allowed AUC loss of early exit vs full depth")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="backbone precision at inference (frozen regime): heads, calibration and exit rule are fitted on "
+                   "it, the checkpoint records it")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="checkpoint folder (default <cache>/models/early-exit-<dataset>-<backbone>)")
 def train_model(dataset: str, backbone: str, n_train: int, n_val: int, max_length: int, head_layers: str | None,
-                regime: str | None, epochs: int, head_epochs: int, rule: str, budget: float, out: Path | None) -> None:
+                regime: str | None, epochs: int, head_epochs: int, rule: str, budget: float, precision: str,
+                out: Path | None) -> None:
     """Train the early-exit model on prequential RAG prompts and features, calibrate each head's probabilities and
     the exit rule on later validation rows, save a checkpoint."""
     from scorer.experiment import train_checkpoint
@@ -281,7 +285,7 @@ def train_model(dataset: str, backbone: str, n_train: int, n_val: int, max_lengt
     out = out or settings.cache_dir / "models" / f"early-exit-{dataset}-{Path(backbone).name}"
     chosen = train_checkpoint(settings.data_dir, settings.cache_dir, dataset, backbone, out, n_train=n_train,
                               n_val=n_val, max_length=max_length, head_layers=layers, epochs=epochs,
-                              head_epochs=head_epochs, rule=rule, budget=budget, regime=regime)
+                              head_epochs=head_epochs, rule=rule, budget=budget, regime=regime, precision=precision)
     click.echo(json.dumps({"checkpoint": str(out), "rule": chosen.to_dict()}, indent=2))
 
 
