@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from pydantic import ValidationError
 
-from schemas.messages import MAX_MESSAGE_BYTES, DeadLetter, Message
+from schemas.messages import MAX_MESSAGE_BYTES, DeadLetter, Item, Message
 
 M = TypeVar("M", bound=Message)
 
@@ -54,6 +54,18 @@ def decode_keyed(contract: type[M], key: bytes | None, value: bytes | None) -> M
     if key is not None and key != user_id.encode():
         raise InvalidMessage("KeyMismatch", f"message key {key[:64]!r} is not user_id {user_id!r}")
     return message
+
+
+def decode_item(key: bytes | None, value: bytes | None) -> Item | None:
+    """Decode an ``items`` record: the key must be the ``item_id``; a tombstone (value None, key set) is a delete
+    and decodes to None; a tombstone without a key is ``EmptyMessage``."""
+    if value is None and key:
+        return None
+    item = decode(Item, value)
+    if key != item.item_id.encode():
+        raise InvalidMessage("KeyMismatch", f"message key {None if key is None else key[:64]!r} is not item_id "
+                                            f"{item.item_id!r}")
+    return item
 
 
 def dead_letter(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,

@@ -67,6 +67,23 @@ class ImpressionRequest(Message):
         return items
 
 
+class Item(Message):
+    """``items`` topic (compacted), key = item_id. The latest record per item is its catalogue entry: ``text``
+    names it in prompts, with the optional attributes appended. A tombstone (key, no value) removes the entry."""
+
+    item_id: Id
+    text: str = Field(min_length=1, max_length=2000, description="what the item is, as a person would name it")
+    category: str | None = Field(default=None, min_length=1, max_length=200)
+    brand: str | None = Field(default=None, min_length=1, max_length=200)
+    price: float | None = Field(default=None, ge=0.0, le=1e9)
+    ts: TimestampMs
+
+    def prompt_text(self) -> str:
+        """``text`` with the attributes that are set, e.g. ``Heat (1995) (Action; Warner; 9.99)``."""
+        extra = [x for x in (self.category, self.brand, None if self.price is None else f"{self.price:g}") if x]
+        return f"{self.text} ({'; '.join(extra)})" if extra else self.text
+
+
 class CtrScore(Message):
     """``ctr-scores`` topic, key = user_id. One per (request, candidate); id ``<request_id>:<item_id>``."""
 
@@ -131,6 +148,7 @@ class DeadLetter(Message):
 CONTRACTS: dict[str, type[Message]] = {
     "click": Click,
     "impression": ImpressionRequest,
+    "item": Item,
     "ctr_score": CtrScore,
     "exit_telemetry": ExitTelemetry,
     "dead_letter": DeadLetter,

@@ -31,6 +31,8 @@ from graph_updater.service import rebuild, store_for
 from graph_updater.store import VectorStore, open_store
 from scorer import backbones, checkpoint
 from scorer.agent import ScorerStats, register_scorer
+from scorer.catalogue import LiveCatalogue
+from scorer.catalogue_agent import CatalogueLoop
 from scorer.content import SentenceEncoder, TextEmbeddings
 from scorer.context import item_text
 from scorer.exit_rules import ExitRule
@@ -58,6 +60,7 @@ class WorkerService:
     metrics: WorkerMetrics | None = None
     health: HealthServer | None = None  # /metrics, /healthz, /readyz when EXITREC_METRICS_PORT is set
     reloader: ModelReloader | None = None  # hot model reload when EXITREC_MODEL_RELOAD_S > 0
+    catalogue: CatalogueLoop | None = None  # the items loop keeping the scorer's catalogue
 
 
 def replica_settings(settings: Settings) -> Settings:
@@ -74,7 +77,7 @@ def load_scorer(settings: Settings, store: VectorStore) -> Scorer:
                                                    backbones.best_device())
     if settings.exit_rule == "never":
         rule = ExitRule()
-    catalogue = load(settings.catalogue, settings.data_dir).item_text if settings.catalogue else {}
+    catalogue = LiveCatalogue(load(settings.catalogue, settings.data_dir).item_text if settings.catalogue else {})
     options = ScorerOptions(settings.neighbours if settings.retriever != "none" else 0, settings.history_len,
                             settings.model_batch_size, settings.retrieval_budget_ms)
     if settings.retriever == "text" and settings.qdrant_url:
@@ -131,6 +134,14 @@ def build_worker(settings: Settings, updater: GraphUpdater | None, store: Vector
         register_updater(app, topics, updater, store, settings, service.updater_stats, metrics)
     if updater is not None and isinstance(scorer.contexts.retriever, TextRetriever):
         index_text(scorer.contexts.retriever, updater, settings.text_index_users)
+    if not isinstance(scorer.contexts.catalogue, LiveCatalogue):  # a scorer built by the caller
+        scorer.contexts.catalogue = LiveCatalogue(scorer.contexts.catalogue)
+    service.catalogue = CatalogueLoop(topics, scorer.contexts.catalogue, settings, metrics)
+
+    @app.task
+    async def catalogue_loop() -> None:
+        await service.catalogue.run()
+
     loop = register_scorer(app, topics, scorer, settings, service.scorer_stats, metrics)
     if settings.model_reload_s and settings.scorer_checkpoint is not None:
         service.reloader = ModelReloader(settings.scorer_checkpoint, lambda: reload_scorer(settings, loop.scorer),
@@ -162,11 +173,13 @@ def swapped(service: WorkerService, scorer: Scorer) -> None:
 
 
 def health_server(service: WorkerService, port: int) -> HealthServer:
-    """The endpoints of ``service``: ready when the model is loaded, every loop's consumer holds an assignment
-    and the vector store answers a count."""
+    """The endpoints of ``service``: ready when the model is loaded, the vector store answers a count, the
+    catalogue has read the ``items`` topic up to where it ended at start, and every loop's consumer holds an
+    assignment."""
     loops = ["impression"] + (["click"] if service.updater is not None else [])
     checks = [("model_loaded", lambda: service.scorer is not None),
-              ("store_reachable", lambda: service.store.count(USER) >= 0)]
+              ("store_reachable", lambda: service.store.count(USER) >= 0),
+              ("catalogue_loaded", lambda: service.catalogue is not None and service.catalogue.loaded)]
     checks += [(f"{loop}_assigned", lambda loop=loop: service.metrics.assigned.get(loop, False)) for loop in loops]
     return HealthServer(service.metrics, checks, port=port)
 

@@ -17,9 +17,12 @@ from aiokafka.errors import TopicAlreadyExistsError
 from worker.settings import Settings
 
 CLICKS, IMPRESSIONS, SCORES, TELEMETRY = "clicks", "impressions", "ctr-scores", "exit-telemetry"
+ITEMS = "items"
 DLQ_SUFFIX = ".dlq"
-ALL_TOPICS = (CLICKS, CLICKS + DLQ_SUFFIX, IMPRESSIONS, IMPRESSIONS + DLQ_SUFFIX, SCORES, TELEMETRY)
-UNLIMITED_RETENTION = {CLICKS: {"retention.ms": "-1"}}  # the click log is the updater's record (recovery)
+ALL_TOPICS = (CLICKS, CLICKS + DLQ_SUFFIX, IMPRESSIONS, IMPRESSIONS + DLQ_SUFFIX, SCORES, TELEMETRY, ITEMS,
+              ITEMS + DLQ_SUFFIX)
+TOPIC_CONFIGS = {CLICKS: {"retention.ms": "-1"},  # the click log is the updater's record (recovery)
+                 ITEMS: {"cleanup.policy": "compact"}}  # the catalogue: the latest record per item, kept
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class Topics:
     impressions_dlq: faust.TopicT
     scores: faust.TopicT
     telemetry: faust.TopicT
+    items: faust.TopicT
+    items_dlq: faust.TopicT
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -73,13 +78,15 @@ def declare_topics(app: faust.App, settings: Settings) -> Topics:
         impressions_dlq=topic(IMPRESSIONS + DLQ_SUFFIX),
         scores=topic(SCORES),
         telemetry=topic(TELEMETRY),
+        items=topic(ITEMS),
+        items_dlq=topic(ITEMS + DLQ_SUFFIX),
     )
 
 
 async def create_topics(settings: Settings, attempts: int = 60) -> list[str]:
     """Create every topic that does not exist yet (``topic_partitions`` partitions, replication 1, unlimited
-    retention for ``clicks``); return the names created. Run before consumers start, so that a consumer group
-    never starts on a missing topic and misses its partitions."""
+    retention for ``clicks``, compaction for ``items``); return the names created. Run before consumers start,
+    so that a consumer group never starts on a missing topic and misses its partitions."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
@@ -92,7 +99,7 @@ async def create_topics(settings: Settings, attempts: int = 60) -> list[str]:
                     raise
                 await asyncio.sleep(0.5)
         missing = [NewTopic(settings.topic(name), settings.topic_partitions, 1,
-                            topic_configs=UNLIMITED_RETENTION.get(name, {}))
+                            topic_configs=TOPIC_CONFIGS.get(name, {}))
                    for name in ALL_TOPICS if settings.topic(name) not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # another replica created it first

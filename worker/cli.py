@@ -152,15 +152,24 @@ def train_graph(dataset: str, out: Path | None, epochs: int, dim: int, layers: i
 @click.option("--train-share", default=0.7, show_default=True)
 @click.option("--impressions", is_flag=True, help="publish impression requests to `impressions` instead of clicks")
 @click.option("--max-candidates", default=1, show_default=True, help="with --impressions: candidates per request")
+@click.option("--items", "items", is_flag=True,
+              help="publish the dataset's item texts to the compacted `items` topic (the catalogue) instead")
 def replay(dataset: str, part: str, rate: float | None, limit: int | None, train_share: float, impressions: bool,
-           max_candidates: int) -> None:
-    """Publish a real dataset's rows to ``clicks`` (or as requests to ``impressions``) in time order."""
+           max_candidates: int, items: bool) -> None:
+    """Publish a real dataset's rows to ``clicks`` (or as requests to ``impressions``) in time order, or its
+    catalogue to ``items``."""
     from graph_updater.datasets import load, time_split
     from worker.app import create_topics
-    from worker.replay import clicks_of, impressions_of, publish
+    from worker.replay import clicks_of, impressions_of, items_of, publish
 
     settings = _settings()
     data = load(dataset, settings.data_dir)
+    if items:
+        asyncio.run(create_topics(settings))
+        records = items_of(data)[:limit] if limit else items_of(data)
+        sent = asyncio.run(publish(settings.kafka_bootstrap, settings.topic("items"), records, rate))
+        click.echo(f"published {sent} items to {settings.topic('items')}")
+        return
     split = time_split(data, train=train_share, stream=(1 - train_share) / 2)
     first = {"stream": len(split.train), "test": len(split.train) + len(split.stream), "all": 0}[part]
     rows = {"stream": split.stream, "test": split.test, "all": data}[part]

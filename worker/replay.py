@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from graph_updater.datasets import Interactions
 from schemas.codec import encode
-from schemas.messages import Click, ImpressionRequest
+from schemas.messages import TS_MIN_MS, Click, ImpressionRequest, Item
 
 
 def clicks_of(data: Interactions, first_row: int = 0) -> list[Click]:
@@ -42,11 +42,23 @@ def impressions_of(data: Interactions, first_row: int = 0, max_candidates: int =
     return out
 
 
-async def publish(bootstrap: str, topic: str, clicks: list[Click] | list[ImpressionRequest],
+def items_of(data: Interactions) -> list[Item]:
+    """The dataset's catalogue as ``items`` records (its item text; ``ts`` = the dataset's first timestamp, when
+    the catalogue is taken to exist)."""
+    ts = max(int(data.ts.min()), TS_MIN_MS) if len(data) else TS_MIN_MS
+    return [Item(item_id=item_id, text=text[:2000], ts=ts) for item_id, text in data.item_text.items() if text]
+
+
+def key_of(message: Click | ImpressionRequest | Item) -> bytes:
+    """The partitioning key of an input message: the item id for ``items``, else the user id."""
+    return (message.item_id if isinstance(message, Item) else message.user_id).encode()
+
+
+async def publish(bootstrap: str, topic: str, clicks: list[Click] | list[ImpressionRequest] | list[Item],
                   rate_per_s: float | None = None, progress: bool = True,
                   producer: AIOKafkaProducer | None = None) -> int:
-    """Send ``clicks`` (or requests) keyed by user id, in order (paced to ``rate_per_s`` when given), and wait
-    until all are acknowledged."""
+    """Send ``clicks`` (or requests, or items) keyed by user id (item id), in order (paced to ``rate_per_s`` when
+    given), and wait until all are acknowledged."""
     own = producer is None
     if own:
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
@@ -59,7 +71,7 @@ async def publish(bootstrap: str, topic: str, clicks: list[Click] | list[Impress
                 ahead = start + k / rate_per_s - time.perf_counter()
                 if ahead > 0:
                     await asyncio.sleep(ahead)
-            futures.append(await producer.send(topic, encode(click), key=click.user_id.encode()))
+            futures.append(await producer.send(topic, encode(click), key=key_of(click)))
         await asyncio.gather(*futures)
     finally:
         if own:
