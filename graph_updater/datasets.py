@@ -17,6 +17,8 @@ are dropped and counted in ``dropped``. Label rules:
                    sampled negative (label 0, seeded, an item the user never interacted with) at the same time.
 =================  ==========================================================================================
 
+A tenant's own data is a folder of CSV files (:func:`load_tenant`): ``clicks.csv`` and optionally ``items.csv``.
+
 Missing or unreadable files raise :class:`DatasetError` naming the file.
 """
 
@@ -24,9 +26,11 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 import re
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,6 +220,90 @@ def load_videogames(root: Path, seed: int = 0) -> Interactions:
     return _build("videogames", rows, text)
 
 
+MIN_TENANT_ROWS = 500  # fewer cannot fill a 70/15/15 time split with training, validation and test rows
+MAX_BAD_SHARE = 0.01  # a tenant file with more bad rows than this is refused, not half-read
+CLICK_COLUMNS = ("user_id", "item_id", "label", "ts")
+ITEM_COLUMNS = ("item_id", "text")
+
+
+def _tenant_rows(path: Path, required: tuple[str, ...], parse: Callable[[dict], tuple]) -> list[tuple]:
+    """Rows of a tenant CSV with a header naming ``required`` (extra columns allowed); a row ``parse`` rejects
+    is reported with its line number and skipped, unless more than :data:`MAX_BAD_SHARE` of them are bad."""
+    try:
+        handle = path.open(newline="", encoding="utf-8")
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot be read ({exc.strerror})") from None
+    with handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}; the header must name "
+                               f"{', '.join(required)}")
+        rows, bad = [], []
+        for row in reader:
+            try:
+                rows.append(parse(row))
+            except (ValueError, TypeError) as exc:
+                bad.append(f"line {reader.line_num}: {exc}")
+    total = len(rows) + len(bad)
+    if bad and len(bad) > MAX_BAD_SHARE * total:
+        raise DatasetError(f"{path}: {len(bad)} of {total} rows are bad (more than {MAX_BAD_SHARE:.0%}); first: "
+                           + "; ".join(bad[:5]))
+    if bad:
+        warnings.warn(f"{path}: skipped {len(bad)} bad row(s): " + "; ".join(bad[:10]), stacklevel=2)
+    return rows
+
+
+def _click_row(row: dict) -> tuple[str, str, int, int]:
+    label = row["label"].strip()
+    if label not in ("0", "1"):
+        raise ValueError(f"label {label!r} is not 0 or 1")
+    ts = int(float(row["ts"]))
+    ts = ts * 1000 if ts < 100_000_000_000 else ts  # epoch seconds (before 5138) or milliseconds
+    for key in ("user_id", "item_id"):
+        if not ID_RE.match(row[key].strip()):
+            raise ValueError(f"{key} {row[key]!r} is not 1-64 characters of [A-Za-z0-9._:@-]")
+    return row["user_id"].strip(), row["item_id"].strip(), int(label), ts
+
+
+def _item_row(row: dict) -> tuple[str, str]:
+    attrs = [row.get(k, "").strip() for k in ("category", "brand", "price")]
+    text = row["text"].strip()
+    if not text or not ID_RE.match(row["item_id"].strip()):
+        raise ValueError("empty text or an item_id that is not 1-64 characters of [A-Za-z0-9._:@-]")
+    extra = [a for a in attrs if a]
+    return row["item_id"].strip(), f"{text} ({'; '.join(extra)})" if extra else text
+
+
+def is_tenant_folder(name: str) -> bool:
+    return (Path(name) / "clicks.csv").is_file()
+
+
+def load_tenant(folder: Path) -> Interactions:
+    """A tenant's own data: ``<folder>/clicks.csv`` (columns ``user_id,item_id,label,ts``: label 1 = click, 0 =
+    shown and not clicked; ts in epoch milliseconds, or seconds when below 10^11) and, optionally,
+    ``<folder>/items.csv`` (``item_id,text`` and optional ``category,brand,price``, joined into the text as the
+    ``items`` topic does). Rows are sorted by time; bad rows are skipped and reported with their line numbers
+    unless they exceed :data:`MAX_BAD_SHARE`; fewer than :data:`MIN_TENANT_ROWS` clicks is an error."""
+    folder = Path(folder)
+    rows = _tenant_rows(folder / "clicks.csv", CLICK_COLUMNS, _click_row)
+    if len(rows) < MIN_TENANT_ROWS:
+        raise DatasetError(f"{folder / 'clicks.csv'}: {len(rows)} usable rows; at least {MIN_TENANT_ROWS} are needed "
+                           "for the 70/15/15 time split")
+    items = folder / "items.csv"
+    text = dict(_tenant_rows(items, ITEM_COLUMNS, _item_row)) if items.exists() else {}
+    return _build(dataset_key(str(folder)), rows, text)
+
+
+def dataset_key(name: str) -> str:
+    """A file-name-safe name of a dataset: the built-in name, or ``csv-<folder name>-<hash of its path>``."""
+    if name in LOADERS:
+        return name
+    folder = Path(name).resolve()
+    digest = hashlib.sha256(str(folder).encode()).hexdigest()[:8]
+    return f"csv-{re.sub(r'[^A-Za-z0-9._-]', '_', folder.name)[:40]}-{digest}"
+
+
 LOADERS: dict[str, Callable[[Path], Interactions]] = {
     "ml-100k": load_ml100k,
     "ml-1m": load_ml1m,
@@ -225,9 +313,13 @@ LOADERS: dict[str, Callable[[Path], Interactions]] = {
 
 
 def load(name: str, root: Path) -> Interactions:
-    """Load dataset ``name`` (one of :data:`LOADERS`) from the data root (default ``../shared/data``)."""
+    """Load dataset ``name`` (one of :data:`LOADERS`) from the data root (default ``../shared/data``), or a
+    tenant's folder of CSV files (:func:`load_tenant`) when ``name`` is such a folder."""
+    if name not in LOADERS and is_tenant_folder(name):
+        return load_tenant(Path(name))
     if name not in LOADERS:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of {sorted(LOADERS)}")
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {sorted(LOADERS)} or a folder holding "
+                           "clicks.csv")
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"data directory not found: {root} (set EXITREC_DATA_DIR)")

@@ -23,7 +23,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from graph_updater import checkpoint as graph_checkpoint
-from graph_updater.datasets import Interactions, load, time_split
+from graph_updater.datasets import Interactions, dataset_key, load, time_split
 from graph_updater.online import GraphUpdater
 from graph_updater.store import embedded_copy
 from graph_updater.train import train_offline
@@ -75,7 +75,7 @@ def graph_checkpoint_folder(dataset: str, history: Callable[[], Interactions], c
     """``<cache>/graph/<dataset>`` (what ``exitrec train-graph`` writes), holding LightGCN trained on the 70%
     history: used as it is when it was trained on that share, otherwise trained now on ``history()`` and saved
     there (the demo, the benchmarks and training all start from it)."""
-    folder = cache_dir / "graph" / dataset
+    folder = cache_dir / "graph" / dataset_key(dataset)
     config_file = folder / "config.json"
     if config_file.exists() and json.loads(config_file.read_text()).get("train_share", 0.7) == 0.7:
         return folder

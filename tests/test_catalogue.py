@@ -87,7 +87,8 @@ async def test_the_worker_keeps_its_catalogue_from_the_items_topic(settings, tra
         try:
             await wait_for(lambda: again.catalogue.loaded, 60, "the restarted catalogue")
             await asyncio.sleep(1.0)
-            assert again.scorer.contexts.text_of("2") == "third text" and again.scorer.contexts.text_of("3") == builtin_3
+            text = again.scorer.contexts.text_of
+            assert text("2") == "third text" and text("3") == builtin_3
         finally:
             await again.app.stop()
             again.store.close()

@@ -19,7 +19,29 @@ def _settings() -> Settings:
     return settings
 
 
-@click.group()
+class Commands(click.Group):
+    """Turns a dataset problem (a missing column, too many bad rows, an unknown name) into one line, not a
+    traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from graph_updater.datasets import DatasetError
+
+        try:
+            return super().invoke(ctx)
+        except DatasetError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def dataset_of(dataset: str, csv: Path | None) -> str:
+    """The dataset a command works on: a tenant's CSV folder when given, else the built-in name."""
+    return str(csv) if csv is not None else dataset
+
+
+CSV_HELP = ("a tenant's own data instead of --dataset: a folder with clicks.csv (user_id,item_id,label,ts) and "
+            "optionally items.csv (item_id,text[,category,brand,price])")
+
+
+@click.group(cls=Commands)
 def main() -> None:
     """exitrec: streaming CTR recommender (Kafka clicks -> LightGCN in Qdrant -> early-exit LM scores)."""
 
@@ -115,6 +137,7 @@ DATASETS = click.Choice(["ml-100k", "ml-1m", "bookcrossing", "videogames"])
 
 @main.command("train-graph")
 @click.option("--dataset", type=DATASETS, default="ml-100k", show_default=True)
+@click.option("--csv", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None, help=CSV_HELP)
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="checkpoint folder (default <cache>/graph/<dataset>)")
 @click.option("--epochs", default=30, show_default=True)
@@ -123,20 +146,21 @@ DATASETS = click.Choice(["ml-100k", "ml-1m", "bookcrossing", "videogames"])
 @click.option("--lr", default=0.01, show_default=True)
 @click.option("--batch-size", default=4096, show_default=True)
 @click.option("--train-share", default=0.7, show_default=True, help="time-ordered share used as history")
-def train_graph(dataset: str, out: Path | None, epochs: int, dim: int, layers: int, lr: float, batch_size: int,
-                train_share: float) -> None:
+def train_graph(dataset: str, csv: Path | None, out: Path | None, epochs: int, dim: int, layers: int, lr: float,
+                batch_size: int, train_share: float) -> None:
     """Train LightGCN (BPR) on the dataset's training history and save a checkpoint the updater starts from."""
     from graph_updater import checkpoint
-    from graph_updater.datasets import load, time_split
+    from graph_updater.datasets import dataset_key, load, time_split
     from graph_updater.evaluate import ranking_report
     from graph_updater.train import train_offline
 
     settings = _settings()
+    dataset = dataset_of(dataset, csv)
     split = time_split(load(dataset, settings.data_dir), train=train_share, stream=(1 - train_share) / 2)
     updater = checkpoint.build_updater(split.train, dim, layers, recent_n=settings.payload_recent_items)
     losses = train_offline(updater.graph, epochs=epochs, lr=lr, batch_size=batch_size)
     report = ranking_report(updater.graph, split.stream)
-    out = out or settings.cache_dir / "graph" / dataset
+    out = out or settings.cache_dir / "graph" / dataset_key(dataset)
     checkpoint.save(out, updater, split.train, {
         "dataset": dataset, "epochs": epochs, "lr": lr, "batch_size": batch_size, "train_share": train_share,
         "final_loss": losses[-1] if losses else None, "ranking_on_stream": report})
@@ -145,6 +169,7 @@ def train_graph(dataset: str, out: Path | None, epochs: int, dim: int, layers: i
 
 @main.command("replay")
 @click.option("--dataset", type=DATASETS, default="ml-100k", show_default=True)
+@click.option("--csv", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None, help=CSV_HELP)
 @click.option("--part", type=click.Choice(["stream", "test", "all"]), default="stream", show_default=True,
               help="which time slice to publish (the updater's checkpoint holds the training slice)")
 @click.option("--rate", type=float, default=None, help="clicks per second (default: as fast as possible)")
@@ -154,8 +179,8 @@ def train_graph(dataset: str, out: Path | None, epochs: int, dim: int, layers: i
 @click.option("--max-candidates", default=1, show_default=True, help="with --impressions: candidates per request")
 @click.option("--items", "items", is_flag=True,
               help="publish the dataset's item texts to the compacted `items` topic (the catalogue) instead")
-def replay(dataset: str, part: str, rate: float | None, limit: int | None, train_share: float, impressions: bool,
-           max_candidates: int, items: bool) -> None:
+def replay(dataset: str, csv: Path | None, part: str, rate: float | None, limit: int | None, train_share: float,
+           impressions: bool, max_candidates: int, items: bool) -> None:
     """Publish a real dataset's rows to ``clicks`` (or as requests to ``impressions``) in time order, or its
     catalogue to ``items``."""
     from graph_updater.datasets import load, time_split
@@ -163,7 +188,7 @@ def replay(dataset: str, part: str, rate: float | None, limit: int | None, train
     from worker.replay import clicks_of, impressions_of, items_of, publish
 
     settings = _settings()
-    data = load(dataset, settings.data_dir)
+    data = load(dataset_of(dataset, csv), settings.data_dir)
     if items:
         asyncio.run(create_topics(settings))
         records = items_of(data)[:limit] if limit else items_of(data)
@@ -263,6 +288,7 @@ def analytics(from_beginning: bool, duration: float | None, window: float, png: 
 # ---- early-exit model ------------------------------------------------------------------------------------------
 @main.command("train-model")
 @click.option("--dataset", type=DATASETS, default="bookcrossing", show_default=True)
+@click.option("--csv", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None, help=CSV_HELP)
 @click.option("--backbone", default="minilm", show_default=True, help="minilm, smollm2 or a local HF model folder")
 @click.option("--n-train", default=2000, show_default=True)
 @click.option("--n-val", default=500, show_default=True)
@@ -282,16 +308,18 @@ def analytics(from_beginning: bool, duration: float | None, window: float, png: 
                    "it, the checkpoint records it")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="checkpoint folder (default <cache>/models/early-exit-<dataset>-<backbone>)")
-def train_model(dataset: str, backbone: str, n_train: int, n_val: int, max_length: int, head_layers: str | None,
-                regime: str | None, epochs: int, head_epochs: int, rule: str, budget: float, precision: str,
-                out: Path | None) -> None:
+def train_model(dataset: str, csv: Path | None, backbone: str, n_train: int, n_val: int, max_length: int,
+                head_layers: str | None, regime: str | None, epochs: int, head_epochs: int, rule: str, budget: float,
+                precision: str, out: Path | None) -> None:
     """Train the early-exit model on prequential RAG prompts and features, calibrate each head's probabilities and
     the exit rule on later validation rows, save a checkpoint."""
+    from graph_updater.datasets import dataset_key
     from scorer.experiment import train_checkpoint
 
     settings = _settings()
+    dataset = dataset_of(dataset, csv)
     layers = [int(x) for x in head_layers.split(",")] if head_layers else None
-    out = out or settings.cache_dir / "models" / f"early-exit-{dataset}-{Path(backbone).name}"
+    out = out or settings.cache_dir / "models" / f"early-exit-{dataset_key(dataset)}-{Path(backbone).name}"
     chosen = train_checkpoint(settings.data_dir, settings.cache_dir, dataset, backbone, out, n_train=n_train,
                               n_val=n_val, max_length=max_length, head_layers=layers, epochs=epochs,
                               head_epochs=head_epochs, rule=rule, budget=budget, regime=regime, precision=precision)
@@ -301,8 +329,9 @@ def train_model(dataset: str, backbone: str, n_train: int, n_val: int, max_lengt
 @main.command("eval-model")
 @click.option("--checkpoint", "folder", type=click.Path(path_type=Path, exists=True), required=True)
 @click.option("--dataset", type=DATASETS, default="bookcrossing", show_default=True)
+@click.option("--csv", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None, help=CSV_HELP)
 @click.option("--n-test", default=1000, show_default=True)
-def eval_model(folder: Path, dataset: str, n_test: int) -> None:
+def eval_model(folder: Path, dataset: str, csv: Path | None, n_test: int) -> None:
     """AUC, log loss, ECE, exit histogram and requests/s of a checkpoint on the dataset's test slice, beside the
     classical baseline on the same rows."""
     import numpy as np
@@ -312,6 +341,7 @@ def eval_model(folder: Path, dataset: str, n_test: int) -> None:
     from scorer.features import FEATURES
 
     settings = _settings()
+    dataset = dataset_of(dataset, csv)
     model, tokenizer, card, rule = checkpoint.load(folder, settings.cache_dir, experiment.backbones.best_device())
     sets = experiment.sample_sets(dataset, settings.data_dir, settings.cache_dir, 1000, 0, n_test)  # baseline fit
     embeddings = experiment.content_embeddings(settings.cache_dir) if len(card.features) > len(FEATURES) else None

@@ -68,8 +68,9 @@ class Settings(BaseSettings):
                                               "hot-load (0 = never)")
     exit_rule: Literal["calibrated", "never"] = Field(
         "calibrated", description="calibrated = the checkpoint's exit rule, never = full depth")
-    catalogue: str | None = Field(None, description="dataset whose item texts name items in prompts "
-                                                    "(ml-100k, ml-1m, bookcrossing, videogames); unset = item ids")
+    catalogue: str | None = Field(None, description="dataset whose item texts name items in prompts (ml-100k, ml-1m, "
+                                                    "bookcrossing, videogames, or a tenant's CSV folder); the items "
+                                                    "topic overlays it; unset = the items topic alone")
     log_level: str = Field("INFO", description="structlog level")
     metrics_port: int | None = Field(None, ge=0, le=65535,
                                      description="port serving /metrics (Prometheus), /healthz and /readyz; unset = "

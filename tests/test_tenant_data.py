@@ -1,0 +1,123 @@
+"""A tenant's own data: CSV loading with clear errors, and the newcomer's path from an empty broker to a served,
+tenant-trained model (a generated dataset, not one of the built-ins)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+
+from graph_updater.datasets import MIN_TENANT_ROWS, DatasetError, dataset_key, load, time_split
+
+
+def write_tenant(folder, n_users: int = 120, n_items: int = 60, n_clicks: int = 3000, seed: int = 0,
+                 extra_lines: tuple[str, ...] = ()) -> None:
+    """Clicks from latent tastes (label = Bernoulli(sigmoid(3 u.i))), epoch seconds, and an item catalogue."""
+    rng = np.random.default_rng(seed)
+    u, i = rng.normal(size=(n_users, 4)), rng.normal(size=(n_items, 4))
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["user_id,item_id,label,ts"]
+    for k in range(n_clicks):
+        a, b = rng.integers(n_users), rng.integers(n_items)
+        label = int(rng.random() < 1 / (1 + np.exp(-3 * u[a] @ i[b] / 4)))
+        lines.append(f"shopper-{a},sku-{b},{label},{1_600_000_000 + 60 * k}")
+    (folder / "clicks.csv").write_text("\n".join(lines + list(extra_lines)) + "\n")
+    kinds = ["kettle", "lamp", "chair", "mug", "rug", "clock"]
+    (folder / "items.csv").write_text("item_id,text,category,price\n" + "\n".join(
+        f"sku-{b},{kinds[b % 6]} model {b},{'kitchen' if b % 2 else 'living room'},{5 + b}" for b in range(n_items))
+        + "\n")
+
+
+def test_a_tenant_folder_loads_sorted_with_times_in_ms_and_its_catalogue(tmp_path):
+    write_tenant(tmp_path / "shop", n_clicks=600)
+    data = load(str(tmp_path / "shop"), tmp_path)
+    assert len(data) == 600 and data.ts[0] == 1_600_000_000_000 and (np.diff(data.ts) >= 0).all()
+    assert data.item_text["sku-3"] == "mug model 3 (kitchen; 8)"
+    assert data.name == dataset_key(str(tmp_path / "shop")) and data.name.startswith("csv-shop-")
+    assert len(time_split(data).test) > 0
+
+
+def test_bad_rows_are_named_by_line_and_skipped_below_one_percent_and_refused_above(tmp_path):
+    write_tenant(tmp_path / "few-bad", n_clicks=1000, extra_lines=("shopper-1,sku-1,yes,1600000000",))
+    with pytest.warns(UserWarning, match=r"skipped 1 bad row\(s\): line 1002: label 'yes' is not 0 or 1"):
+        assert len(load(str(tmp_path / "few-bad"), tmp_path)) == 1000
+    bad = tuple(f"shopper 1,sku-1,1,{1600000000 + k}" for k in range(20))  # a space is not allowed in an id
+    write_tenant(tmp_path / "many-bad", n_clicks=1000, extra_lines=bad)
+    with pytest.raises(DatasetError, match=r"20 of 1020 rows are bad \(more than 1%\); first: line 1002: user_id"):
+        load(str(tmp_path / "many-bad"), tmp_path)
+
+
+def test_a_missing_column_or_too_little_data_is_a_clear_error(tmp_path):
+    (tmp_path / "no-label").mkdir()
+    (tmp_path / "no-label" / "clicks.csv").write_text("user_id,item_id,ts\nu1,i1,1600000000\n")
+    with pytest.raises(DatasetError, match="missing column\\(s\\) label; the header must name user_id, item_id, "
+                                           "label, ts"):
+        load(str(tmp_path / "no-label"), tmp_path)
+    write_tenant(tmp_path / "tiny", n_clicks=MIN_TENANT_ROWS - 1)
+    with pytest.raises(DatasetError, match=f"{MIN_TENANT_ROWS - 1} usable rows; at least {MIN_TENANT_ROWS}"):
+        load(str(tmp_path / "tiny"), tmp_path)
+
+
+@pytest.mark.integration
+async def test_from_an_empty_broker_to_a_served_tenant_trained_model(settings, tmp_path, monkeypatch):
+    """The README's newcomer path, command by command, on the real broker and the real MiniLM."""
+    from click.testing import CliRunner
+    from kafka_io import read_topic, wait_for
+
+    from schemas.codec import decode
+    from schemas.messages import CtrScore
+    from scorer.service import prepare_worker
+    from worker import settings as settings_module
+    from worker.cli import main
+    from worker.replay import impressions_of, publish
+
+    shop = tmp_path / "shop"
+    write_tenant(shop)
+    for key, value in settings.environment().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("EXITREC_LOG_LEVEL", "WARNING")
+    settings_module.get_settings.cache_clear()
+    runner = CliRunner()
+
+    def run(*args: str) -> str:
+        result = runner.invoke(main, list(args), catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    def step(*args: str):  # the commands run their own event loops: each in a thread, as from a shell
+        return asyncio.to_thread(run, *args)
+
+    try:
+        await step("replay", "--csv", str(shop), "--items")
+        graph = json.loads(await step("train-graph", "--csv", str(shop), "--epochs", "5", "--dim", "32"))
+        model = json.loads(await step("train-model", "--csv", str(shop), "--n-train", "240", "--n-val", "120",
+                                      "--max-length", "96", "--head-layers", "0,2,4"))
+        await step("replay", "--csv", str(shop), "--part", "stream")
+    finally:
+        settings_module.get_settings.cache_clear()
+    key, graph, model = dataset_key(str(shop)), graph["checkpoint"], model["checkpoint"]
+    assert graph.endswith(f"graph/{key}") and model.endswith(f"models/early-exit-{key}-minilm")
+    assert json.loads((tmp_path / "cache" / "graph" / key / "config.json").read_text())["dataset"] == str(shop)
+
+    served = settings.model_copy(update={"graph_checkpoint": graph, "scorer_checkpoint": model, "replica_id": "r1"})
+    service = await prepare_worker(served)  # catalogue: the items topic alone (EXITREC_CATALOGUE unset)
+    data = load(str(shop), tmp_path)
+    split = time_split(data)
+    requests = impressions_of(split.test.take(slice(0, 60)), len(split.train) + len(split.stream), 2)
+    await service.app.start()
+    try:
+        await wait_for(lambda: service.catalogue.loaded and service.replayed + service.updater_stats.clicks
+                       >= len(split.stream), 120, "the catalogue and the stream clicks")
+        await publish(served.kafka_bootstrap, served.topic("impressions"), requests, progress=False)
+        n = sum(len(r.item_ids) for r in requests)
+        scores = [decode(CtrScore, r.value) for r in
+                  await read_topic(served.kafka_bootstrap, served.topic("ctr-scores"), n, 120)]
+        prompt = service.scorer.prompt(service.scorer.context(requests[0], 0.0, 0.0).inputs[0])
+    finally:
+        await service.app.stop()
+        service.store.close()
+    assert len(scores) == n and {s.model_version for s in scores} == {service.scorer.model_version}
+    assert "@0-2-4+f13#" in service.scorer.model_version
+    assert f"Candidate: {data.item_text[requests[0].item_ids[0]]}" in prompt and "model " in prompt
