@@ -15,6 +15,12 @@ are dropped and counted in ``dropped``. Label rules:
                    times. Each user's k-th of n items gets time ``SYNTHETIC_T0 + round(k / n * 1e6)`` s, so a
                    time split keeps the latest share of every user's sequence for later. Each positive gets one
                    sampled negative (label 0, seeded, an item the user never interacted with) at the same time.
+``beauty``         Amazon Beauty 2014 5-core as processed by P5 (``sequential_data.txt``: per-user chronological
+                   item sequences; ``datamaps.json``: ids -> ASINs): the same implicit protocol as
+                   ``videogames`` (synthetic per-user times, one sampled unseen item per positive as 0). Its
+                   ``datamaps.json`` names 2,320 brand/category attributes but holds **no item -> attribute map**
+                   and there is no title file, so an item's text is ``Beauty product <ASIN>``: text carries no
+                   content signal on this dataset.
 =================  ==========================================================================================
 
 A tenant's own data is a folder of CSV files (:func:`load_tenant`): ``clicks.csv`` and optionally ``items.csv``.
@@ -220,6 +226,30 @@ def load_videogames(root: Path, seed: int = 0) -> Interactions:
     return _build("videogames", rows, text)
 
 
+def load_beauty(root: Path, seed: int = 0) -> Interactions:
+    """Amazon Beauty (2014 5-core as processed by P5): the same implicit protocol as :func:`load_videogames`."""
+    folder = root / "amazon" / "beauty-2014-p5"
+    try:
+        with (folder / "datamaps.json").open(encoding="utf-8") as fh:
+            asins: dict[str, str] = json.load(fh)["id2item"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, OSError) as exc:
+        raise DatasetError(f"{folder / 'datamaps.json'}: unreadable or without id2item: {exc}") from exc
+    sequences = _read_rows(folder / "sequential_data.txt", lambda line: line.split())
+    rng = np.random.default_rng(seed)
+    item_ids = sorted(asins, key=int)
+    rows = []
+    for user, *seq in sequences:
+        seen = set(seq)
+        for k, item in enumerate(seq):
+            ts = (SYNTHETIC_T0_S + round(k / len(seq) * 1e6)) * 1000
+            rows.append((f"b{user}", asins[item], 1, ts))
+            neg = item_ids[int(rng.integers(len(item_ids)))]
+            while neg in seen:
+                neg = item_ids[int(rng.integers(len(item_ids)))]
+            rows.append((f"b{user}", asins[neg], 0, ts))
+    return _build("beauty", rows, {asin: f"Beauty product {asin}" for asin in asins.values()})
+
+
 MIN_TENANT_ROWS = 500  # fewer cannot fill a 70/15/15 time split with training, validation and test rows
 MAX_BAD_SHARE = 0.01  # a tenant file with more bad rows than this is refused, not half-read
 CLICK_COLUMNS = ("user_id", "item_id", "label", "ts")
@@ -309,6 +339,7 @@ LOADERS: dict[str, Callable[[Path], Interactions]] = {
     "ml-1m": load_ml1m,
     "bookcrossing": load_bookcrossing,
     "videogames": load_videogames,
+    "beauty": load_beauty,
 }
 
 

@@ -39,6 +39,17 @@ def test_videogames_has_one_negative_per_positive(data_dir):
     assert not pos & neg
 
 
+def test_beauty_is_p5s_sequences_with_one_unseen_negative_per_positive(data_dir):
+    d = load("beauty", data_dir)
+    assert len(d) == 2 * 198_502 and d.positive_rate == pytest.approx(0.5)
+    assert len(set(d.users)) == 22_363 and len(set(d.items[d.labels == 1])) == 12_101
+    pos = set(zip(d.users[d.labels == 1], d.items[d.labels == 1], strict=True))
+    neg = set(zip(d.users[d.labels == 0], d.items[d.labels == 0], strict=True))
+    assert not pos & neg
+    first = d.users == "b1"  # P5 line 1: user 1 bought items 1..5 in this order: B004756YJA first
+    assert d.items[first & (d.labels == 1)][0] == "B004756YJA" and d.item_text["B004756YJA"].endswith("B004756YJA")
+
+
 def test_time_split_is_ordered_and_complete(ml100k):
     s = time_split(ml100k, train=0.7, stream=0.15)
     assert len(s.train) + len(s.stream) + len(s.test) == len(ml100k)

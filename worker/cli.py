@@ -132,7 +132,7 @@ def schemas_export(out: Path | None) -> None:
 
 
 # ---- graph -----------------------------------------------------------------------------------------------------
-DATASETS = click.Choice(["ml-100k", "ml-1m", "bookcrossing", "videogames"])
+DATASETS = click.Choice(["ml-100k", "ml-1m", "bookcrossing", "videogames", "beauty"])
 
 
 @main.command("train-graph")
