@@ -9,7 +9,8 @@ in time order, test rows from the test slice. The classical baseline (logistic r
 item like-rates and log counts) is fitted on the same training rows and scored on the same test rows.
 
 The MiniLM backbone is frozen (the CPU regime): each prompt view is encoded once and its head-layer states
-cached; every configuration then trains only its heads, ``--seeds`` times (seeds change the heads' initial
+cached (keyed by a digest of the token ids, so states from other prompts are never reused); every configuration
+then trains only its heads, ``--seeds`` times (seeds change the heads' initial
 weights and the batch order), stops early on validation AUC, fits each head's Platt calibration and the exit
 rule on the validation rows (paired-bootstrap bound, :func:`scorer.train.calibrate`), and is scored on the test
 rows at full depth and with early exit (calibrated probabilities, the offline replay of the served exit path).
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -83,13 +85,22 @@ def cache_view(model: EarlyExitModel, tokenizer, sets, view: str, args, cache: P
         path = cache / (f"{view}-{split}.pt" if precision == "fp32" else f"{view}-{precision}-{split}.pt")
         samples = getattr(sets, split)
         enc = experiment.encode(tokenizer, samples, args.max_length, sets.prior, view, embeddings)
-        if path.exists():
+        digest, sidecar = prompts_digest(enc), path.with_suffix(".digest")
+        if path.exists() and sidecar.exists() and sidecar.read_text() == digest:
             pooled = torch.load(path)
-        else:
+        else:  # new, or cached from other prompts (the sample code changed since): encode again
             pooled = pooled_states(model, enc.ids, enc.mask)
             torch.save(pooled, path)
+            sidecar.write_text(digest)
         out[split] = (enc, Cached(pooled, enc.features, enc.labels))
     return out
+
+
+def prompts_digest(enc) -> str:
+    """SHA-256 of the token ids and masks: cached states are reused only for exactly the prompts they came from."""
+    h = hashlib.sha256(enc.ids.numpy().tobytes())
+    h.update(enc.mask.numpy().tobytes())
+    return h.hexdigest()
 
 
 def heads_model(backbone, features: tuple[str, ...], layers: list[int]) -> EarlyExitModel:
