@@ -51,6 +51,8 @@ import numpy as np
 import torch
 
 from bench.machine import machine
+from infra.runtime.logging import configure_logging
+from infra.runtime.settings import Settings
 from scorer import checkpoint, experiment, quality
 from scorer.calibration import HeadCalibration
 from scorer.checkpoint import with_precision
@@ -58,8 +60,6 @@ from scorer.exit_rules import ExitRule, exit_points
 from scorer.features import ALL_FEATURES, FEATURES
 from scorer.model import EarlyExitModel
 from scorer.train import Cached, cached_probabilities, calibrate, fit_heads, pooled_states
-from worker.logging import configure_logging
-from worker.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # configuration: (prompt view, the features its heads read, backbone precision)

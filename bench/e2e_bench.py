@@ -40,16 +40,17 @@ import numpy as np
 from bench.machine import machine
 from graph_updater.agent import updater_group
 from graph_updater.datasets import load, time_split
+from graph_updater.events import clicks_of, impressions_of
 from graph_updater.recovery import committed_offsets
 from infra.kafka import broker
+from infra.runtime.app import create_topics
+from infra.runtime.logging import configure_logging
+from infra.runtime.settings import REPO_ROOT, Settings
 from worker.analytics import TopicReader, follow
-from worker.app import create_topics
 from worker.demo import ensure_checkpoint, ensure_model
-from worker.logging import configure_logging
 from worker.metrics import ScoreJoin, percentile
 from worker.prequential import PrequentialRun, clicks_by_request, run_prequential, run_waves
-from worker.replay import clicks_of, impressions_of, publish
-from worker.settings import REPO_ROOT, Settings
+from worker.replay import publish
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONFIGS = {

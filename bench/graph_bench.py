@@ -30,15 +30,16 @@ from bench.machine import machine
 from graph_updater import checkpoint
 from graph_updater.datasets import DatasetError, load, load_bookcrossing, time_split
 from graph_updater.evaluate import ranking_report
+from graph_updater.events import clicks_of
 from graph_updater.graph import USER
 from graph_updater.online import GraphUpdater
 from graph_updater.service import prepare
 from graph_updater.store import open_store
 from graph_updater.train import train_offline
 from infra.kafka import broker
-from worker.logging import configure_logging
-from worker.replay import clicks_of, publish
-from worker.settings import Settings
+from infra.runtime.logging import configure_logging
+from infra.runtime.settings import Settings
+from worker.replay import publish
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TRAIN = {"ml-100k": {"epochs": 30, "lr": 0.01, "batch_size": 4096},
@@ -135,7 +136,7 @@ async def consume_rates(settings: Settings, n: int) -> dict:
     """Records/s of an empty loop body: aiokafka ``getmany`` + commit vs a faust ``take_events`` agent."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-    from worker.app import create_app, create_topics, declare_topics
+    from infra.runtime.app import create_app, create_topics, declare_topics
 
     await create_topics(settings)
     topic = settings.topic("clicks")

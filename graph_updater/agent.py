@@ -10,7 +10,7 @@ Per micro-batch (up to ``updater_batch_size`` clicks, or what arrived within ``u
 5. only then are the batch's offsets committed, so a committed offset never runs ahead of the outputs.
 
 The loop runs as a task of the faust app (which hosts the process: lifecycle, signals, the producer for dead
-letters) but reads with aiokafka's batch API (:mod:`worker.batches`, shared with the impression loop) under its
+letters) but reads with aiokafka's batch API (:mod:`infra.runtime.batches`, shared with the impression loop) under its
 own consumer group ``<group>.graph-updater``.
 """
 
@@ -28,10 +28,10 @@ from aiokafka import ConsumerRecord
 
 from graph_updater.online import GraphUpdater, VectorRecord, parse_click
 from graph_updater.store import VectorStore
-from worker.app import Topics
-from worker.batches import run_batches, send_dead_letter, split_valid
-from worker.monitoring import WorkerMetrics
-from worker.settings import Settings
+from infra.runtime.app import Topics
+from infra.runtime.batches import run_batches, send_dead_letter, split_valid
+from infra.runtime.monitoring import WorkerMetrics
+from infra.runtime.settings import Settings
 
 log = structlog.get_logger("graph_updater")
 

@@ -18,8 +18,8 @@ from graph_updater.graph import LightGCNGraph
 from graph_updater.online import GraphUpdater
 from graph_updater.recovery import replay_committed
 from graph_updater.store import VectorStore, open_store
-from worker.app import Topics, create_app, create_topics, declare_topics
-from worker.settings import Settings
+from infra.runtime.app import Topics, create_app, create_topics, declare_topics
+from infra.runtime.settings import Settings
 
 log = structlog.get_logger("graph_updater")
 DEFAULT_DIM, DEFAULT_LAYERS = 64, 3

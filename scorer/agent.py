@@ -12,7 +12,7 @@ Per micro-batch (up to ``scorer_batch_size`` requests, or what arrived within ``
    re-delivered duplicates by ``(request_id, item_id)`` / ``request_id``.
 
 Replicas share the ``impressions`` partitions through the consumer group ``<group>.scorer``. Like the click loop
-it reads with aiokafka's batch API (:mod:`worker.batches`) inside the faust app that hosts the process and owns
+it reads with aiokafka's batch API (:mod:`infra.runtime.batches`) inside the faust app that hosts the process and owns
 the producer.
 """
 
@@ -26,13 +26,13 @@ import faust
 import structlog
 from aiokafka import ConsumerRebalanceListener, ConsumerRecord
 
+from infra.runtime.app import Topics
+from infra.runtime.batches import run_batches, send_dead_letter, split_valid
+from infra.runtime.monitoring import WorkerMetrics
+from infra.runtime.settings import Settings
 from schemas.codec import decode_keyed, encode
 from schemas.messages import ExitTelemetry, ImpressionRequest
 from scorer.scoring import Scorer, now_ms
-from worker.app import Topics
-from worker.batches import run_batches, send_dead_letter, split_valid
-from worker.monitoring import WorkerMetrics
-from worker.settings import Settings
 
 log = structlog.get_logger("scorer")
 

@@ -23,12 +23,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from graph_updater.recovery import committed_offsets
+from infra.runtime.app import Topics
+from infra.runtime.batches import partition_lags, send_dead_letter
+from infra.runtime.monitoring import WorkerMetrics
+from infra.runtime.settings import Settings
 from schemas.codec import InvalidMessage, decode_item
 from scorer.catalogue import LiveCatalogue
-from worker.app import Topics
-from worker.batches import partition_lags, send_dead_letter
-from worker.monitoring import WorkerMetrics
-from worker.settings import Settings
 
 log = structlog.get_logger("scorer")
 

@@ -16,7 +16,7 @@ positive to the negative probability, as in OptiRAG-Rec) and confidence :math:`c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -38,6 +38,12 @@ class ExitRule:
     def decide(self, probs: np.ndarray) -> np.ndarray:
         return np.zeros(len(probs), dtype=bool)
 
+    def relaxed(self, keep: float) -> ExitRule:
+        """The rule with its confidence bar lowered to the share ``keep`` in [0, 1] of the way from "anything
+        exits" (0) to the calibrated bar (1): what the SLO mode applies when queueing threatens the latency aim.
+        Rules without a confidence bar (never, patience, fixed head) stay as they are."""
+        return self
+
     def to_dict(self) -> dict:
         return {"rule": self.name, **{k: v for k, v in self.__dict__.items()}}
 
@@ -47,6 +53,9 @@ class RatioTrendRule(ExitRule):
     threshold: float = 4.0  # odds ratio tau > 1 (4.0 = 80% / 20%)
     first_head_exits: bool = False
     name: ClassVar[str] = "ratio_trend"
+
+    def relaxed(self, keep: float) -> ExitRule:
+        return replace(self, threshold=float(np.exp(np.log(self.threshold) * min(max(keep, 0.0), 1.0))))
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
         conf = _confidence(probs[:, -1])
@@ -67,6 +76,9 @@ class MaxProbRule(ExitRule):
         p = probs[:, -1]
         return np.maximum(p, 1 - p) >= self.threshold
 
+    def relaxed(self, keep: float) -> ExitRule:
+        return replace(self, threshold=0.5 + (self.threshold - 0.5) * min(max(keep, 0.0), 1.0))
+
 
 @dataclass(frozen=True)
 class EntropyRule(ExitRule):
@@ -77,6 +89,9 @@ class EntropyRule(ExitRule):
         p = np.clip(probs[:, -1], EPS, 1 - EPS)
         entropy = -(p * np.log(p) + (1 - p) * np.log(1 - p))
         return entropy <= self.threshold
+
+    def relaxed(self, keep: float) -> ExitRule:
+        return replace(self, threshold=np.log(2) - (np.log(2) - self.threshold) * min(max(keep, 0.0), 1.0))
 
 
 @dataclass(frozen=True)

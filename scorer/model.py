@@ -27,6 +27,7 @@ than the blocks it saves).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,6 +80,7 @@ class ExitResult:
     exit_head: np.ndarray
     exit_layer: np.ndarray
     ctr: np.ndarray
+    cut: np.ndarray | None = None  # rows answered from their deepest head so far because the deadline came
 
 
 class ExitHead(nn.Module):
@@ -223,12 +225,16 @@ class EarlyExitModel(nn.Module):
     # ---- early-exit inference --------------------------------------------------------------------------------
     @torch.inference_mode()
     def predict(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rule: ExitRule,
-                features: torch.Tensor | None = None) -> ExitResult:
+                features: torch.Tensor | None = None, deadline: float | None = None) -> ExitResult:
         """Score a batch with early exit: after each head, rows the rule releases leave the batch. A layer-0
-        head decides before any block runs; rows it releases never enter the backbone."""
+        head decides before any block runs; rows it releases never enter the backbone.
+
+        ``deadline`` (a :func:`time.monotonic` instant) makes the answer anytime: at the first head reached at or
+        after it, every row still active exits there, from the deepest head computed so far (``cut``)."""
         n, n_heads = len(input_ids), len(self.head_layers)
         probs = np.full((n, n_heads), np.nan, dtype=np.float64)
         exit_head = np.full(n, n_heads - 1)
+        cut = np.zeros(n, dtype=bool)
         active = torch.arange(n)
         scaled = self.scaled(features)
 
@@ -239,6 +245,9 @@ class EarlyExitModel(nn.Module):
             if j == n_heads - 1:
                 return torch.zeros(len(rows), dtype=torch.bool)
             fire = rule.decide(probs[rows, : j + 1])
+            if deadline is not None and time.monotonic() >= deadline:
+                cut[rows[~fire]] = True
+                fire = np.ones(len(rows), dtype=bool)
             exit_head[rows[fire]] = j
             return torch.from_numpy(~fire)
 
@@ -247,7 +256,7 @@ class EarlyExitModel(nn.Module):
             keep = decide(0, self.head_probability(0, self.head_logits(0, None, scaled)))
             active, j = active[keep], 1
             if not keep.any():
-                return self._result(probs, exit_head)
+                return self._result(probs, exit_head, cut)
             input_ids, attention_mask, scaled = input_ids[keep], attention_mask[keep], scaled[keep]
         state = self.start(input_ids, attention_mask)
         for layer in range(self.head_layers[-1]):
@@ -263,8 +272,8 @@ class EarlyExitModel(nn.Module):
                 state = state.select(index.to(state.hidden.device))
                 scaled = None if scaled is None else scaled[index.to(scaled.device)]
             j += 1
-        return self._result(probs, exit_head)
+        return self._result(probs, exit_head, cut)
 
-    def _result(self, probs: np.ndarray, exit_head: np.ndarray) -> ExitResult:
+    def _result(self, probs: np.ndarray, exit_head: np.ndarray, cut: np.ndarray) -> ExitResult:
         ctr = probs[np.arange(len(probs)), exit_head]
-        return ExitResult(probs, exit_head, np.array(self.head_layers)[exit_head], ctr)
+        return ExitResult(probs, exit_head, np.array(self.head_layers)[exit_head], ctr, cut)

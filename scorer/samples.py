@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from graph_updater.datasets import Interactions
+from graph_updater.events import clicks_of
 from graph_updater.graph import ITEM, USER
 from graph_updater.online import GraphUpdater
 from graph_updater.store import VectorStore
@@ -37,7 +38,6 @@ from scorer.context import cosine, item_text
 from scorer.prompt import NeighbourEvidence, PromptInputs
 from scorer.retrievers import GcnRetriever
 from scorer.scoring import ContextBuilder, ScorerOptions
-from worker.replay import clicks_of
 
 
 @dataclass(frozen=True)

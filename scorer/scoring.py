@@ -54,6 +54,7 @@ class ScorerOptions:
     history_len: int = 10
     model_batch_size: int = 32
     retrieval_budget_ms: float = 50.0
+    latency_slo_ms: float | None = None  # SLO mode (see Scorer.infer); None = off
 
 
 @dataclass
@@ -62,6 +63,7 @@ class RequestContext:
 
     request: ImpressionRequest
     queue_ms: float
+    enqueued_ms: float | None = None  # wall-clock ms the request entered the queue (its record's timestamp)
     inputs: list[PromptInputs] = field(default_factory=list)
     degraded: set[DegradedFlag] = field(default_factory=set)
     retrieval_ms: float = 0.0
@@ -76,6 +78,7 @@ class Inference:
     exit_layer: np.ndarray
     ctr: np.ndarray
     inference_ms: float
+    pressed: np.ndarray | None = None  # rows scored under SLO pressure (relaxed rule or cut at the deadline)
 
 
 def now_ms() -> float:
@@ -92,7 +95,7 @@ class ContextBuilder:
         return item_text(self.catalogue, item_id)
 
     def context(self, request: ImpressionRequest, enqueued_ms: float, taken_ms: float) -> RequestContext:
-        ctx = RequestContext(request, max(0.0, taken_ms - enqueued_ms))
+        ctx = RequestContext(request, max(0.0, taken_ms - enqueued_ms), enqueued_ms)
         started = time.perf_counter()
         budget_ms = self.options.retrieval_budget_ms
         if request.deadline_ms is not None:
@@ -164,6 +167,7 @@ class Scorer:
         self.contexts = ContextBuilder(retriever, catalogue, options)
         self.device = next(model.parameters()).device
         self.model_version = f"{card.version}+{rule.name}"
+        self.batch_ms = 0.0  # recent model-batch time (exponential average), measured in SLO mode
         longest_fixed = PromptInputs("x", (), NeighbourEvidence(99, 99), (99_999, 99_999), (99_999, 99_999))
         build_prompt(longest_fixed, self.count_tokens, card.max_length)  # a budget too small fails at start
 
@@ -193,14 +197,39 @@ class Scorer:
         probs = np.full((len(texts), n_heads), np.nan)
         exit_layer = np.zeros(len(texts), dtype=np.int64)
         ctr = np.zeros(len(texts))
-        size = self.contexts.options.model_batch_size
-        for start in range(0, len(texts), size):
-            rows = order[start:start + size]
+        pressed = np.zeros(len(texts), dtype=bool)
+        options = self.contexts.options
+        due_ms = np.array([np.inf if ctx.enqueued_ms is None or options.latency_slo_ms is None
+                           else ctx.enqueued_ms + options.latency_slo_ms for ctx in contexts for _ in ctx.inputs])
+        for start in range(0, len(texts), options.model_batch_size):
+            rows = order[start:start + options.model_batch_size]
             enc = self.tokenizer.pad({"input_ids": [tokens[r] for r in rows]}, padding=True, return_tensors="pt")
+            rule, deadline, relaxed = self.slo_rule(float(due_ms[rows].min()))
+            begun = time.perf_counter()
             result = self.model.predict(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device),
-                                        self.rule, None if features is None else features[rows])
+                                        rule, None if features is None else features[rows], deadline)
+            if options.latency_slo_ms is not None:
+                self.batch_ms = 0.8 * self.batch_ms + 0.2 * (time.perf_counter() - begun) * 1000.0 \
+                    if self.batch_ms else (time.perf_counter() - begun) * 1000.0
             probs[rows], exit_layer[rows], ctr[rows] = result.probs, result.exit_layer, result.ctr
-        return Inference(probs, exit_layer, ctr, (time.perf_counter() - started) * 1000.0)
+            pressed[rows] = result.cut | relaxed
+        return Inference(probs, exit_layer, ctr, (time.perf_counter() - started) * 1000.0, pressed)
+
+    def slo_rule(self, due_ms: float) -> tuple[ExitRule, float | None, bool]:
+        r"""SLO mode for a model batch whose most urgent request is due at wall-clock ``due_ms``: the exit rule
+        to use, the :func:`time.monotonic` deadline of an anytime answer, and whether the rule was relaxed.
+
+        With ``e`` the recent model-batch time and ``r`` the time left, the rule keeps the share
+        :math:`k = \mathrm{clip}((r - e)/e, 0, 1)` of its confidence bar (:meth:`ExitRule.relaxed`): with two
+        batch-times or more left it is the calibrated rule; with one or less, any head's answer is taken. Rows
+        still running at the deadline are answered from the deepest head computed so far."""
+        if not np.isfinite(due_ms):
+            return self.rule, None, False
+        left_ms = due_ms - now_ms()
+        deadline = time.monotonic() + left_ms / 1000.0
+        if not self.batch_ms or left_ms >= 2 * self.batch_ms:
+            return self.rule, deadline, False
+        return self.rule.relaxed((left_ms - self.batch_ms) / self.batch_ms), deadline, True
 
     # ---- step 3: output messages ---------------------------------------------------------------------------
     def outputs(self, contexts: list[RequestContext], inference: Inference,
@@ -211,6 +240,8 @@ class Scorer:
         out, row = [], 0
         for ctx in contexts:
             req, scores, exits = ctx.request, [], []
+            if inference.pressed is not None and inference.pressed[row:row + len(req.item_ids)].any():
+                ctx.degraded.add(DegradedFlag.SLO)
             for item in req.item_ids:
                 seen = inference.probs[row][~np.isnan(inference.probs[row])]
                 layer = int(inference.exit_layer[row])

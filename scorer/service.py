@@ -29,6 +29,9 @@ from graph_updater.graph import USER
 from graph_updater.online import GraphUpdater
 from graph_updater.service import rebuild, store_for
 from graph_updater.store import VectorStore, open_store
+from infra.runtime.app import Topics, create_app, create_topics, declare_topics
+from infra.runtime.monitoring import HealthServer, WorkerMetrics
+from infra.runtime.settings import Settings
 from scorer import backbones, checkpoint
 from scorer.agent import ScorerStats, register_scorer
 from scorer.catalogue import LiveCatalogue
@@ -40,9 +43,6 @@ from scorer.features import ALL_FEATURES
 from scorer.reload import ModelReloader
 from scorer.retrievers import GcnRetriever, TextRetriever
 from scorer.scoring import Scorer, ScorerOptions
-from worker.app import Topics, create_app, create_topics, declare_topics
-from worker.monitoring import HealthServer, WorkerMetrics
-from worker.settings import Settings
 
 log = structlog.get_logger("scorer")
 
@@ -79,7 +79,7 @@ def load_scorer(settings: Settings, store: VectorStore) -> Scorer:
         rule = ExitRule()
     catalogue = LiveCatalogue(load(settings.catalogue, settings.data_dir).item_text if settings.catalogue else {})
     options = ScorerOptions(settings.neighbours if settings.retriever != "none" else 0, settings.history_len,
-                            settings.model_batch_size, settings.retrieval_budget_ms)
+                            settings.model_batch_size, settings.retrieval_budget_ms, settings.latency_slo_ms)
     if settings.retriever == "text" and settings.qdrant_url:
         raise ValueError("EXITREC_RETRIEVER=text is not supported with a shared Qdrant server (EXITREC_QDRANT_URL): "
                          "every scorer replica would build and write its own text index; use EXITREC_RETRIEVER=gcn")

@@ -17,7 +17,7 @@ from graph_updater import checkpoint
 from graph_updater.datasets import load, time_split
 from graph_updater.train import train_offline
 from infra.kafka import broker
-from worker.settings import Settings
+from infra.runtime.settings import Settings
 
 DATA_DIR = Path(os.environ.get("EXITREC_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

@@ -8,7 +8,7 @@ import time
 
 from aiokafka import AIOKafkaConsumer
 
-from worker.settings import Settings
+from infra.runtime.settings import Settings
 
 
 async def wait_for(condition, timeout_s: float = 120.0, what: str = "condition") -> None:

@@ -13,13 +13,14 @@ from kafka_io import read_topic, settings_env, wait_for
 
 from graph_updater import checkpoint
 from graph_updater.agent import updater_group
+from graph_updater.events import clicks_of
 from graph_updater.graph import ITEM, USER
 from graph_updater.online import item_key
 from graph_updater.recovery import committed_offsets
 from graph_updater.service import prepare
 from schemas.codec import decode
 from schemas.messages import DeadLetter
-from worker.replay import clicks_of, publish
+from worker.replay import publish
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,7 @@ import json
 
 from click.testing import CliRunner
 
-from worker import settings as settings_module
+from infra.runtime import settings as settings_module
 from worker.cli import main
 
 

@@ -7,7 +7,7 @@ import socket
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from worker.monitoring import HealthServer, MetricsPortTaken, WorkerMetrics, port_free
+from infra.runtime.monitoring import HealthServer, MetricsPortTaken, WorkerMetrics, port_free
 
 
 def samples(metrics: WorkerMetrics) -> dict:

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from graph_updater import checkpoint as graph_checkpoint
+from graph_updater.events import clicks_of
 from graph_updater.store import embedded_copy
 from schemas.messages import ImpressionRequest
 from scorer.retrievers import GcnRetriever
 from scorer.samples import build_samples_streaming
 from scorer.scoring import ContextBuilder, ScorerOptions
-from worker.replay import clicks_of
 
 
 def fresh_state(checkpoint_dir):

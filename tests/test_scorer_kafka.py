@@ -17,17 +17,18 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from kafka_io import read_topic, settings_env, wait_for
 
 from graph_updater.agent import updater_group
+from graph_updater.events import clicks_of, impressions_of
 from graph_updater.recovery import committed_offsets
+from infra.runtime.app import create_topics
 from schemas.codec import decode
 from schemas.messages import CtrScore, DeadLetter, DegradedFlag, ExitTelemetry, ImpressionRequest
 from scorer import quality
 from scorer.agent import scorer_group
 from scorer.service import prepare_worker
 from worker.analytics import TopicReader, follow
-from worker.app import create_topics
 from worker.metrics import ScoreJoin
 from worker.prequential import clicks_by_request, run_waves, waves
-from worker.replay import clicks_of, impressions_of, publish
+from worker.replay import publish
 
 pytestmark = pytest.mark.integration
 

@@ -1,7 +1,7 @@
 import re
 from pathlib import Path
 
-from worker.settings import Settings
+from infra.runtime.settings import Settings
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -66,12 +66,13 @@ async def test_from_an_empty_broker_to_a_served_tenant_trained_model(settings, t
     from click.testing import CliRunner
     from kafka_io import read_topic, wait_for
 
+    from graph_updater.events import impressions_of
+    from infra.runtime import settings as settings_module
     from schemas.codec import decode
     from schemas.messages import CtrScore
     from scorer.service import prepare_worker
-    from worker import settings as settings_module
     from worker.cli import main
-    from worker.replay import impressions_of, publish
+    from worker.replay import publish
 
     shop = tmp_path / "shop"
     write_tenant(shop)

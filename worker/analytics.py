@@ -18,11 +18,11 @@ import structlog
 from aiokafka import AIOKafkaConsumer
 from rich.table import Table
 
+from infra.runtime.app import CLICKS, DLQ_SUFFIX, IMPRESSIONS, SCORES, TELEMETRY
+from infra.runtime.settings import Settings
 from schemas.codec import InvalidMessage, decode, decode_keyed
 from schemas.messages import Click, CtrScore, ExitTelemetry, ImpressionRequest
-from worker.app import CLICKS, DLQ_SUFFIX, IMPRESSIONS, SCORES, TELEMETRY
 from worker.metrics import ScoreJoin
-from worker.settings import Settings
 
 log = structlog.get_logger("analytics")
 

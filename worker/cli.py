@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from worker.logging import configure_logging
-from worker.settings import Settings, get_settings
+from infra.runtime.logging import configure_logging
+from infra.runtime.settings import Settings, get_settings
 
 
 def _settings() -> Settings:
@@ -109,7 +109,7 @@ def kafka_status() -> None:
 @main.command("topics")
 def topics() -> None:
     """Create the contract topics that are missing (partitions from EXITREC_TOPIC_PARTITIONS)."""
-    from worker.app import create_topics
+    from infra.runtime.app import create_topics
 
     created = asyncio.run(create_topics(_settings()))
     click.echo(f"created: {', '.join(created) if created else 'none (all exist)'}")
@@ -184,8 +184,9 @@ def replay(dataset: str, csv: Path | None, part: str, rate: float | None, limit:
     """Publish a real dataset's rows to ``clicks`` (or as requests to ``impressions``) in time order, or its
     catalogue to ``items``."""
     from graph_updater.datasets import load, time_split
-    from worker.app import create_topics
-    from worker.replay import clicks_of, impressions_of, items_of, publish
+    from graph_updater.events import clicks_of, impressions_of, items_of
+    from infra.runtime.app import create_topics
+    from worker.replay import publish
 
     settings = _settings()
     data = load(dataset_of(dataset, csv), settings.data_dir)
@@ -223,8 +224,8 @@ def graph_updater() -> None:
 def _run_worker(settings: Settings, follow_clicks: bool) -> None:
     import faust
 
+    from infra.runtime.monitoring import port_free
     from scorer.service import build_worker, rebuild_worker
-    from worker.monitoring import port_free
 
     if settings.metrics_port and not port_free(settings.metrics_port):
         raise click.ClickException(f"metrics port {settings.metrics_port} is already in use: set "

@@ -23,15 +23,16 @@ from rich.live import Live
 from rich.table import Table
 
 from graph_updater.datasets import load, time_split
+from graph_updater.events import clicks_of, impressions_of
 from graph_updater.graph import ITEM, USER
 from infra.kafka import broker
+from infra.runtime.settings import Settings
 from scorer.experiment import graph_checkpoint_folder, train_checkpoint
 from scorer.service import WorkerService, prepare_worker
 from worker.analytics import TopicReader, follow, plot, report_table
 from worker.metrics import ScoreJoin, percentile
 from worker.prequential import PrequentialRun, clicks_by_request, run_prequential
-from worker.replay import clicks_of, impressions_of, publish
-from worker.settings import Settings
+from worker.replay import publish
 
 console = Console(stderr=True)
 

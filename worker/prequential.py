@@ -27,9 +27,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from graph_updater.recovery import committed_offsets
+from infra.runtime.settings import Settings
 from schemas.codec import decode, encode
 from schemas.messages import Click, ExitTelemetry, ImpressionRequest
-from worker.settings import Settings
 
 
 @dataclass

@@ -14,7 +14,7 @@ import faust
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from worker.settings import Settings
+from infra.runtime.settings import Settings
 
 CLICKS, IMPRESSIONS, SCORES, TELEMETRY = "clicks", "impressions", "ctr-scores", "exit-telemetry"
 ITEMS = "items"

@@ -24,9 +24,9 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
+from infra.runtime.monitoring import WorkerMetrics
+from infra.runtime.settings import Settings
 from schemas.codec import InvalidMessage, dead_letter, encode
-from worker.monitoring import WorkerMetrics
-from worker.settings import Settings
 
 log = structlog.get_logger("worker")
 M = TypeVar("M")

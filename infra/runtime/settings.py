@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def default_cache() -> Path:
@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     history_len: int = Field(10, ge=0, le=100, description="recent reactions of the user in the prompt")
     retrieval_budget_ms: float = Field(50.0, gt=0, le=60_000,
                                        description="retrieval time per request; candidates past it get no neighbours")
+    latency_slo_ms: float | None = Field(None, gt=0, le=60_000,
+                                         description="SLO mode: impression -> score aim; as a request nears it the "
+                                                     "exit rule relaxes, and at it the request is answered from the "
+                                                     "deepest head computed (flag slo); unset = off")
     text_index_users: int = Field(10_000, ge=0, le=10_000_000,
                                   description="retriever=text: users embedded at start, most active first")
     model_reload_s: float = Field(30.0, ge=0, le=86_400,
