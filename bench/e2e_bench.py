@@ -14,7 +14,9 @@ one candidate per request, each row's click published after its answer) in three
    answer);
 3. **paced**: the next ``--paced`` requests at ``--rate``/s -> impression -> score latency p50 / p99.
 
-Mean exit layer and retrieval time come from the telemetry of all three phases. Configurations:
+Mean exit layer and retrieval time come from the telemetry of all three phases. Then **SLO mode**
+(``slo_mode``, :func:`run_slo`): a ``gcn_exit`` worker with ``EXITREC_LATENCY_SLO_MS`` offered twice the
+capacity ``gcn_exit`` just measured, for a minute: p99, answered/sent, and the AUC it paid. Configurations:
 ``norag_full`` (no neighbour retrieval, the user's own history and rate stay; full depth), ``gcn_full``
 (LightGCN retrieval, full depth), ``gcn_exit`` (LightGCN retrieval, calibrated early exit), ``textret_exit``
 (MiniLM embeddings of users' histories searched in the same kind of store, early exit). The retrieval budget is
@@ -150,6 +152,70 @@ async def run_config(name: str, base: Settings, split, args, work: Path) -> dict
     return {**CONFIGS[name], **summary(*phases, joined), "catch_up_s": catch_up_s}
 
 
+async def run_slo(base: Settings, data, split, args, work: Path, capacity_rps: float) -> dict:
+    """SLO mode under overload: a ``gcn_exit`` worker with ``EXITREC_LATENCY_SLO_MS = --slo-ms`` offered
+    ``--slo-over`` x the capacity ``gcn_exit`` measured, for ``--slo-seconds``, on test rows after the other
+    phases' (each row's click published after its answer). Latency, answered/sent, the share flagged ``slo``,
+    and the AUC of exactly those answers (the analytics join), beside the baseline's on the same rows."""
+    tag = f"e2e-{args.dataset}-slo-{int(time.time())}"
+    settings = base.model_copy(update={"topic_prefix": f"{tag}.", "consumer_group": tag, **CONFIGS["gcn_exit"],
+                                       "latency_slo_ms": args.slo_ms})
+    await create_topics(settings)
+    warm = clicks_of(split.stream, first_row=len(split.train))
+    await publish(settings.kafka_bootstrap, settings.topic("clicks"), warm, progress=False)
+    log_path = work / f"{tag}.log"
+    worker = start_worker(settings, log_path)
+    rate = args.slo_over * capacity_rps
+    first = len(split.train) + len(split.stream)
+    start = args.accuracy + args.capacity + args.paced
+    rows = split.test.take(slice(start, start + int(rate * args.slo_seconds)))
+    requests = impressions_of(rows, first_row=first + start)
+    try:
+        await wait_caught_up(settings, worker, len(warm), log_path)
+        warmups = [r.model_copy(update={"request_id": f"warmup-{k}"})
+                   for k, r in enumerate(impressions_of(split.stream.take(slice(0, 32))))]
+        await run_prequential(settings, warmups, {}, None, timeout_s=300)
+        join = ScoreJoin()
+        stop = asyncio.Event()
+        reader = asyncio.create_task(follow(settings, TopicReader(settings, join), True, stop))
+        run = await run_prequential(settings, requests, clicks_by_request(requests, clicks_of(rows, first + start)),
+                                    rate, timeout_s=args.slo_seconds + 600)
+        await asyncio.sleep(3.0)
+        stop.set()
+        await reader
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+    joined = join.report()["total"]
+    from scorer import quality
+
+    baseline = baseline_scores(data, split, first + start, len(rows))
+    print(f"  slo: {run.answered}/{len(requests)} answered at {rate:.0f}/s offered, p99 "
+          f"{percentile(run.latency_ms, 99):.0f} ms, AUC {joined['auc']:.3f}", flush=True)
+    return {"slo_ms": args.slo_ms, "offered_rps": rate, "capacity_rps_gcn_exit": capacity_rps,
+            "seconds": len(requests) / rate, "sent": len(requests), "answered": run.answered,
+            "p50_ms": percentile(run.latency_ms, 50), "p99_ms": percentile(run.latency_ms, 99),
+            "answered_rps": run.rps, "auc": joined["auc"], "logloss": joined["logloss"], "joined": joined["joined"],
+            "slo_flagged": joined["degraded"].get("slo", 0), "mean_exit_layer": float(np.mean(run.exit_layers)),
+            "baseline_auc_same_rows": quality.auc(split.test.labels[start:start + len(rows)], baseline)}
+
+
+def baseline_scores(data, split, first_row: int, n_rows: int) -> np.ndarray:
+    """The classical baseline's probabilities of table rows ``first_row ..`` (fitted on the stream slice)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from scorer import experiment
+
+    prior = float(split.train.labels.mean())
+    history = np.arange(len(split.train), len(split.train) + len(split.stream))
+    rows = np.arange(first_row, first_row + n_rows)
+    lr = LogisticRegression().fit(experiment.baseline_features(data, history, prior), data.labels[history])
+    return lr.predict_proba(experiment.baseline_features(data, rows, prior))[:, 1]
+
+
 def offline_auc(base: Settings, data, split, n_rows: int) -> dict:
     """AUC of the checkpoint on the same test rows, prompts built with the training-time (static) vectors."""
     from scorer import checkpoint, experiment
@@ -218,9 +284,11 @@ async def main_async(args) -> dict:
             configs[name] = await run_config(name, base, split, args, work)
             print(f"  {name}: {json.dumps({k: configs[name][k] for k in ('rps', 'p50_ms', 'p99_ms', 'auc')})}",
                   flush=True)
+        slo = await run_slo(base, data, split, args, work, configs["gcn_exit"]["rps"]) \
+            if args.slo_ms and "gcn_exit" in configs else None
     finally:
         broker.stop(work / "kafka")
-    return {"dataset": args.dataset, "machine": machine(),
+    return {"dataset": args.dataset, "machine": machine(), "slo_mode": slo,
             "command": "python -m bench.e2e_bench " + " ".join(sys.argv[1:]),
             "accuracy_requests": args.accuracy, "capacity_requests": args.capacity, "paced_requests": args.paced,
             "rate": args.rate, "retrieval_budget_ms": args.retrieval_budget_ms, "candidates_per_request": 1,
@@ -239,17 +307,11 @@ def benchmarked_model(settings: Settings, dataset: str) -> Path:
 def baseline_on_accuracy_rows(data, split, n_rows: int) -> dict:
     """The classical baseline (LR on smoothed user and item rates and log counts) fitted on the stream slice (the
     model's training history) and scored on exactly the accuracy phase's rows."""
-    from sklearn.linear_model import LogisticRegression
+    from scorer import quality
 
-    from scorer import experiment, quality
-
-    prior = float(split.train.labels.mean())
-    history = np.arange(len(split.train), len(split.train) + len(split.stream))
     first = len(split.train) + len(split.stream)
-    rows = np.arange(first, first + n_rows)
-    lr = LogisticRegression().fit(experiment.baseline_features(data, history, prior), data.labels[history])
-    p = lr.predict_proba(experiment.baseline_features(data, rows, prior))[:, 1]
-    return {f"baseline_{k}": v for k, v in quality.report(data.labels[rows], p).items()}
+    p = baseline_scores(data, split, first, n_rows)
+    return {f"baseline_{k}": v for k, v in quality.report(data.labels[first:first + n_rows], p).items()}
 
 
 def main() -> None:
@@ -263,6 +325,9 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="early-exit model (default: the one bench.accuracy_bench saved, else the demo's)")
     parser.add_argument("--text-index-users", type=int, default=10_000)
+    parser.add_argument("--slo-ms", type=float, default=100.0, help="SLO mode phase: the latency aim (0 = skip)")
+    parser.add_argument("--slo-over", type=float, default=2.0, help="SLO mode phase: offered load / gcn_exit capacity")
+    parser.add_argument("--slo-seconds", type=float, default=60.0, help="SLO mode phase: how long the load is offered")
     parser.add_argument("--retrieval-budget-ms", type=float, default=1000.0,
                         help="generous, so that AUC compares retrievers, not budgets (retrieval time is reported)")
     args = parser.parse_args()
