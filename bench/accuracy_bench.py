@@ -250,6 +250,10 @@ def main() -> None:
             views[key] = cache_view(backbones[precision], tokenizer, sets, view, args, cache, embeddings, precision)
             timings[f"encode_{key}_s"] = round(time.perf_counter() - t0, 1)
             print(f"view {key} cached in {timings[f'encode_{key}_s']} s", flush=True)
+            if key == "default":  # the numeric evidence of every split, for analyses beside the heads
+                np.savez(cache / "features-default.npz", warm=warm, baseline=sets.baseline_test,
+                         **{f"{split}_{part}": getattr(views[key][split][0], part).numpy()
+                            for split in ("train", "val", "test") for part in ("features", "labels")})
         per_seed, models = [], []
         for seed in range(args.seeds):
             model = heads_model(backbones[precision].backbone, features, layers)
