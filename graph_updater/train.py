@@ -13,6 +13,7 @@ The adjacency is handed to PyG as a sparse CSR tensor (same result as ``edge_ind
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -48,9 +49,13 @@ def item_nodes(graph: LightGCNGraph) -> np.ndarray:
 
 def bpr_train(graph: LightGCNGraph, pairs: np.ndarray, steps: int, lr: float = 0.01,
               batch_size: int = 4096, weight_decay: float = 1e-4, seed: int = 0,
-              progress: str | None = None) -> list[float]:
+              progress: str | None = None, validate: Callable[[LightGCNGraph], float] | None = None,
+              every: int = 0) -> list[float]:
     """Run ``steps`` Adam steps of BPR on batches drawn from ``pairs``; write the base embeddings back into
-    ``graph``, mark the nodes of ``pairs`` as trained and re-propagate all layers. Returns per-step losses."""
+    ``graph``, mark the nodes of ``pairs`` as trained and re-propagate all layers. Returns per-step losses.
+
+    With ``validate`` (higher is better) the embeddings are written back and scored every ``every`` steps and
+    at the end, and the best-scoring ones are kept (epoch selection)."""
     if len(pairs) == 0 or steps <= 0:
         return []
     torch.manual_seed(seed)
@@ -58,8 +63,15 @@ def bpr_train(graph: LightGCNGraph, pairs: np.ndarray, steps: int, lr: float = 0
     model, adjacency = _model(graph)
     items = item_nodes(graph)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    losses = []
-    for _ in tqdm(range(steps), desc=progress, disable=progress is None, unit="step"):
+    losses, best = [], (-np.inf, None)
+    n = len(graph)
+    trained = graph.trained[:n] | np.isin(np.arange(n), pairs.ravel())
+
+    def write_back() -> None:
+        graph.set_base(model.embedding.weight.detach().numpy().copy(), trained=trained)
+        graph.propagate_full()
+
+    for step in tqdm(range(steps), desc=progress, disable=progress is None, unit="step"):
         batch = pairs[rng.integers(len(pairs), size=min(batch_size, len(pairs)))]
         neg = items[rng.integers(len(items), size=len(batch))]
         users = torch.from_numpy(batch[:, 0])
@@ -73,20 +85,28 @@ def bpr_train(graph: LightGCNGraph, pairs: np.ndarray, steps: int, lr: float = 0
         loss.backward()
         opt.step()
         losses.append(loss.detach().item())
-    n = len(graph)
-    trained = graph.trained[:n] | np.isin(np.arange(n), pairs.ravel())
-    graph.set_base(model.embedding.weight.detach().numpy().copy(), trained=trained)
-    graph.propagate_full()
+        if validate is not None and (step + 1 == steps or (every and (step + 1) % every == 0)):
+            write_back()
+            score = float(validate(graph))
+            if score > best[0]:
+                best = (score, graph.base().copy())
+    if validate is None:
+        write_back()
+    else:
+        graph.set_base(best[1], trained=trained)
+        graph.propagate_full()
     return losses
 
 
 def train_offline(graph: LightGCNGraph, epochs: int = 30, lr: float = 0.01, batch_size: int = 4096,
-                  seed: int = 0) -> list[float]:
-    """Train from a fresh Xavier initialisation on every edge of ``graph`` (``epochs`` passes over the edges)."""
+                  seed: int = 0, validate: Callable[[LightGCNGraph], float] | None = None) -> list[float]:
+    """Train from a fresh Xavier initialisation on every edge of ``graph`` (``epochs`` passes over the edges);
+    with ``validate``, keep the epoch whose embeddings score best on it (scored after every epoch)."""
     torch.manual_seed(seed)
     init = torch.empty(len(graph), graph.dim)
     torch.nn.init.xavier_uniform_(init)
     graph.set_base(init.numpy(), trained=False)
     pairs = positive_pairs(graph)
-    steps = max(1, epochs * len(pairs) // batch_size)
-    return bpr_train(graph, pairs, steps, lr=lr, batch_size=batch_size, seed=seed, progress="LightGCN BPR")
+    per_epoch = max(1, len(pairs) // batch_size)
+    return bpr_train(graph, pairs, max(1, epochs * per_epoch), lr=lr, batch_size=batch_size, seed=seed,
+                     progress="LightGCN BPR", validate=validate, every=per_epoch)

@@ -90,3 +90,17 @@ def test_payload_keeps_the_latest_reactions_oldest_first():
     assert payload["disliked_keys"] == [item_key("i0")]
     assert (payload["n_liked"], payload["n_disliked"]) == (PAYLOAD_MAX_ITEMS + 49, 1)
     assert json.loads(payload["recent"])[-1] == ["i0", 0, TS + 999] and payload["last_ts"] == TS + 999
+
+
+def test_epoch_selection_keeps_the_embeddings_of_the_best_validation_score():
+    updater = checkpoint.build_updater(history(), dim=8, num_layers=2)
+    scores, snapshots = iter([0.1, 0.5, 0.3, 0.2]), []
+
+    def validate(graph) -> float:
+        snapshots.append(graph.final().copy())
+        return next(scores)
+
+    train_offline(updater.graph, epochs=4, batch_size=64, validate=validate)
+    assert len(snapshots) == 4  # after every epoch
+    np.testing.assert_array_equal(updater.graph.final(), snapshots[1])
+    assert not np.allclose(snapshots[1], snapshots[3])

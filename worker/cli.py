@@ -146,9 +146,13 @@ DATASETS = click.Choice(["ml-100k", "ml-1m", "bookcrossing", "videogames", "beau
 @click.option("--lr", default=0.01, show_default=True)
 @click.option("--batch-size", default=4096, show_default=True)
 @click.option("--train-share", default=0.7, show_default=True, help="time-ordered share used as history")
+@click.option("--select/--no-select", default=True, show_default=True,
+              help="keep the epoch with the best recall@20 on the stream slice (up to 2,000 of its users)")
 def train_graph(dataset: str, csv: Path | None, out: Path | None, epochs: int, dim: int, layers: int, lr: float,
-                batch_size: int, train_share: float) -> None:
+                batch_size: int, train_share: float, select: bool) -> None:
     """Train LightGCN (BPR) on the dataset's training history and save a checkpoint the updater starts from."""
+    import numpy as np
+
     from graph_updater import checkpoint
     from graph_updater.datasets import dataset_key, load, time_split
     from graph_updater.evaluate import ranking_report
@@ -158,12 +162,20 @@ def train_graph(dataset: str, csv: Path | None, out: Path | None, epochs: int, d
     dataset = dataset_of(dataset, csv)
     split = time_split(load(dataset, settings.data_dir), train=train_share, stream=(1 - train_share) / 2)
     updater = checkpoint.build_updater(split.train, dim, layers, recent_n=settings.payload_recent_items)
-    losses = train_offline(updater.graph, epochs=epochs, lr=lr, batch_size=batch_size)
+    curve: list[float] = []
+
+    def recall_on_stream(graph) -> float:
+        curve.append(ranking_report(graph, split.stream, max_users=2000)["recall20_lightgcn"])
+        return curve[-1]
+
+    losses = train_offline(updater.graph, epochs=epochs, lr=lr, batch_size=batch_size,
+                           validate=recall_on_stream if select else None)
     report = ranking_report(updater.graph, split.stream)
     out = out or settings.cache_dir / "graph" / dataset_key(dataset)
     checkpoint.save(out, updater, split.train, {
         "dataset": dataset, "epochs": epochs, "lr": lr, "batch_size": batch_size, "train_share": train_share,
-        "final_loss": losses[-1] if losses else None, "ranking_on_stream": report})
+        "final_loss": losses[-1] if losses else None, "ranking_on_stream": report,
+        "selected_epoch": int(np.argmax(curve)) + 1 if curve else None, "recall20_per_epoch": curve})
     click.echo(json.dumps({"checkpoint": str(out), **report}, indent=2))
 
 
