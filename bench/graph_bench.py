@@ -195,7 +195,8 @@ def time_queries(store, queries, filtered: bool) -> list[float]:
 
 
 def retrieval(corpus: GraphUpdater, work: Path, quick: bool) -> dict:
-    users = corpus.records(v for v, key in enumerate(corpus.graph.keys) if key.startswith(USER + ":"))
+    users = corpus.records(v for v, key in enumerate(corpus.graph.keys)  # users with a graph position
+                           if key.startswith(USER + ":") and corpus.graph.adj[v])
     rng = np.random.default_rng(0)
     out: dict = {"retrieval_users_available": len(users)}
     for size, label in ((10_000, "10k"), (100_000, "100k")):

@@ -28,6 +28,7 @@ from graph_updater.graph import ITEM, USER
 from infra.kafka import broker
 from infra.runtime.settings import Settings
 from scorer.experiment import graph_checkpoint_folder, train_checkpoint
+from scorer.retrievers import graph_position
 from scorer.service import WorkerService, prepare_worker
 from worker.analytics import TopicReader, follow, plot, report_table
 from worker.metrics import ScoreJoin, percentile
@@ -66,8 +67,9 @@ def status_table(service: WorkerService, phase: str, clicks_sent: int, clicks_to
     table.add_row("freshness p50 / p99", f"{percentile(stats.freshness_ms, 50):.0f} ms / "
                                          f"{percentile(stats.freshness_ms, 99):.0f} ms")
     found = service.store.get(USER, watched)
-    if found is not None:
-        neighbours = service.store.similar_users(found[0], k=3, exclude_user=watched)
+    position = None if found is None else graph_position(found)
+    if position is not None:
+        neighbours = service.store.similar_users(position, k=3, exclude_user=watched)
         table.add_row(f"new user {watched}", f"likes {found[1]['n_liked']} items; nearest users: "
                       + ", ".join(f"{n.user_id} ({n.score:.2f})" for n in neighbours))
     if run is not None:
