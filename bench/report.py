@@ -85,6 +85,14 @@ def e2e_table(results: list[dict]) -> str:
                 f"| {d['dataset']} | `{name}` | {fmt(c['rps'], 1)} | {fmt(c['p50_ms'], 0)} / {fmt(c['p99_ms'], 0)} "
                 f"at {fmt(d['rate'], 0)}/s | {fmt(c['auc'])} | {fmt(c.get('logloss'))} | {fmt(c.get('ece'))} | "
                 f"{fmt(c['retrieval_p50_ms'], 2)} | {fmt(c['mean_exit_layer'], 2)} | {degraded} |")
+        slo = d.get("slo_mode")
+        if slo:
+            lines.append(
+                f"| {d['dataset']} | `gcn_exit` + SLO {fmt(slo['slo_ms'], 0)} ms, {fmt(slo['offered_rps'], 0)}/s "
+                f"offered (2× capacity) | {fmt(slo['answered_rps'], 1)} answered/s, {slo['answered']:,} / "
+                f"{slo['sent']:,} | {fmt(slo['p50_ms'], 0)} / {fmt(slo['p99_ms'], 0)} | {fmt(slo['auc'])} (baseline "
+                f"{fmt(slo['baseline_auc_same_rows'])}) | {fmt(slo.get('logloss'))} | — | — | "
+                f"{fmt(slo['mean_exit_layer'], 2)} | slo {slo['slo_flagged']:,} |")
     return "\n".join(lines)
 
 
