@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,3 +123,48 @@ async def test_from_an_empty_broker_to_a_served_tenant_trained_model(settings, t
     assert len(scores) == n and {s.model_version for s in scores} == {service.scorer.model_version}
     assert "@0-2-4+f13#" in service.scorer.model_version
     assert f"Candidate: {data.item_text[requests[0].item_ids[0]]}" in prompt and "model " in prompt
+
+
+@pytest.mark.integration
+async def test_a_snapshot_of_the_topics_is_the_same_dataset_as_the_csv(settings, tmp_path, monkeypatch):
+    """--from-topic: the clicks and items topics become the CSV folder the --csv path reads, up to --until."""
+    from aiokafka import AIOKafkaProducer
+    from click.testing import CliRunner
+
+    from graph_updater.events import clicks_of, items_of
+    from infra.runtime import settings as settings_module
+    from infra.runtime.app import create_topics
+    from worker.cli import main
+    from worker.replay import publish
+    from worker.snapshot import snapshot
+
+    shop = tmp_path / "shop"
+    write_tenant(shop, n_clicks=800)
+    data = load(str(shop), tmp_path)
+    await create_topics(settings)
+    await publish(settings.kafka_bootstrap, settings.topic("clicks"), clicks_of(data), progress=False)
+    await publish(settings.kafka_bootstrap, settings.topic("items"), items_of(data), progress=False)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    await producer.send_and_wait(settings.topic("clicks"), b"{broken", key=b"shopper-1")  # dead-lettered once
+    await producer.stop()
+
+    counts = await snapshot(settings, tmp_path / "snap", until_ms=int(data.ts[399]))
+    assert counts["clicks"] == int((data.ts <= data.ts[399]).sum()) and counts["invalid_clicks"] == 1
+    whole = await snapshot(settings, tmp_path / "whole")
+    again = load(whole["folder"], tmp_path)
+    assert len(again) == len(data) and again.item_text == data.item_text
+    rows = sorted(zip(again.users, again.items, again.ts, strict=True))
+    assert rows == sorted(zip(data.users, data.items, data.ts, strict=True))
+
+    for key, value in settings.environment().items():
+        monkeypatch.setenv(key, value)
+    settings_module.get_settings.cache_clear()
+    try:
+        result = await asyncio.to_thread(CliRunner().invoke, main, ["train-graph", "--from-topic", "--epochs", "2",
+                                                                    "--dim", "16"], catch_exceptions=False)
+    finally:
+        settings_module.get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    config = json.loads((Path(json.loads(result.stdout)["checkpoint"]) / "config.json").read_text())
+    assert config["dataset"].endswith(f"{settings.topic_prefix}topics")

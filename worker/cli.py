@@ -32,9 +32,31 @@ class Commands(click.Group):
             raise click.ClickException(str(exc)) from None
 
 
-def dataset_of(dataset: str, csv: Path | None) -> str:
-    """The dataset a command works on: a tenant's CSV folder when given, else the built-in name."""
+def dataset_of(dataset: str, csv: Path | None, from_topic: bool = False, until: int | None = None) -> str:
+    """The dataset a command works on: a snapshot of this deployment's clicks and items topics (``--from-topic``,
+    written under ``<cache>/tenants/``), a tenant's CSV folder, else the built-in name."""
+    if from_topic:
+        from infra.runtime.app import create_topics
+        from worker.snapshot import snapshot
+
+        settings = _settings()
+        folder = settings.cache_dir / "tenants" / f"{settings.topic_prefix or 'exitrec.'}topics"
+        asyncio.run(create_topics(settings))
+        counts = asyncio.run(snapshot(settings, folder, until))
+        click.echo(f"snapshot of {settings.topic('clicks')} and {settings.topic('items')}: {counts['clicks']:,} "
+                   f"clicks, {counts['items']:,} items ({counts['invalid_clicks']} invalid clicks skipped) -> "
+                   f"{folder}", err=True)
+        return str(folder)
     return str(csv) if csv is not None else dataset
+
+
+def from_topic_options(command):
+    """``--from-topic`` and ``--until`` for the training commands."""
+    command = click.option("--until", type=int, default=None,
+                           help="with --from-topic: only clicks with ts <= this epoch-ms time")(command)
+    return click.option("--from-topic", is_flag=True,
+                        help="train on this deployment's own clicks and items topics (EXITREC_TOPIC_PREFIX), read "
+                             "up to their current end, instead of --dataset")(command)
 
 
 CSV_HELP = ("a tenant's own data instead of --dataset: a folder with clicks.csv (user_id,item_id,label,ts) and "
@@ -148,8 +170,9 @@ DATASETS = click.Choice(["ml-100k", "ml-1m", "bookcrossing", "videogames", "beau
 @click.option("--train-share", default=0.7, show_default=True, help="time-ordered share used as history")
 @click.option("--select/--no-select", default=True, show_default=True,
               help="keep the epoch with the best recall@20 on the stream slice (up to 2,000 of its users)")
+@from_topic_options
 def train_graph(dataset: str, csv: Path | None, out: Path | None, epochs: int, dim: int, layers: int, lr: float,
-                batch_size: int, train_share: float, select: bool) -> None:
+                batch_size: int, train_share: float, select: bool, from_topic: bool, until: int | None) -> None:
     """Train LightGCN (BPR) on the dataset's training history and save a checkpoint the updater starts from."""
     import numpy as np
 
@@ -159,7 +182,7 @@ def train_graph(dataset: str, csv: Path | None, out: Path | None, epochs: int, d
     from graph_updater.train import train_offline
 
     settings = _settings()
-    dataset = dataset_of(dataset, csv)
+    dataset = dataset_of(dataset, csv, from_topic, until)
     split = time_split(load(dataset, settings.data_dir), train=train_share, stream=(1 - train_share) / 2)
     updater = checkpoint.build_updater(split.train, dim, layers, recent_n=settings.payload_recent_items)
     curve: list[float] = []
@@ -321,16 +344,17 @@ def analytics(from_beginning: bool, duration: float | None, window: float, png: 
                    "it, the checkpoint records it")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="checkpoint folder (default <cache>/models/early-exit-<dataset>-<backbone>)")
+@from_topic_options
 def train_model(dataset: str, csv: Path | None, backbone: str, n_train: int, n_val: int, max_length: int,
                 head_layers: str | None, regime: str | None, epochs: int, head_epochs: int, rule: str, budget: float,
-                precision: str, out: Path | None) -> None:
+                precision: str, out: Path | None, from_topic: bool, until: int | None) -> None:
     """Train the early-exit model on prequential RAG prompts and features, calibrate each head's probabilities and
     the exit rule on later validation rows, save a checkpoint."""
     from graph_updater.datasets import dataset_key
     from scorer.experiment import train_checkpoint
 
     settings = _settings()
-    dataset = dataset_of(dataset, csv)
+    dataset = dataset_of(dataset, csv, from_topic, until)
     layers = [int(x) for x in head_layers.split(",")] if head_layers else None
     out = out or settings.cache_dir / "models" / f"early-exit-{dataset_key(dataset)}-{Path(backbone).name}"
     chosen = train_checkpoint(settings.data_dir, settings.cache_dir, dataset, backbone, out, n_train=n_train,
