@@ -76,12 +76,6 @@ def pooled_states(model: EarlyExitModel, ids: torch.Tensor, mask: torch.Tensor, 
     return [torch.cat(p) for p in parts]
 
 
-def mean_head_auc(logits: torch.Tensor, labels: np.ndarray) -> float:
-    """Mean over heads of the AUC of ``logits`` ``(heads, n, 2)``."""
-    p = torch.softmax(logits.float(), -1)[..., 1].cpu().numpy()
-    return float(np.mean([auc(labels, row) for row in p]))
-
-
 @dataclass
 class Cached:
     """What frozen-backbone head training reads: pooled states per block head, raw features, labels."""
@@ -91,21 +85,66 @@ class Cached:
     labels: torch.Tensor
 
 
+def evidence_start(model: EarlyExitModel, features: torch.Tensor, labels: torch.Tensor) -> None:
+    r"""Start every head from the logistic regression of the labels on the scaled features (scikit-learn, L2,
+    solved to convergence): head logits :math:`(-z/2, z/2)` with :math:`z = w \cdot x + b`, the pooled-state
+    weights at zero. Each head then begins where the classical evidence alone takes it, and training only has
+    to find what the text adds (SGD from a random start stopped short of that optimum on these features)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = model.scaled(features).cpu().numpy()
+    lr = LogisticRegression(C=1.0, max_iter=2000).fit(x, labels.cpu().numpy())
+    w = torch.from_numpy(lr.coef_[0]).float()
+    b = float(lr.intercept_[0])
+    with torch.no_grad():
+        for head in model.heads:
+            weight = head.linear.weight
+            weight.zero_()
+            weight[0, -len(w):], weight[1, -len(w):] = -w / 2, w / 2
+            head.linear.bias.copy_(torch.tensor([-b / 2, b / 2]))
+
+
+def head_aucs(logits: torch.Tensor, labels: np.ndarray) -> np.ndarray:
+    """AUC of each head's logits ``(heads, n, 2)``."""
+    p = torch.softmax(logits.float(), -1)[..., 1].cpu().numpy()
+    return np.array([auc(labels, row) for row in p])
+
+
 def fit_heads(model: EarlyExitModel, train_set: Cached, val_set: Cached | None = None, *, epochs: int = 30,
               batch_size: int = 128, head_lr: float = 1e-3, weights: Sequence[float] | None = None, seed: int = 0,
               patience: int = 5, progress: bool = True) -> list[float]:
-    """Train the heads (and the feature scale) on cached states; keep the epoch with the best validation AUC
-    (stop after ``patience`` epochs without gain). Returns the per-step losses."""
+    """Train the heads (and the feature scale) on cached states, from the evidence start
+    (:func:`evidence_start`) when the heads read features. With validation rows each head keeps its own best
+    epoch by validation AUC, the start counted as epoch 0 (so no head ends below the logistic regression on its
+    evidence), and training stops once every head went ``patience`` epochs without gain. Returns the per-step
+    losses."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     for head in model.heads:  # a fresh, seeded start: seeds differ only here and in the batch order
         head.reset_parameters()
     if train_set.features is not None and model.n_features:
         model.set_feature_scale(train_set.features)
+        evidence_start(model, train_set.features, train_set.labels)
     labels = train_set.labels.long()
     opt = torch.optim.AdamW(model.heads.parameters(), lr=head_lr, weight_decay=0.01)
     losses: list[float] = []
-    best, best_auc, stale = None, -np.inf, 0
+    n_heads = len(model.heads)
+    best = [None] * n_heads
+    best_auc, stale = np.full(n_heads, -np.inf), np.zeros(n_heads, dtype=int)
+
+    def keep_best() -> None:
+        model.heads.eval()
+        with torch.no_grad():
+            scores = head_aucs(model.logits_from(val_set.pooled, val_set.features), val_set.labels.numpy())
+        for j, score in enumerate(scores):
+            if score > best_auc[j]:
+                best[j], best_auc[j], stale[j] = {k: v.clone() for k, v in model.heads[j].state_dict().items()}, \
+                    score, 0
+            else:
+                stale[j] += 1
+
+    if val_set is not None:
+        keep_best()
     for _ in tqdm(range(epochs), desc="training heads", disable=not progress):
         model.heads.train()
         for rows in batches(len(labels), batch_size, rng):
@@ -118,17 +157,12 @@ def fit_heads(model: EarlyExitModel, train_set: Cached, val_set: Cached | None =
             losses.append(loss.item())
         if val_set is None:
             continue
-        model.heads.eval()
-        with torch.no_grad():
-            score = mean_head_auc(model.logits_from(val_set.pooled, val_set.features), val_set.labels.numpy())
-        if score > best_auc:
-            best, best_auc, stale = {k: v.clone() for k, v in model.heads.state_dict().items()}, score, 0
-        else:
-            stale += 1
-            if stale >= patience:
-                break
-    if best is not None:
-        model.heads.load_state_dict(best)
+        keep_best()
+        if (stale >= patience).all():
+            break
+    for head, state in zip(model.heads, best, strict=True):
+        if state is not None:
+            head.load_state_dict(state)
     model.eval()
     return losses
 
