@@ -16,7 +16,7 @@ from scorer.exit_rules import ExitRule, MaxProbRule
 from scorer.features import FEATURES
 from scorer.model import EarlyExitModel
 from scorer.samples import build_samples, neighbour_evidence
-from scorer.train import calibrate, head_probabilities, joint_loss, train
+from scorer.train import Cached, calibrate, head_probabilities, joint_loss, train
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +164,34 @@ def test_validation_rows_come_after_every_training_row():
     train_rows, val_rows = experiment.train_then_validation(100, 5000, 300, 120, np.random.default_rng(3))
     assert len(train_rows) == 300 and len(val_rows) == 120 and len(set(train_rows) | set(val_rows)) == 420
     assert train_rows.max() < val_rows.min() and train_rows.min() >= 100 and val_rows.max() < 5000
+
+
+def synthetic_cached(model: EarlyExitModel, n: int, seed: int) -> Cached:
+    """Pooled states of pure noise and features that carry the signal (a logistic truth on two of them)."""
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(n, len(FEATURES))).astype(np.float32)
+    labels = (rng.random(n) < 1 / (1 + np.exp(-(1.5 * features[:, 0] - features[:, 3])))).astype(np.int64)
+    pooled = [torch.from_numpy(rng.normal(size=(n, 32)).astype(np.float32)) for _ in model.block_heads]
+    return Cached(pooled, torch.from_numpy(features), torch.from_numpy(labels))
+
+
+def test_heads_start_from_the_logistic_regression_on_their_evidence_and_never_end_below_it():
+    from sklearn.linear_model import LogisticRegression
+
+    from scorer.train import evidence_start, fit_heads
+
+    model = tiny_bert(50)
+    train_set, val_set = synthetic_cached(model, 1500, 0), synthetic_cached(model, 600, 1)
+    model.set_feature_scale(train_set.features)
+    evidence_start(model, train_set.features, train_set.labels)
+    x = model.scaled(train_set.features).numpy()
+    expected = LogisticRegression(C=1.0, max_iter=2000).fit(x, train_set.labels.numpy()).predict_proba(x)[:, 1]
+    logits = model.logits_from(train_set.pooled, train_set.features).detach()
+    for j in range(len(model.heads)):  # every head, the pooled part at zero: exactly the regression
+        np.testing.assert_allclose(torch.softmax(logits[j], -1)[:, 1].numpy(), expected, atol=1e-5)
+
+    start = quality.auc(val_set.labels.numpy(), torch.softmax(
+        model.logits_from(val_set.pooled, val_set.features).detach()[0], -1)[:, 1].numpy())
+    fit_heads(model, train_set, val_set, epochs=8, head_lr=5e-2, seed=0, progress=False)  # a rate that overfits noise
+    trained = torch.softmax(model.logits_from(val_set.pooled, val_set.features).detach(), -1)[..., 1].numpy()
+    assert all(quality.auc(val_set.labels.numpy(), p) >= start - 1e-9 for p in trained)
