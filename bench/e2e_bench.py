@@ -293,7 +293,10 @@ async def main_async(args) -> dict:
             "accuracy_requests": args.accuracy, "capacity_requests": args.capacity, "paced_requests": args.paced,
             "rate": args.rate, "retrieval_budget_ms": args.retrieval_budget_ms, "candidates_per_request": 1,
             "warm_clicks": len(split.stream),
-            "model": str(base.scorer_checkpoint), "configs": configs,
+            "model": str(base.scorer_checkpoint),
+            "precision": json.loads((Path(base.scorer_checkpoint) / "config.json").read_text()).get("precision",
+                                                                                                   "fp32"),
+            "configs": configs,
             **baseline_on_accuracy_rows(data, split, args.accuracy), **offline_auc(base, data, split, args.accuracy)}
 
 
