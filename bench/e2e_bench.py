@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,7 @@ from infra.kafka import broker
 from infra.runtime.app import create_topics
 from infra.runtime.logging import configure_logging
 from infra.runtime.settings import REPO_ROOT, Settings
+from scorer import quality
 from worker.analytics import TopicReader, follow
 from worker.demo import ensure_checkpoint, ensure_model
 from worker.metrics import ScoreJoin, percentile
@@ -105,9 +108,10 @@ def summary(accuracy: PrequentialRun, capacity: PrequentialRun, paced: Prequenti
     }
 
 
-async def run_config(name: str, base: Settings, split, args, work: Path) -> dict:
-    tag = f"e2e-{args.dataset}-{name}-{int(time.time())}"
-    settings = base.model_copy(update={"topic_prefix": f"{tag}.", "consumer_group": tag, **CONFIGS[name]})
+@contextlib.asynccontextmanager
+async def warm_worker(settings: Settings, split, work: Path, tag: str) -> AsyncIterator[float]:
+    """A fresh ``exitrec worker`` for ``settings`` that has folded in the stream slice's clicks and answered 32
+    warm-up requests; yields the catch-up seconds, and stops the process on exit."""
     await create_topics(settings)
     warm = clicks_of(split.stream, first_row=len(split.train))
     await publish(settings.kafka_bootstrap, settings.topic("clicks"), warm, progress=False)
@@ -118,21 +122,42 @@ async def run_config(name: str, base: Settings, split, args, work: Path) -> dict
         warmups = [r.model_copy(update={"request_id": f"warmup-{k}"})
                    for k, r in enumerate(impressions_of(split.stream.take(slice(0, 32))))]
         await run_prequential(settings, warmups, {}, None, timeout_s=300)
-        first = len(split.train) + len(split.stream)
+        yield catch_up_s
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
 
-        def phase_rows(start: int, n: int):
-            rows = split.test.take(slice(start, start + n))
-            requests = impressions_of(rows, first_row=first + start)
-            return requests, clicks_by_request(requests, clicks_of(rows, first_row=first + start))
 
-        join = ScoreJoin()
-        stop = asyncio.Event()
-        reader = asyncio.create_task(follow(settings, TopicReader(settings, join), True, stop))
-        requests, answers = phase_rows(0, args.accuracy)
-        accuracy = await run_waves(settings, requests, answers, updater_group(settings), len(warm))
+@contextlib.asynccontextmanager
+async def joining(settings: Settings) -> AsyncIterator[ScoreJoin]:
+    """The analytics join of scores with later clicks while the block runs (plus 3 s for the last clicks)."""
+    join, stop = ScoreJoin(), asyncio.Event()
+    reader = asyncio.create_task(follow(settings, TopicReader(settings, join), True, stop))
+    try:
+        yield join
         await asyncio.sleep(3.0)  # the last clicks reach the join
+    finally:
         stop.set()
         await reader
+
+
+async def run_config(name: str, base: Settings, split, args, work: Path) -> dict:
+    tag = f"e2e-{args.dataset}-{name}-{int(time.time())}"
+    settings = base.model_copy(update={"topic_prefix": f"{tag}.", "consumer_group": tag, **CONFIGS[name]})
+    first = len(split.train) + len(split.stream)
+
+    def phase_rows(start: int, n: int):
+        rows = split.test.take(slice(start, start + n))
+        requests = impressions_of(rows, first_row=first + start)
+        return requests, clicks_by_request(requests, clicks_of(rows, first_row=first + start))
+
+    async with warm_worker(settings, split, work, tag) as catch_up_s:
+        async with joining(settings) as join:
+            requests, answers = phase_rows(0, args.accuracy)
+            accuracy = await run_waves(settings, requests, answers, updater_group(settings), len(split.stream))
         joined = join.report()["total"]
         print(f"  {name}: accuracy phase AUC {joined['auc']:.3f} over {joined['joined']} clicks", flush=True)
         phases = [accuracy]
@@ -143,12 +168,6 @@ async def run_config(name: str, base: Settings, split, args, work: Path) -> dict
             phases.append(await run_prequential(settings, requests, answers, rate, timeout_s=1800))
             print(f"  {name}: phase {'capacity' if rate is None else 'paced'} {phases[-1].answered} answered, "
                   f"{phases[-1].rps:.1f} rps, p99 {percentile(phases[-1].latency_ms, 99):.0f} ms", flush=True)
-    finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
     return {**CONFIGS[name], **summary(*phases, joined), "catch_up_s": catch_up_s}
 
 
@@ -160,38 +179,15 @@ async def run_slo(base: Settings, data, split, args, work: Path, capacity_rps: f
     tag = f"e2e-{args.dataset}-slo-{int(time.time())}"
     settings = base.model_copy(update={"topic_prefix": f"{tag}.", "consumer_group": tag, **CONFIGS["gcn_exit"],
                                        "latency_slo_ms": args.slo_ms})
-    await create_topics(settings)
-    warm = clicks_of(split.stream, first_row=len(split.train))
-    await publish(settings.kafka_bootstrap, settings.topic("clicks"), warm, progress=False)
-    log_path = work / f"{tag}.log"
-    worker = start_worker(settings, log_path)
     rate = args.slo_over * capacity_rps
     first = len(split.train) + len(split.stream)
     start = args.accuracy + args.capacity + args.paced
     rows = split.test.take(slice(start, start + int(rate * args.slo_seconds)))
     requests = impressions_of(rows, first_row=first + start)
-    try:
-        await wait_caught_up(settings, worker, len(warm), log_path)
-        warmups = [r.model_copy(update={"request_id": f"warmup-{k}"})
-                   for k, r in enumerate(impressions_of(split.stream.take(slice(0, 32))))]
-        await run_prequential(settings, warmups, {}, None, timeout_s=300)
-        join = ScoreJoin()
-        stop = asyncio.Event()
-        reader = asyncio.create_task(follow(settings, TopicReader(settings, join), True, stop))
+    async with warm_worker(settings, split, work, tag), joining(settings) as join:
         run = await run_prequential(settings, requests, clicks_by_request(requests, clicks_of(rows, first + start)),
                                     rate, timeout_s=args.slo_seconds + 600)
-        await asyncio.sleep(3.0)
-        stop.set()
-        await reader
-    finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
     joined = join.report()["total"]
-    from scorer import quality
-
     baseline = baseline_scores(data, split, first + start, len(rows))
     print(f"  slo: {run.answered}/{len(requests)} answered at {rate:.0f}/s offered, p99 "
           f"{percentile(run.latency_ms, 99):.0f} ms, AUC {joined['auc']:.3f}", flush=True)
@@ -310,8 +306,6 @@ def benchmarked_model(settings: Settings, dataset: str) -> Path:
 def baseline_on_accuracy_rows(data, split, n_rows: int) -> dict:
     """The classical baseline (LR on smoothed user and item rates and log counts) fitted on the stream slice (the
     model's training history) and scored on exactly the accuracy phase's rows."""
-    from scorer import quality
-
     first = len(split.train) + len(split.stream)
     p = baseline_scores(data, split, first, n_rows)
     return {f"baseline_{k}": v for k, v in quality.report(data.labels[first:first + n_rows], p).items()}

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import asyncio
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotAvailableError
 
 from graph_updater.online import GraphUpdater, parse_click
+from infra.runtime.topic_reads import read_up_to
 from schemas.codec import InvalidMessage
 
 
@@ -59,29 +59,14 @@ async def replay_committed(bootstrap: str, group: str, topic: str, updater: Grap
     targets = await committed_offsets(bootstrap, group, topic)
     if not targets:
         return 0
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-    await consumer.start()
     applied = 0
-    try:
-        partitions = [TopicPartition(topic, p) for p in targets]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        remaining = {tp for tp in partitions if await consumer.position(tp) < targets[tp.partition]}
-        while remaining:
-            batches = await consumer.getmany(*remaining, timeout_ms=1000, max_records=batch_size)
-            clicks = []
-            for tp, records in batches.items():
-                for rec in records:
-                    if rec.offset >= targets[tp.partition]:
-                        remaining.discard(tp)
-                        break
-                    try:
-                        clicks.append(parse_click(rec.key, rec.value))
-                    except InvalidMessage:
-                        continue  # it was dead-lettered when first consumed
-            updater.update(clicks)
-            applied += len(clicks)
-            remaining = {tp for tp in remaining if await consumer.position(tp) < targets[tp.partition]}
-    finally:
-        await consumer.stop()
+    async for records in read_up_to(bootstrap, topic, targets, batch_size):
+        clicks = []
+        for record in records:
+            try:
+                clicks.append(parse_click(record.key, record.value))
+            except InvalidMessage:
+                continue  # it was dead-lettered when first consumed
+        updater.update(clicks)
+        applied += len(clicks)
     return applied

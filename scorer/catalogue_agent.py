@@ -20,31 +20,17 @@ import asyncio
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from graph_updater.recovery import committed_offsets
 from infra.runtime.app import Topics
 from infra.runtime.batches import partition_lags, send_dead_letter
 from infra.runtime.monitoring import WorkerMetrics
 from infra.runtime.settings import Settings
+from infra.runtime.topic_reads import partition_ids
 from schemas.codec import InvalidMessage, decode_item
 from scorer.catalogue import LiveCatalogue
 
 log = structlog.get_logger("scorer")
-
-
-async def partition_ids(bootstrap: str, topic: str) -> list[int]:
-    """The partition numbers of ``topic`` (from the broker's metadata)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    found = [p["partition"] for t in described if t["topic"] == topic for p in t["partitions"]]
-    if not found:
-        raise RuntimeError(f"topic {topic} has no partitions (not created yet?)")
-    return sorted(found)
 
 
 def items_group(settings: Settings) -> str:

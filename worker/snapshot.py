@@ -11,38 +11,12 @@ the latest record per item; a tombstone removes it.
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from infra.runtime.settings import Settings
+from infra.runtime.topic_reads import read_up_to
 from schemas.codec import InvalidMessage, decode_item, decode_keyed
 from schemas.messages import Click, Item
-from scorer.catalogue_agent import partition_ids
-
-
-async def read_to_end(bootstrap: str, topic: str, handle: Callable[[bytes | None, bytes | None], None]) -> int:
-    """Feed every record of ``topic`` up to its current end to ``handle(key, value)``; return how many."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    seen = 0
-    try:
-        partitions = [TopicPartition(topic, p) for p in await partition_ids(bootstrap, topic)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        remaining = {tp for tp in partitions if ends[tp] > 0}
-        while remaining:
-            for tp, records in (await consumer.getmany(*remaining, timeout_ms=1000)).items():
-                for record in records:
-                    if record.offset < ends[tp]:
-                        handle(record.key, record.value)
-                        seen += 1
-            remaining = {tp for tp in remaining if await consumer.position(tp) < ends[tp]}
-    finally:
-        await consumer.stop()
-    return seen
 
 
 async def snapshot(settings: Settings, folder: Path, until_ms: int | None = None) -> dict:
@@ -72,8 +46,10 @@ async def snapshot(settings: Settings, folder: Path, until_ms: int | None = None
         else:
             items[item.item_id] = item
 
-    await read_to_end(settings.kafka_bootstrap, settings.topic("clicks"), on_click)
-    await read_to_end(settings.kafka_bootstrap, settings.topic("items"), on_item)
+    for topic, handle in (("clicks", on_click), ("items", on_item)):
+        async for records in read_up_to(settings.kafka_bootstrap, settings.topic(topic)):
+            for record in records:
+                handle(record.key, record.value)
     with (folder / "clicks.csv").open("w", newline="", encoding="utf-8") as fh:
         out = csv.writer(fh)
         out.writerow(["user_id", "item_id", "label", "ts"])
