@@ -44,10 +44,10 @@ def write_tenant(dataset: str, folder: Path, data_dir: Path) -> int:
 def exitrec(env: dict, *args: str) -> dict:
     """Run one ``exitrec`` command as a tenant would; its JSON output."""
     print("$ exitrec " + " ".join(args), flush=True)
-    done = subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True)
+    done = subprocess.run([sys.executable, "-m", "worker.cli", *args], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                          text=True)  # stderr (progress bars, errors) passes through
     if done.returncode != 0:
-        raise RuntimeError(f"exitrec {args[0]} failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"exitrec {args[0]} failed (exit {done.returncode}); its error is above")
     return json.loads(done.stdout[done.stdout.index("{"):])
 
 

@@ -13,7 +13,14 @@ from typing import TypeVar
 
 from pydantic import ValidationError
 
-from schemas.messages import MAX_MESSAGE_BYTES, DeadLetter, Item, Message
+from schemas.messages import (
+    DEAD_LETTER_KEY_BYTES,
+    DEAD_LETTER_VALUE_BYTES,
+    MAX_MESSAGE_BYTES,
+    DeadLetter,
+    Item,
+    Message,
+)
 
 M = TypeVar("M", bound=Message)
 
@@ -70,14 +77,18 @@ def decode_item(key: bytes | None, value: bytes | None) -> Item | None:
 
 def dead_letter(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
                 error: Exception) -> DeadLetter:
-    """The dead-letter record for an input message that failed with ``error`` (original bytes kept)."""
+    """The dead-letter record for an input message that failed with ``error``: the original bytes, cut to the
+    kept sizes (an oversize input must not make an oversize dead letter the broker refuses)."""
     error_class = error.error_class if isinstance(error, InvalidMessage) else type(error).__name__
+    value = value or b""
     return DeadLetter(
         topic=topic,
         partition=partition,
         offset=offset,
-        key_b64=None if key is None else base64.b64encode(key).decode(),
-        value_b64=base64.b64encode(value or b"").decode(),
+        key_b64=None if key is None else base64.b64encode(key[:DEAD_LETTER_KEY_BYTES]).decode(),
+        value_b64=base64.b64encode(value[:DEAD_LETTER_VALUE_BYTES]).decode(),
+        value_bytes=len(value),
+        truncated=len(value) > DEAD_LETTER_VALUE_BYTES or (key is not None and len(key) > DEAD_LETTER_KEY_BYTES),
         error_class=error_class[:128],
         error_message=str(error)[:4096],
         ts=int(time.time() * 1000),

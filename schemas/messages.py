@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 SCHEMA_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_CANDIDATES = 100
+DEAD_LETTER_VALUE_BYTES = 32 * 1024
+DEAD_LETTER_KEY_BYTES = 1024
 MAX_HEADS = 64
 TS_MIN_MS = 788_918_400_000  # 1995-01-01T00:00:00Z (MovieLens-100K starts in 1997)
 TS_MAX_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
@@ -134,13 +136,18 @@ class ExitTelemetry(Message):
 
 
 class DeadLetter(Message):
-    """``<input>.dlq`` topics, key = the original key. An input message that could not be processed."""
+    """``<input>.dlq`` topics, key = the original key (its first :data:`DEAD_LETTER_KEY_BYTES`). An input message
+    that could not be processed. The original bytes are kept up to :data:`DEAD_LETTER_VALUE_BYTES` (value) and
+    :data:`DEAD_LETTER_KEY_BYTES` (key), so that a dead letter always fits the broker's record limit and this
+    contract's :data:`MAX_MESSAGE_BYTES`; ``value_bytes`` and ``truncated`` say what was cut."""
 
     topic: str = Field(min_length=1, max_length=249)
     partition: int = Field(ge=0)
     offset: int = Field(ge=0)
-    key_b64: str | None = Field(default=None, description="original key bytes, base64")
-    value_b64: str = Field(description="original value bytes, base64 (never parsed or evaluated)")
+    key_b64: str | None = Field(default=None, description="original key bytes (the first 1 KiB), base64")
+    value_b64: str = Field(description="original value bytes (the first 32 KiB), base64 (never parsed or evaluated)")
+    value_bytes: int = Field(default=0, ge=0, description="size of the original value in bytes")
+    truncated: bool = Field(default=False, description="the key or the value was longer than what is kept")
     error_class: str = Field(min_length=1, max_length=128)
     error_message: str = Field(max_length=4096)
     ts: TimestampMs

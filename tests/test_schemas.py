@@ -59,6 +59,24 @@ def test_garbage_bytes_raise_invalid_message(raw, kind):
     assert err.value.error_class == kind
 
 
+def test_a_dead_letter_of_an_oversize_record_fits_the_contract_and_says_what_it_cut():
+    """Before: the letter carried all of a 900 KB input in base64, over the broker's record limit."""
+    import base64
+
+    from schemas.codec import dead_letter, encode
+    from schemas.messages import DEAD_LETTER_KEY_BYTES, DEAD_LETTER_VALUE_BYTES, DeadLetter
+
+    raw, key = b"x" * 900_000, b"k" * 5000
+    with pytest.raises(InvalidMessage) as err:
+        decode(Click, raw)
+    letter = decode(DeadLetter, encode(dead_letter("clicks", 1, 7, key, raw, err.value)))
+    assert letter.truncated and letter.value_bytes == 900_000 and letter.error_class == "MessageTooLarge"
+    assert base64.b64decode(letter.value_b64) == raw[:DEAD_LETTER_VALUE_BYTES]
+    assert base64.b64decode(letter.key_b64) == key[:DEAD_LETTER_KEY_BYTES]
+    small = dead_letter("clicks", 1, 8, b"196", b"{bad", err.value)
+    assert not small.truncated and small.value_bytes == 4 and base64.b64decode(small.value_b64) == b"{bad"
+
+
 def test_pickle_payload_is_never_unpickled():
     import pickle
 

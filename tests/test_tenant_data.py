@@ -170,3 +170,35 @@ async def test_a_snapshot_of_the_topics_is_the_same_dataset_as_the_csv(settings,
     assert result.exit_code == 0, result.output
     config = json.loads((Path(json.loads(result.stdout)["checkpoint"]) / "config.json").read_text())
     assert config["dataset"].endswith(f"{settings.topic_prefix}topics")
+
+
+def test_training_twice_on_the_same_tenant_data_gives_the_same_checkpoint(tmp_path, monkeypatch):
+    """Same data, same seed: train-graph and train-model write byte-identical checkpoints in two fresh caches."""
+    from click.testing import CliRunner
+
+    from infra.runtime import settings as settings_module
+    from scorer.checkpoint import HEADS, content_digest
+    from worker.cli import main
+
+    shop = tmp_path / "shop"
+    write_tenant(shop)
+    monkeypatch.setenv("EXITREC_LOG_LEVEL", "WARNING")
+    monkeypatch.delenv("EXITREC_CATALOGUE", raising=False)
+    runs = []
+    for name in ("first", "second"):
+        monkeypatch.setenv("EXITREC_CACHE_DIR", str(tmp_path / name))
+        settings_module.get_settings.cache_clear()
+        try:
+            for args in (["train-graph", "--csv", str(shop), "--epochs", "3", "--dim", "32"],
+                         ["train-model", "--csv", str(shop), "--n-train", "240", "--n-val", "120", "--max-length",
+                          "64", "--head-layers", "0,2"]):
+                result = CliRunner().invoke(main, args, catch_exceptions=False)
+                assert result.exit_code == 0, result.output
+        finally:
+            settings_module.get_settings.cache_clear()
+        runs.append((Path(json.loads(result.stdout)["checkpoint"]), tmp_path / name / "graph" / dataset_key(str(shop))))
+    (model_a, graph_a), (model_b, graph_b) = runs
+    assert model_a != model_b and content_digest(model_a) == content_digest(model_b)
+    assert (model_a / HEADS).read_bytes() == (model_b / HEADS).read_bytes()
+    graph_files = sorted(p.name for p in graph_a.iterdir() if p.is_file())
+    assert graph_files and all((graph_a / f).read_bytes() == (graph_b / f).read_bytes() for f in graph_files)

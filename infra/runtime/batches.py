@@ -27,6 +27,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from infra.runtime.monitoring import WorkerMetrics
 from infra.runtime.settings import Settings
 from schemas.codec import InvalidMessage, dead_letter, encode
+from schemas.messages import DEAD_LETTER_KEY_BYTES
 
 log = structlog.get_logger("worker")
 M = TypeVar("M")
@@ -45,9 +46,11 @@ def split_valid(records: Sequence[ConsumerRecord], parse: Callable[[bytes | None
 
 
 async def send_dead_letter(topic: faust.TopicT, record: ConsumerRecord, err: Exception, event: str) -> None:
-    """Dead-letter ``record`` on ``topic`` (key = its original key) and wait until it is delivered."""
+    """Dead-letter ``record`` on ``topic`` (key = its original key, cut like the letter's copy of it) and wait
+    until it is delivered."""
     letter = dead_letter(record.topic, record.partition, record.offset, record.key, record.value, err)
-    await (await topic.send(key=record.key, value=encode(letter)))
+    key = None if record.key is None else record.key[:DEAD_LETTER_KEY_BYTES]
+    await (await topic.send(key=key, value=encode(letter)))
     log.warning(event, partition=record.partition, offset=record.offset, error_class=letter.error_class,
                 reason=letter.error_message[:300])
 
