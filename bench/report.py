@@ -96,6 +96,34 @@ def e2e_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def reliability_table(d: dict) -> str:
+    rows = [
+        ("worker replica SIGKILLs (2 replicas, restarted at once)", fmt(d["worker_kills"]),
+         f"ready again after {fmt(d['worker_ready_again_s_mean'], 1)} s on average"),
+        ("broker SIGKILLs, restarted on the same log", fmt(d["broker_restarts"]), "no replica exited"),
+        ("requests sent / lost / answered twice", f"{d['requests_sent']:,} / {d['requests_lost']:,} / "
+         f"{d['duplicates']:,}", "duplicates: batches scored, not committed before a kill"),
+        ("clicks sent / lost (final stores of both replicas)", f"{d['clicks_sent']:,} / {d['clicks_lost']:,}",
+         f"payloads differing from a one-pass application: {d['payload_mismatches']:,}"),
+        ("malformed records sent / dead-lettered", f"{d['bad_messages']:,} / {d['bad_dead_lettered']:,}",
+         "9 kinds over both input topics"),
+        (f"soak: {fmt(d['soak_minutes'], 0)} min at {fmt(d['soak_rps'], 0)} rows/s (2× nominal)",
+         f"lag at the end {d['soak_lag_end']:,} (max {d['soak_lag_max']:,}, bound {d['soak_lag_bound']:,})",
+         f"RSS growth {fmt(d['soak_rss_growth_mb'], 0)} MB (the larger replica)"),
+    ]
+    lines = ["| fault campaign (`bench/results/reliability.json`) | measured | note |", "|---|---|---|"]
+    return "\n".join(lines + [f"| {a} | {b} | {c} |" for a, b, c in rows])
+
+
+def own_data_table(d: dict) -> str:
+    head = ("| tenant data (`bench/results/own_data.json`) | test rows | AUC (baseline) | log loss (baseline) | ECE | "
+            "mean exit layer | train wall s |")
+    return "\n".join([head, "|" + "---|" * 7, (
+        f"| {d['dataset']} as a CSV folder | {d['n_test']:,} | {fmt(d['auc'])} ({fmt(d['baseline_auc'])}) | "
+        f"{fmt(d['logloss'])} ({fmt(d['baseline_logloss'])}) | {fmt(d['ece'])} | {fmt(d['mean_exit_layer'], 2)} | "
+        f"{fmt(d['train_wall_s'], 0)} |")])
+
+
 def main() -> None:
     graph = RESULTS / "graph.json"
     if graph.exists():
@@ -108,6 +136,10 @@ def main() -> None:
     if e2e:
         print()
         print(e2e_table(e2e))
+    for name, table in (("own_data.json", own_data_table), ("reliability.json", reliability_table)):
+        if (RESULTS / name).exists():
+            print()
+            print(table(json.loads((RESULTS / name).read_text())))
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ are dropped and counted in ``dropped``. Label rules:
                    The dump has **no timestamps**: a seeded random permutation stands in for time
                    (``SYNTHETIC_T0`` + 1 s per row), so a "time" split of it is a random split.
 ``videogames``     Amazon Video Games 5-core (LC-Rec): implicit, positives only, per-user order without clock
-                   times. Each user's k-th of n items gets time ``SYNTHETIC_T0 + round(k / n * 1e6)`` s, so a
-                   time split keeps the latest share of every user's sequence for later. Each positive gets one
-                   sampled negative (label 0, seeded, an item the user never interacted with) at the same time.
+                   times. Each user's n items and as many sampled negatives (label 0, seeded, items the user never
+                   interacted with) are shuffled together, positives kept in their order, at 2n sorted uniform
+                   times in ``SYNTHETIC_T0 + [0, 1e6)`` s, so a time split keeps the latest share of every user's
+                   sequence for later (not one negative right after each positive: that made labels alternate).
 ``beauty``         Amazon Beauty 2014 5-core as processed by P5 (``sequential_data.txt``: per-user chronological
                    item sequences; ``datamaps.json``: ids -> ASINs): the same implicit protocol as
                    ``videogames`` (synthetic per-user times, one sampled unseen item per positive as 0). Its
@@ -195,6 +196,26 @@ def load_bookcrossing(root: Path, seed: int = 0, explicit: bool = True) -> Inter
     return _build("bookcrossing", rows, text)
 
 
+def _implicit_rows(user: str, sequence: list[str], item_ids: list[str], rng: np.random.Generator
+                   ) -> list[tuple[str, str, int, int]]:
+    """An implicit-feedback user as labelled rows: its ``n`` positives in their order and ``n`` sampled items it
+    never interacted with (label 0), shuffled together (a uniformly random interleaving) at ``2n`` sorted uniform
+    times ``T0 + u * 1e6`` s. Not one negative right after each positive: that made the labels alternate 1, 0,
+    1, 0, so the last reaction in the history told the next label (a model reached AUC 0.999 on that)."""
+    seen, n = set(sequence), len(sequence)
+    times = (SYNTHETIC_T0_S + np.round(np.sort(rng.random(2 * n)) * 1e6).astype(np.int64)) * 1000
+    positive = np.zeros(2 * n, dtype=bool)
+    positive[rng.choice(2 * n, n, replace=False)] = True
+    negatives = []
+    for _ in range(n):
+        negative = item_ids[int(rng.integers(len(item_ids)))]
+        while negative in seen:
+            negative = item_ids[int(rng.integers(len(item_ids)))]
+        negatives.append(negative)
+    return [(user, item, 1, int(ts)) for item, ts in zip(sequence, times[positive], strict=True)] + \
+        [(user, item, 0, int(ts)) for item, ts in zip(negatives, times[~positive], strict=True)]
+
+
 def load_videogames(root: Path, seed: int = 0) -> Interactions:
     folder = root / "amazon" / "videogames-2018-lcrec"
     inter_path = folder / "Games.inter.json.gz"
@@ -211,19 +232,11 @@ def load_videogames(root: Path, seed: int = 0) -> Interactions:
         return None if f[0] == "item_id" else (f[1], f[2])
 
     text = dict(_read_rows(folder / "items_with_titles.tsv", title))
-    n_items = len(asins)
+    ids = sorted(asins, key=int)
     rng = np.random.default_rng(seed)
-    rows = []
-    for uidx, seq in sequences.items():
-        user, seen = users[uidx], set(seq)
-        for k, item in enumerate(seq):
-            ts = (SYNTHETIC_T0_S + round(k / len(seq) * 1e6)) * 1000
-            rows.append((user, asins[str(item)], 1, ts))
-            neg = int(rng.integers(n_items))
-            while neg in seen:
-                neg = int(rng.integers(n_items))
-            rows.append((user, asins[str(neg)], 0, ts))
-    return _build("videogames", rows, text)
+    rows = [row for uidx, seq in sequences.items()
+            for row in _implicit_rows(users[uidx], [str(i) for i in seq], ids, rng)]
+    return _build("videogames", [(u, asins[i], y, ts) for u, i, y, ts in rows], text)
 
 
 def load_beauty(root: Path, seed: int = 0) -> Interactions:
@@ -236,18 +249,10 @@ def load_beauty(root: Path, seed: int = 0) -> Interactions:
         raise DatasetError(f"{folder / 'datamaps.json'}: unreadable or without id2item: {exc}") from exc
     sequences = _read_rows(folder / "sequential_data.txt", lambda line: line.split())
     rng = np.random.default_rng(seed)
-    item_ids = sorted(asins, key=int)
-    rows = []
-    for user, *seq in sequences:
-        seen = set(seq)
-        for k, item in enumerate(seq):
-            ts = (SYNTHETIC_T0_S + round(k / len(seq) * 1e6)) * 1000
-            rows.append((f"b{user}", asins[item], 1, ts))
-            neg = item_ids[int(rng.integers(len(item_ids)))]
-            while neg in seen:
-                neg = item_ids[int(rng.integers(len(item_ids)))]
-            rows.append((f"b{user}", asins[neg], 0, ts))
-    return _build("beauty", rows, {asin: f"Beauty product {asin}" for asin in asins.values()})
+    ids = sorted(asins, key=int)
+    rows = [row for user, *seq in sequences for row in _implicit_rows(f"b{user}", seq, ids, rng)]
+    return _build("beauty", [(u, asins[i], y, ts) for u, i, y, ts in rows],
+                  {asin: f"Beauty product {asin}" for asin in asins.values()})
 
 
 MIN_TENANT_ROWS = 500  # fewer cannot fill a 70/15/15 time split with training, validation and test rows
