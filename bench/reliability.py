@@ -16,9 +16,10 @@ The producer retries a send that failed (the broker may be down), so a row is ne
    fields, a wrong schema version, oversize, tombstones, key != user, out-of-range values, too many candidates),
    one good row after every 20; each bad record must appear in its dead-letter topic (matched by partition and
    offset; the clicks DLQ is written by each replica's click loop, so duplicates there are expected).
-4. **Soak**: ``--soak-minutes`` at ``--soak-over`` x ``--rate``: consumer lag (end offsets - committed, every
-   group, both input topics) and each replica's RSS sampled every 5 s; one ``/metrics`` scrape per replica checked
-   for the named series. Lag bound: ``--lag-bound-s`` seconds of soak traffic.
+4. **Soak** (plotted in ``reliability.png``): ``--soak-minutes`` at ``--soak-over`` x ``--rate``: consumer lag
+   (end offsets - committed, every group, both input topics) and each replica's RSS sampled every 5 s; one
+   ``/metrics`` scrape per replica checked for the named series. Lag bound: ``--lag-bound-s`` seconds of soak
+   traffic.
 
 At the end the replicas stop cleanly and each one's store folder is opened and compared with a one-pass
 application of every good click to the checkpoint (:meth:`GraphUpdater.ingest`): ``clicks_lost`` counts
@@ -452,6 +453,30 @@ async def campaign(args, settings: Settings, run_dir: Path, work: Path) -> dict:
     return result
 
 
+def plot(out: Path, result: dict) -> None:
+    """The soak: consumer lag (all groups) and each replica's RSS over time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    samples = result["soak_samples"]
+    t = [s["t_s"] / 60 for s in samples]
+    fig, (lag, rss) = plt.subplots(1, 2, figsize=(11, 3.8))
+    lag.plot(t, [s["lag"] for s in samples])
+    lag.axhline(result["soak_lag_bound"], color="red", linestyle="--", label="bound")
+    lag.set(xlabel="soak minutes", ylabel="records behind (all groups)",
+            title=f"consumer lag at {result['soak_rps']:.0f} rows/s")
+    lag.legend()
+    for name in REPLICAS:
+        rss.plot(t, [s[f"rss_mb_{name}"] for s in samples], label=f"replica {name}")
+    rss.set(xlabel="soak minutes", ylabel="RSS MiB", title="worker memory")
+    rss.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=20)
@@ -485,6 +510,7 @@ def main() -> None:
                   command="python -m bench.reliability " + " ".join(sys.argv[1:]))
     args.out.parent.mkdir(exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    plot(args.out.with_suffix(".png"), result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("soak_samples", "machine")}, indent=2))
 
 
