@@ -61,10 +61,17 @@ def with_precision(model: EarlyExitModel, precision: str) -> EarlyExitModel:
     return model
 
 
+WALL_CLOCK_METRICS = ("train_seconds",)  # facts of the run, not of the model: outside the digest
+
+
 def content_digest(folder: Path) -> str:
-    """First 8 hex digits of SHA-256 over ``config.json``, the heads and the calibration (what training writes)."""
-    h = hashlib.sha256()
-    for name in ("config.json", HEADS, calibration.FILE):
+    """First 8 hex digits of SHA-256 over ``config.json`` (without :data:`WALL_CLOCK_METRICS`), the heads and the
+    calibration: two trainings on the same data and seed give the same digest, however long each took."""
+    config = json.loads((Path(folder) / "config.json").read_text())
+    for key in WALL_CLOCK_METRICS:
+        config.get("metrics", {}).pop(key, None)
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for name in (HEADS, calibration.FILE):
         h.update((Path(folder) / name).read_bytes())
     return h.hexdigest()[:8]
 

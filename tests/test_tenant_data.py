@@ -173,7 +173,9 @@ async def test_a_snapshot_of_the_topics_is_the_same_dataset_as_the_csv(settings,
 
 
 def test_training_twice_on_the_same_tenant_data_gives_the_same_checkpoint(tmp_path, monkeypatch):
-    """Same data, same seed: train-graph and train-model write byte-identical checkpoints in two fresh caches."""
+    """Same data, same seed: train-graph and train-model write the same checkpoints in two fresh caches (graph
+    files and heads byte for byte; the model's digest, which leaves out the wall time it records, equal). Before:
+    the digest covered that wall time, so every retraining looked like a new model."""
     from click.testing import CliRunner
 
     from infra.runtime import settings as settings_module
