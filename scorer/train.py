@@ -67,13 +67,18 @@ def batches(n: int, size: int, rng: np.random.Generator | None = None):
 @torch.no_grad()
 def pooled_states(model: EarlyExitModel, ids: torch.Tensor, mask: torch.Tensor, batch_size: int = 32,
                   progress: bool = True) -> list[torch.Tensor]:
-    """Pooled state at each block head's layer for every sample (backbone frozen), on the CPU."""
+    """Pooled state at each block head's layer for every sample (backbone frozen), on the CPU.
+
+    The outputs are allocated once and filled in place: keeping each batch's small result alive between the
+    forward passes' large temporaries fragmented the allocator's heap, and RSS grew ~25-80 MB per batch on
+    ML-1M prompts (24 GiB at 12,000 rows) for ~50 KB of kept data."""
     device = next(model.parameters()).device
-    parts: list[list[torch.Tensor]] = [[] for _ in model.block_heads]
+    hidden = model.backbone.config.hidden_size
+    out = [torch.empty(len(ids), hidden) for _ in model.block_heads]
     for rows in tqdm(list(batches(len(ids), batch_size)), desc="caching head-layer states", disable=not progress):
         for j, pooled in enumerate(model.pooled_per_head(ids[rows].to(device), mask[rows].to(device))):
-            parts[j].append(pooled.float().cpu())
-    return [torch.cat(p) for p in parts]
+            out[j][rows] = pooled.float().cpu()
+    return out
 
 
 @dataclass
@@ -220,14 +225,15 @@ def train(model: EarlyExitModel, ids: torch.Tensor, mask: torch.Tensor, labels: 
 def head_probabilities(model: EarlyExitModel, ids: torch.Tensor, mask: torch.Tensor,
                        features: torch.Tensor | None = None, batch_size: int = 32, progress: bool = False
                        ) -> np.ndarray:
-    """Raw (uncalibrated) click probability of every head at full depth, ``(n, heads)``."""
+    """Raw (uncalibrated) click probability of every head at full depth, ``(n, heads)`` (filled in place, as
+    :func:`pooled_states` is)."""
     device = next(model.parameters()).device
-    out = []
+    out = np.empty((len(ids), len(model.head_layers)), dtype=np.float64)
     for rows in tqdm(list(batches(len(ids), batch_size)), desc="scoring all heads", disable=not progress):
         feats = None if features is None else features[rows]
         logits = model(ids[rows].to(device), mask[rows].to(device), feats).float()
-        out.append(torch.softmax(logits, -1)[..., 1].T.cpu().numpy())
-    return np.concatenate(out).astype(np.float64)
+        out[rows.numpy()] = torch.softmax(logits, -1)[..., 1].T.cpu().numpy()
+    return out
 
 
 @torch.no_grad()
