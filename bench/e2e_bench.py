@@ -327,10 +327,12 @@ def main() -> None:
     parser.add_argument("--slo-seconds", type=float, default=60.0, help="SLO mode phase: how long the load is offered")
     parser.add_argument("--retrieval-budget-ms", type=float, default=1000.0,
                         help="generous, so that AUC compares retrievers, not budgets (retrieval time is reported)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="result file (default bench/results/e2e_<dataset>.json; a variant reading elsewhere)")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"e2e_{args.dataset}.json"
+    out = args.out or RESULTS / f"e2e_{args.dataset}.json"
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out} and {plot(result, out.with_suffix('.png'))}")
 

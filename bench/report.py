@@ -75,6 +75,8 @@ def e2e_table(results: list[dict]) -> str:
             "log loss | ECE | retrieval p50 ms | mean exit layer | degraded (accuracy phase) |")
     lines = [head, "|" + "---|" * 10]
     for d in results:
+        if d.get("precision", "fp32") != "fp32":  # a variant reading of the same dataset with another model
+            d = {**d, "dataset": f"{d['dataset']} ({d['precision']} model)"}
         if "baseline_auc" in d:
             lines.append(f"| {d['dataset']} | baseline: LR on rates and counts, same rows | — | — | "
                          f"{fmt(d['baseline_auc'])} | {fmt(d['baseline_logloss'])} | {fmt(d['baseline_ece'])} | "
