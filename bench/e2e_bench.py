@@ -67,9 +67,11 @@ CONFIGS = {
 
 
 def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
+    """``exitrec worker`` for ``settings`` in its own process group, its log appended to ``log_path`` (a restarted
+    replica keeps writing the same log)."""
     return subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], cwd=REPO_ROOT,
                             env={**os.environ, **settings.environment()}, stdout=subprocess.DEVNULL,
-                            stderr=log_path.open("wb"), start_new_session=True)
+                            stderr=log_path.open("ab"), start_new_session=True)
 
 
 async def wait_caught_up(settings: Settings, worker: subprocess.Popen, clicks: int, log_path: Path,

@@ -50,6 +50,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from bench.e2e_bench import start_worker
 from bench.machine import machine
 from graph_updater import checkpoint
 from graph_updater.agent import updater_group
@@ -60,7 +61,7 @@ from graph_updater.recovery import committed_offsets
 from graph_updater.store import EdgeStore
 from infra.kafka import broker
 from infra.runtime.app import DLQ_SUFFIX, create_topics
-from infra.runtime.settings import REPO_ROOT, Settings
+from infra.runtime.settings import Settings
 from schemas.codec import decode, encode
 from schemas.messages import MAX_CANDIDATES, MAX_MESSAGE_BYTES, DeadLetter, ExitTelemetry
 from scorer.agent import scorer_group
@@ -220,11 +221,7 @@ class Replicas:
         self.starts = Counter()
 
     def start(self, name: str) -> None:
-        settings = self.settings[name]
-        log = (self.work / f"worker-{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], cwd=REPO_ROOT,
-                                            env={**os.environ, **settings.environment()}, stdout=subprocess.DEVNULL,
-                                            stderr=log, start_new_session=True)
+        self.procs[name] = start_worker(self.settings[name], self.work / f"worker-{name}.log")
         self.starts[name] += 1
 
     def check_alive(self) -> None:
@@ -353,6 +350,10 @@ async def campaign(args, settings: Settings, run_dir: Path, work: Path) -> dict:
             await replicas.ready(name)
         print("replicas ready", flush=True)
 
+        async def all_answered() -> None:
+            await wait_until(lambda: set(traffic.requests) <= answers.seen.keys(), replicas, 300,
+                             "every request answered")
+
         async def flowing(phase: Callable, rate: float):
             """Run ``phase()`` while rows flow at ``rate``; then wait until every request so far is answered."""
             stop = asyncio.Event()
@@ -362,8 +363,7 @@ async def campaign(args, settings: Settings, run_dir: Path, work: Path) -> dict:
             finally:
                 stop.set()
                 await sender
-            await wait_until(lambda: set(traffic.requests) <= answers.seen.keys(), replicas, 300,
-                             "every request answered")
+            await all_answered()
             return out
 
         async def worker_kills():
@@ -401,8 +401,7 @@ async def campaign(args, settings: Settings, run_dir: Path, work: Path) -> dict:
 
         await traffic.bad_input(args.bad)
         found = await dead_lettered(settings, traffic.bad, timeout_s=300)
-        await wait_until(lambda: set(traffic.requests) <= answers.seen.keys(), replicas, 300,
-                         "every request answered")
+        await all_answered()
         missed = Counter(kind for key, kind in traffic.bad.items() if key not in found)
         result.update(bad_messages=len(traffic.bad), bad_dead_lettered=len(found), bad_missed_by_kind=dict(missed))
         print(f"bad input: {len(found)}/{len(traffic.bad)} dead-lettered", flush=True)
