@@ -2,7 +2,9 @@
 
 Order of preference: ``EXITREC_TEST_KAFKA_BOOTSTRAP`` (a broker someone already runs), else the single-node
 KRaft broker that ``infra/kafka`` resolves from Maven Central and starts on a free loopback port for the test
-session. Docker-only fixtures (testcontainers) live in ``test_docker_services.py`` and skip without an engine.
+session. ``container_kafka_bootstrap`` is the same broker in a container that testcontainers starts from the
+locally built ``exitrec-kafka`` image (``infra/images``); tests that use it skip, with the reason, where no Docker
+engine answers.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testcontainers.core.config import testcontainers_config
 
 from graph_updater import checkpoint
 from graph_updater.datasets import load, time_split
 from graph_updater.train import train_offline
 from infra.kafka import broker
 from infra.runtime.settings import Settings
+
+testcontainers_config.ryuk_disabled = True  # Ryuk's image is on Docker Hub (unreachable here); fixtures stop theirs
 
 DATA_DIR = Path(os.environ.get("EXITREC_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
@@ -34,6 +39,28 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> str:
         yield info.bootstrap
     finally:
         broker.stop(run_dir)
+
+
+@pytest.fixture(scope="session")
+def container_kafka_bootstrap() -> str:
+    """Kafka in a container (testcontainers, local image), published on a 127.0.0.1 port that it also advertises."""
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.wait_strategies import LogMessageWaitStrategy
+
+    from infra.images import build
+
+    problem = build.engine_problem()
+    if problem:
+        pytest.skip(problem)
+    image = build.ensure(("kafka",))["kafka"].tag  # seconds when cached; a failed build fails the tests
+    port = broker.free_port()
+    container = (DockerContainer(image)
+                 .with_env("KAFKA_LISTENERS", f"PLAINTEXT://:{port},CONTROLLER://:9093")
+                 .with_env("KAFKA_ADVERTISED_LISTENERS", f"PLAINTEXT://127.0.0.1:{port}")
+                 .waiting_for(LogMessageWaitStrategy(broker.STARTED_MARK)))
+    container.ports[f"{port}/tcp"] = ("127.0.0.1", port)  # loopback only, same port inside and out
+    with container:
+        yield f"127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="session")
@@ -86,10 +113,20 @@ def tiny_scorer_checkpoint(tmp_path_factory) -> Path:
     return model_checkpoint.save(tmp_path_factory.mktemp("tiny-scorer"), model, tokenizer, card)
 
 
-@pytest.fixture
-def settings(tmp_path: Path, kafka_bootstrap: str, request: pytest.FixtureRequest) -> Settings:
+def isolated_settings(bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
     """Settings isolated per test: own topic prefix, consumer group, cache and state folders."""
     name = "".join(ch if ch.isalnum() else "-" for ch in request.node.name)[:60]
     tag = f"{name}-{np.random.default_rng().integers(1 << 30)}"
-    return Settings(kafka_bootstrap=kafka_bootstrap, topic_prefix=f"{tag}.", consumer_group=f"g-{tag}",
+    return Settings(kafka_bootstrap=bootstrap, topic_prefix=f"{tag}.", consumer_group=f"g-{tag}",
                     cache_dir=tmp_path / "cache", data_dir=DATA_DIR, topic_partitions=4)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, kafka_bootstrap: str, request: pytest.FixtureRequest) -> Settings:
+    return isolated_settings(kafka_bootstrap, tmp_path, request)
+
+
+@pytest.fixture
+def container_settings(tmp_path: Path, container_kafka_bootstrap: str, request: pytest.FixtureRequest) -> Settings:
+    """``settings`` on the containerised broker."""
+    return isolated_settings(container_kafka_bootstrap, tmp_path, request)

@@ -1,0 +1,1 @@
+"""Container images built on this machine from Debian's packages and the project's own caches (no registry)."""
