@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -53,14 +54,19 @@ class Built:
 
 
 def engine_problem() -> str | None:
-    """None when a Docker engine answers on this machine, else the reason in one line (the engine's own words)."""
+    """None when a Docker engine answers on this machine, else the reason in one line: the client's error, and the
+    daemon's own first error line when ``engine.sh`` tried to start it here."""
     try:
         import docker
 
         docker.from_env(timeout=5).ping()
     except Exception as exc:  # no socket, no permission, daemon down: all mean "no engine"
-        return f"no Docker engine answers ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); " \
-               f"start one with `bash infra/images/engine.sh` (root)"
+        reason = f"no Docker engine answers ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+        log = Path(os.environ.get("TMPDIR", "/tmp")) / "exitrec-dockerd.log"  # written by engine.sh
+        daemon = [line for line in log.read_text(errors="replace").splitlines()
+                  if "level=fatal" in line or "level=error" in line] if log.exists() else []
+        return (f"{reason}; dockerd said: {daemon[0][-300:]}" if daemon
+                else f"{reason}; start one with `bash infra/images/engine.sh` (root)")
     return None
 
 
@@ -222,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         done = ensure(tuple(args.only or ("kafka", "worker")), args.rebuild)
     except ImageError as exc:
-        raise SystemExit(f"exitrec images: {str(exc).splitlines()[0]}") from None
+        raise SystemExit(f"exitrec images: {exc}") from None  # the step, then its log's tail
     print(json.dumps({name: asdict(built) for name, built in done.items()}, indent=1))
 
 
