@@ -162,10 +162,12 @@ def docker_tests(out_dir: Path) -> dict:
 
 
 def remove_project_images() -> None:
-    ids = subprocess.run(["docker", "images", "-q", "--filter", "reference=exitrec-*"], capture_output=True,
-                         text=True).stdout.split()
-    if ids:
-        subprocess.run(["docker", "rmi", "-f", *sorted(set(ids))], capture_output=True, check=False)
+    """Every tag of the project's images, children before parents (an image with children cannot be removed)."""
+    for name in reversed(build.IMAGES):
+        tags = subprocess.run(["docker", "images", f"exitrec-{name}", "--format", "{{.Repository}}:{{.Tag}}"],
+                              capture_output=True, text=True).stdout.split()
+        if tags:
+            subprocess.run(["docker", "rmi", *tags], capture_output=True, check=True)
 
 
 def main() -> None:

@@ -126,6 +126,25 @@ def own_data_table(d: dict) -> str:
         f"{fmt(d['train_wall_s'], 0)} |")])
 
 
+def containers_table(d: dict) -> str:
+    builds = d["image_build_s"]
+    first = "cold" if "cold" in builds else "first"
+    skipped = "; ".join(f"{x['test']}: {x['reason'][:90]}" for x in d["testcontainers_skip_reasons"]) or "none"
+    rows = [
+        (f"image build, {first} / cached (s)", f"{fmt(builds[first], 0)} / {fmt(builds['cached'], 1)}",
+         ", ".join(f"{k} {fmt(v, 0)}" for k, v in builds["per_image"].items())),
+        ("compose up, embedded profile (s)", fmt(d["compose_up_s"], 1),
+         f"{d['replicas']} worker replicas ready (/readyz); {d['compose']}; engine {d['engine']}"),
+        ("requests sent / answered", f"{d['requests_sent']:,} / {d['requests_answered']:,}",
+         f"scorer group members {d['scorer_group_members']}, workers running {d['workers_running']}"),
+        ("testcontainers tests passed / failed / skipped",
+         f"{d['testcontainers_tests_passed']} / {d['testcontainers_tests_failed']} / "
+         f"{d['testcontainers_tests_skipped']}", f"skipped: {skipped}"),
+    ]
+    lines = ["| containers (`bench/results/containers.json`) | measured | note |", "|---|---|---|"]
+    return "\n".join(lines + [f"| {a} | {b} | {c} |" for a, b, c in rows])
+
+
 def main() -> None:
     graph = RESULTS / "graph.json"
     if graph.exists():
@@ -138,7 +157,8 @@ def main() -> None:
     if e2e:
         print()
         print(e2e_table(e2e))
-    for name, table in (("own_data.json", own_data_table), ("reliability.json", reliability_table)):
+    for name, table in (("own_data.json", own_data_table), ("reliability.json", reliability_table),
+                        ("containers.json", containers_table)):
         if (RESULTS / name).exists():
             print()
             print(table(json.loads((RESULTS / name).read_text())))

@@ -21,26 +21,29 @@ def test_settings_come_from_the_environment(monkeypatch):
 
 
 def test_compose_file_declares_real_commands_known_settings_and_durable_state():
-    """docker-compose.yml is parsed, not run (Docker-engine tests live in test_docker_services.py): its worker
-    services run real commands and set only settings that exist, with values the settings accept; Kafka's log and
-    Qdrant's storage both live in named volumes; the Qdrant server matches the pinned client; both have health
-    checks the workers wait for."""
+    """docker-compose.yml is also parsed here, where no engine may exist (``tests/test_compose.py`` runs its
+    embedded profile): its worker services run real commands from the locally built worker image and set only
+    settings that exist, with values the settings accept; Kafka's log and Qdrant's storage both live in named
+    volumes; the Qdrant server matches the pinned client; workers wait for healthy services; ports are loopback."""
     import yaml
 
     root = README.parent
     compose = yaml.safe_load((root / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"kafka", "qdrant", "graph-updater", "scorer"} <= set(services)
+    assert {"kafka", "worker", "qdrant", "graph-updater", "scorer"} <= set(services)
+    assert services["worker"]["command"] == ["worker"] and "replicas" in services["worker"]["deploy"]
     assert services["graph-updater"]["command"] == ["graph-updater"]
     assert services["scorer"]["command"] == ["scorer"] and "replicas" in services["scorer"]["deploy"]
-    for name in ("graph-updater", "scorer"):
+    assert services["kafka"]["image"] == "exitrec-kafka:latest"
+    for name in ("worker", "graph-updater", "scorer"):
         env = services[name]["environment"]
-        assert services[name]["build"]["dockerfile"] == "infra/Dockerfile"
+        assert services[name]["image"] == "exitrec-worker:latest"
         unknown = [k for k in env if k.removeprefix("EXITREC_").lower() not in Settings.model_fields]
         assert not unknown, f"{name} sets unknown variables {unknown}"
         fixed = {k.removeprefix("EXITREC_").lower(): v for k, v in env.items() if "${" not in str(v)}
         Settings(**fixed)  # raises on a value the settings reject
-    assert 'ENTRYPOINT ["exitrec"]' in (root / "infra" / "Dockerfile").read_text()
+        assert services[name]["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert 'ENTRYPOINT ["exitrec"]' in (root / "infra" / "images" / "worker.Dockerfile").read_text()
     volumes = set(compose["volumes"])
     assert any(v.split(":")[0] in volumes for v in services["kafka"]["volumes"]), "the click log must be durable"
     assert any(v.split(":")[0] in volumes for v in services["qdrant"]["volumes"])
@@ -49,6 +52,8 @@ def test_compose_file_declares_real_commands_known_settings_and_durable_state():
     for name in ("kafka", "qdrant"):
         assert "healthcheck" in services[name]
         assert services["scorer"]["depends_on"][name]["condition"] == "service_healthy"
+    published = [port for service in services.values() for port in service.get("ports", [])]
+    assert published and all(port.startswith("127.0.0.1:") for port in published)
 
 
 def test_settings_reach_a_child_process_through_the_environment(monkeypatch, tmp_path):
