@@ -2,8 +2,10 @@
 
 :class:`GraphUpdater` owns the graph and each user's reaction history. ``apply`` is idempotent per click: an
 edge is a set member (click 1 adds it, a later 0 for the same pair removes it: the latest reaction wins), and a
-history entry is keyed by ``event_id``, so re-applying a click already applied changes nothing. That is what
-lets a restarted updater replay the click log up to its committed offsets and continue from there.
+click whose ``event_id`` is among its user's recent events changes nothing (a redelivery or a producer's retry).
+A restarted updater needs no memory of older event ids: it rebuilds from its checkpoint and replays the click log
+up to its committed offsets, then continues from there, so state is bounded by users, items and edges, never by
+the number of clicks seen.
 """
 
 from __future__ import annotations
@@ -52,18 +54,24 @@ def parse_click(key: bytes | None, value: bytes | None) -> Click:
 
 @dataclass
 class UserHistory:
-    """A user's reactions: liked/disliked item ids (insertion-ordered, latest reaction wins) and recent events."""
+    """A user's reactions: liked/disliked item ids (insertion-ordered, latest reaction wins) and recent events.
+
+    Idempotency window: ``recent`` (the user's last ``maxlen`` events; the worker's
+    ``EXITREC_PAYLOAD_RECENT_ITEMS``, default 20) doubles as the set of event ids already applied, so memory per
+    user is bounded by the window, not by the user's click count (every event id used to be kept forever). A
+    duplicate arriving after ``maxlen`` newer clicks of the same user is applied again: the graph does not change
+    (an edge is a set member), but the item's reaction counts and the user's recent list take it twice. The window
+    is per user, so it evolves the same whichever way partitions interleave (each user's clicks are ordered in
+    their partition): a replay after a restart reaches exactly the same state."""
 
     liked: dict[str, int] = field(default_factory=dict)
     disliked: dict[str, int] = field(default_factory=dict)
     recent: deque = field(default_factory=lambda: deque(maxlen=20))  # (event_id, item_id, label, ts)
-    event_ids: set[str] = field(default_factory=set)
 
     def record(self, event_id: str, item_id: str, label: int, ts: int) -> bool:
-        """Record one reaction; False if ``event_id`` was already recorded (nothing changes)."""
-        if event_id in self.event_ids:
+        """Record one reaction; False if ``event_id`` is among the recent events (nothing changes)."""
+        if any(event[0] == event_id for event in self.recent):
             return False
-        self.event_ids.add(event_id)
         mine, other = (self.liked, self.disliked) if label == 1 else (self.disliked, self.liked)
         other.pop(item_id, None)
         mine.pop(item_id, None)
