@@ -2,8 +2,9 @@
 
     python -m bench.graph_bench [--quick]
 
-1. **Ranking** (MovieLens-100K, Book-Crossing): LightGCN trained on the first 85% of the time-ordered table,
-   Recall@20 / NDCG@20 on the clicks of the last 15% (users with history only), popularity on the same users.
+1. **Ranking** (MovieLens-100K, Book-Crossing): LightGCN trained on the first 85% of the time-ordered table for
+   an epoch count selected on its last 10% (``trained``), Recall@20 / NDCG@20 on the clicks of the last 15%
+   (users with history only), popularity on the same users.
 2. **Freshness**: the updater runs in this process on the real broker; a separate producer process replays
    Book-Crossing clicks at a fixed rate; per click, time from the producer's timestamp to the moment the
    upsert holding it returned (``wait=True``: readable).
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import shutil
 import time
 from pathlib import Path
 
@@ -32,9 +34,9 @@ from graph_updater.datasets import DatasetError, load, load_bookcrossing, time_s
 from graph_updater.evaluate import ranking_report
 from graph_updater.events import clicks_of
 from graph_updater.graph import USER
-from graph_updater.online import GraphUpdater
+from graph_updater.online import GraphUpdater, VectorRecord
 from graph_updater.service import prepare
-from graph_updater.store import open_store
+from graph_updater.store import EdgeStore, open_store
 from graph_updater.train import train_offline
 from infra.kafka import broker
 from infra.runtime.logging import configure_logging
@@ -43,7 +45,12 @@ from worker.replay import publish
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TRAIN = {"ml-100k": {"epochs": 30, "lr": 0.01, "batch_size": 4096},
-         "bookcrossing": {"epochs": 20, "lr": 0.05, "batch_size": 32768}}
+         "bookcrossing": {"epochs": 20, "lr": 0.05, "batch_size": 32768}}  # epochs: the most epoch selection tries
+VALID_SHARE = 0.1
+HNSW_CHOICES = {  # qdrant-edge HNSW settings measured at 1M users (None: the engine's defaults)
+    "default": None,
+    "m16_ef128": {"m": 16, "ef_construct": 128, "full_scan_threshold": 10_000},
+}
 
 
 def pct(values, q) -> float:
@@ -52,12 +59,32 @@ def pct(values, q) -> float:
 
 # ---- 1. ranking ------------------------------------------------------------------------------------------------
 def trained(dataset: str, data_dir: Path, train_share: float, epochs_scale: float = 1.0):
-    split = time_split(load(dataset, data_dir), train=train_share, stream=0.0)
-    updater = checkpoint.build_updater(split.train, 64, 3)
+    """LightGCN on the first ``train_share`` of the timeline, for a number of epochs chosen on a validation slice.
+
+    Selection: trained on the first ``train_share - VALID_SHARE``, recall@20 on the next ``VALID_SHARE`` (up to
+    2,000 users, as ``exitrec train-graph --select``) after every epoch, up to ``TRAIN[dataset]["epochs"]``; then
+    trained again from scratch on the whole ``train_share`` for the best epoch count. The test slice (after
+    ``train_share``) is never seen by either run."""
+    data = load(dataset, data_dir)
     cfg = dict(TRAIN[dataset], epochs=max(1, int(TRAIN[dataset]["epochs"] * epochs_scale)))
     started = time.perf_counter()
-    train_offline(updater.graph, **cfg)
-    return updater, split, {**cfg, "train_s": round(time.perf_counter() - started, 1)}
+    inner = time_split(data, train=train_share - VALID_SHARE, stream=VALID_SHARE)
+    probe = checkpoint.build_updater(inner.train, 64, 3)
+    curve: list[float] = []
+
+    def recall_on_valid(graph) -> float:
+        curve.append(round(ranking_report(graph, inner.stream, max_users=2000)["recall20_lightgcn"], 5))
+        return curve[-1]
+
+    train_offline(probe.graph, **cfg, validate=recall_on_valid)
+    popularity_valid = ranking_report(probe.graph, inner.stream, max_users=2000)["recall20_popularity"]
+    chosen = int(np.argmax(curve)) + 1
+    split = time_split(data, train=train_share, stream=0.0)
+    updater = checkpoint.build_updater(split.train, 64, 3)
+    train_offline(updater.graph, **dict(cfg, epochs=chosen))
+    return updater, split, {**cfg, "epochs_max": cfg["epochs"], "epochs": chosen, "valid_share": VALID_SHARE,
+                            "recall20_valid_per_epoch": curve, "recall20_popularity_valid": round(popularity_valid, 5),
+                            "train_s": round(time.perf_counter() - started, 1)}
 
 
 def ranking(data_dir: Path, quick: bool) -> tuple[dict, GraphUpdater]:
@@ -73,6 +100,49 @@ def ranking(data_dir: Path, quick: bool) -> tuple[dict, GraphUpdater]:
         if dataset == "bookcrossing":
             bx = updater
     return out, bx
+
+
+# ---- memory --------------------------------------------------------------------------------------------------
+def memory(data_dir: Path) -> dict:
+    """What the updater's state costs: every allocation (Python objects and numpy buffers, ``tracemalloc``) still
+    alive after loading Book-Crossing's 85% history into an updater and computing its layers, with the loaded
+    table itself dropped (the ids a running updater keeps, its graph, histories and arrays stay).
+
+    Model: ``bytes = per_node * nodes + per_edge * edges``, where ``per_node`` is exact (the per-node arrays:
+    ``layers`` (L+1) x dim float32, degree, trained flag, with the growth slack of their capacity) and
+    ``per_edge`` is the rest (adjacency sets, reaction histories, node ids and index, item counts, the recent
+    events window) divided by the like edges: reactions scale with edges, so this charges them to edges. The
+    projection applies both to 10M users, 1M items and 500M edges."""
+    import gc
+    import tracemalloc
+
+    tracemalloc.start()
+    split = time_split(load("bookcrossing", data_dir), train=0.85, stream=0.0)
+    updater = checkpoint.build_updater(split.train, 64, 3)
+    updater.graph.propagate_full()
+    reactions = len(split.train)
+    del split
+    gc.collect()
+    kept, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    graph = updater.graph
+    arrays = graph.layers.nbytes + graph.deg.nbytes + graph.trained.nbytes
+    nodes, edges, users = len(graph), graph.num_edges, len(updater.histories)
+    per_node, per_edge = arrays / nodes, (kept - arrays) / edges
+    projected = per_node * 11e6 + per_edge * 500e6
+    return {"updater_state_mb": round(kept / 2**20, 1), "updater_nodes": nodes, "updater_edges": edges,
+            "updater_users": users, "updater_reactions": reactions,
+            "updater_bytes_per_node": round(per_node), "updater_bytes_per_edge": round(per_edge),
+            "updater_bytes_per_user": round(kept / users),
+            "updater_projected_gb_10m_users_500m_edges": round(projected / 2**30, 1)}
+
+
+def rss_mb() -> float:
+    """This process's resident set size (``/proc/self/status``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 # ---- 2./3. freshness and throughput on the real broker ------------------------------------------------------
@@ -128,7 +198,8 @@ def streaming(base: Settings, ckpt: Path, data_dir: Path, quick: bool) -> tuple[
               "freshness_achieved_rate_per_s": round(fresh["timed_clicks"] / fresh["seconds"], 1),
               "max_sustained_clicks_per_s": round(drain["timed_clicks"] / drain["seconds"], 1),
               "max_sustained_clicks": drain["clicks"], "max_sustained_batches": drain["batches"],
-              "updater_dataset": "bookcrossing", "refinement": "off (refine_every_clicks=0)"}
+              "updater_dataset": "bookcrossing", "refinement": "off (refine_every_clicks=0)",
+              "updater_rss_mb": rss_mb()}  # the whole benchmark process after the drain (broker in its own)
     return result, fresh
 
 
@@ -191,6 +262,57 @@ def time_queries(store, queries, filtered: bool) -> list[float]:
         started = time.perf_counter()
         store.similar_users(vector, k=20, exclude_user=user_id, interacted_with=item if filtered else None)
         out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+def synthetic_users(users: list, n: int, seed: int = 0):
+    """``n`` users in chunks of 4,096: the real ones first, then copies of them (cycling), each copy's vector the
+    original's plus Gaussian noise of 0.3x its per-coordinate scale, payload the original's under a new id (so
+    an item's likers multiply with the users, as they would in a larger population)."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, n, 4096):
+        chunk = []
+        for k in range(start, min(start + 4096, n)):
+            source = users[k % len(users)]
+            if k < len(users):
+                chunk.append(source)
+                continue
+            vector = np.asarray(source.vector, dtype=np.float32)
+            noisy = vector + rng.normal(0.0, 0.3 * float(np.abs(vector).mean()), vector.shape).astype(np.float32)
+            uid = f"{source.external_id}~{k // len(users)}"
+            chunk.append(VectorRecord(USER, uid, noisy.tolist(), {**source.payload, "user_id": uid}))
+        yield chunk
+
+
+def retrieval_1m(corpus: GraphUpdater, users: list, work: Path, n: int = 1_000_000) -> dict:
+    """Top-20 plain and filtered at ``n`` users (``synthetic_users``) on qdrant-edge, for each HNSW setting of
+    ``HNSW_CHOICES``: load + optimize time and p50/p99 of 200 queries each; the fastest filtered p99 is kept as
+    ``retrieval_p99_ms_1m*`` with its setting named."""
+    rng = np.random.default_rng(1)
+    picks = set(rng.choice(n, 200, replace=False).tolist())
+    out: dict = {"retrieval_1m_users": n, "retrieval_1m_corpus": f"{len(users):,} real Book-Crossing users "
+                 "+ noisy copies (vector + N(0, 0.3 mean|v|), same payload)"}
+    for name, hnsw in HNSW_CHOICES.items():
+        store = EdgeStore(str(work / f"edge-1m-{name}"), hnsw=hnsw)
+        store.ensure_collections(corpus.graph.dim)
+        queries, started = [], time.perf_counter()
+        for chunk_start, chunk in zip(range(0, n, 4096), synthetic_users(users, n), strict=True):
+            store.upsert(chunk)
+            queries += [(r.external_id, r.vector, next(iter(corpus.histories[r.external_id.split("~")[0]].liked)))
+                        for k, r in enumerate(chunk, start=chunk_start) if k in picks]
+        store.optimize()
+        load_s = time.perf_counter() - started
+        plain = time_queries(store, queries, filtered=False)
+        filtered = time_queries(store, queries, filtered=True)
+        out[f"retrieval_1m_{name}"] = {"load_s": round(load_s, 1), "p50_ms": pct(plain, 50), "p99_ms": pct(plain, 99),
+                                       "p50_ms_filtered": pct(filtered, 50), "p99_ms_filtered": pct(filtered, 99)}
+        print("1m", name, out[f"retrieval_1m_{name}"])
+        store.close()
+        shutil.rmtree(work / f"edge-1m-{name}", ignore_errors=True)
+    best = min(HNSW_CHOICES, key=lambda name: out[f"retrieval_1m_{name}"]["p99_ms_filtered"])
+    out.update({"retrieval_1m_hnsw": best, "retrieval_p50_ms_1m": out[f"retrieval_1m_{best}"]["p50_ms"],
+                "retrieval_p99_ms_1m": out[f"retrieval_1m_{best}"]["p99_ms"],
+                "retrieval_p99_ms_1m_filtered": out[f"retrieval_1m_{best}"]["p99_ms_filtered"]})
     return out
 
 
@@ -257,7 +379,7 @@ def plot(result: dict, fresh: dict, out: Path) -> None:
     plt.close(fig)
 
 
-PARTS = ("ranking", "streaming", "consume", "retrieval")
+PARTS = ("ranking", "memory", "streaming", "consume", "retrieval")
 
 
 def main() -> None:
@@ -288,6 +410,8 @@ def main() -> None:
             result.update(rank)
             split = time_split(load("bookcrossing", base.data_dir), train=0.85, stream=0.0)
             checkpoint.save(bx_ckpt, bx, split.train, {"dataset": "bookcrossing", **rank["train_bookcrossing"]})
+        if "memory" in parts:
+            result.update(memory(base.data_dir))
         kafka = base.model_copy(update={"kafka_bootstrap": info.bootstrap})
         if "streaming" in parts:
             stream_result, fresh = streaming(kafka, bx_ckpt, base.data_dir, args.quick)

@@ -168,7 +168,9 @@ class QdrantStore(VectorStore):
 class EdgeStore(VectorStore):
     """qdrant-edge-py: one :class:`qdrant_edge.EdgeShard` per collection under ``folder`` (Rust, in-process)."""
 
-    def __init__(self, folder: str | Path | None = None, prefix: str = "exitrec") -> None:
+    def __init__(self, folder: str | Path | None = None, prefix: str = "exitrec", hnsw: dict | None = None) -> None:
+        """``hnsw``: ``qdrant_edge.HnswIndexConfig`` fields for new collections (None: the engine's defaults)."""
+        self.hnsw = hnsw
         self.temporary = folder is None  # removed on close, like an in-memory store
         self.folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="exitrec-edge-"))
         self.paths = {USER: self.folder / f"{prefix}_users", ITEM: self.folder / f"{prefix}_items"}
@@ -183,7 +185,8 @@ class EdgeStore(VectorStore):
                 continue
             path.mkdir(parents=True, exist_ok=True)
             shard = edge.EdgeShard.create(str(path), edge.EdgeConfig(
-                vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine)))
+                vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine),
+                hnsw_config=edge.HnswIndexConfig(**self.hnsw) if self.hnsw else None))
             for field, schema in (USER_INDEXES if kind == USER else ITEM_INDEXES).items():
                 shard.update(edge.UpdateOperation.create_field_index(field, getattr(edge.PayloadSchemaType,
                                                                                     schema.title())))
