@@ -45,7 +45,9 @@ class Settings(BaseSettings):
     refine_min_change: float = Field(0.05, ge=0.0, le=1.0,
                                      description="a refined vector is rewritten when it moved more than this "
                                                  "(relative); the rest keep their stored vector until their next click")
-    payload_recent_items: int = Field(20, ge=1, le=1000, description="recent items kept per user in the payload")
+    payload_recent_items: int = Field(20, ge=1, le=1000,
+                                      description="recent items kept per user in the payload; also each user's "
+                                                  "idempotency window of event ids")
     replica_id: str | None = Field(
         None, description="worker replica name; with an embedded store each replica follows the click log itself "
                           "as <group>.graph-updater.<replica_id> (default: the host name)")
