@@ -24,6 +24,7 @@ def build_updater(history: Interactions, dim: int, num_layers: int, recent_n: in
     updater = GraphUpdater(LightGCNGraph(dim, num_layers, capacity=2 * len(history) + 16), recent_n=recent_n)
     event_ids = [f"{history.name}-h{k}" for k in range(len(history))]
     updater.ingest(event_ids, history.users, history.items, history.labels.tolist(), history.ts.tolist())
+    updater.graph.reserve(len(updater.graph) * 5 // 4)  # trim the worst-case reservation to 25% headroom
     return updater
 
 

@@ -65,14 +65,21 @@ class LightGCNGraph:
     def node(self, kind: str, external_id: str) -> int | None:
         return self.index.get(node_key(kind, external_id))
 
+    def reserve(self, capacity: int) -> None:
+        """Resize the per-node arrays (``layers``, ``trained``, ``deg``) to ``capacity`` slots, never below the
+        nodes present: grown x2 when full, trimmed by whoever over-reserved (a checkpoint build reserves the worst
+        case, two new nodes per row, then keeps a quarter of headroom)."""
+        n, capacity = len(self.keys), max(capacity, len(self.keys), 16)
+        layers = np.zeros((self.num_layers + 1, capacity, self.dim), dtype=np.float32)
+        layers[:, :n] = self.layers[:, :n]
+        trained, deg = np.zeros(capacity, dtype=bool), np.zeros(capacity, dtype=np.float32)
+        trained[:n], deg[:n] = self.trained[:n], self.deg[:n]
+        self.layers, self.trained, self.deg = layers, trained, deg
+
     def _add_node(self, key: str) -> int:
         idx = len(self.keys)
         if idx == self.layers.shape[1]:
-            grown = np.zeros((self.num_layers + 1, 2 * idx, self.dim), dtype=np.float32)
-            grown[:, :idx] = self.layers
-            self.layers = grown
-            self.trained = np.concatenate([self.trained, np.zeros(idx, dtype=bool)])
-            self.deg = np.concatenate([self.deg, np.zeros(idx, dtype=np.float32)])
+            self.reserve(2 * idx)
         self.index[key] = idx
         self.keys.append(key)
         self.adj.append(set())

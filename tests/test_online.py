@@ -99,6 +99,18 @@ def test_the_window_gives_the_same_state_whichever_way_partitions_interleave():
             np.testing.assert_allclose(vector, states[0][2][key], atol=1e-5)
 
 
+def test_a_checkpoint_build_keeps_a_quarter_of_headroom_and_still_grows():
+    """The per-node arrays were sized for the worst case (two new nodes per history row): 3x the nodes."""
+    updater = checkpoint.build_updater(history(), dim=8, num_layers=2)
+    updater.graph.propagate_full()
+    n, before = len(updater.graph), updater.graph.final().copy()
+    assert updater.graph.layers.shape[1] == n * 5 // 4
+    updater.apply([click(f"g{k}", f"newcomer{k}", f"fresh{k}") for k in range(n)])  # past the headroom
+    assert len(updater.graph) == 3 * n and updater.graph.layers.shape[1] >= 3 * n
+    old_users = [v for v, key in enumerate(updater.graph.keys[:n]) if updater.graph.adj[v]]
+    np.testing.assert_array_equal(updater.graph.final()[old_users], before[old_users])
+
+
 def test_user_with_only_negative_clicks_gets_an_unlinked_point_with_its_history():
     """Before: no point at all, so the scorer treated a user with five dislikes as brand new."""
     updater = checkpoint.build_updater(history(), dim=8, num_layers=2)
