@@ -16,14 +16,22 @@ def fmt(value, digits: int = 3) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def selected(train: dict) -> str:
+    """How the epoch count was chosen (older results trained a fixed number)."""
+    if "epochs_max" not in train:
+        return f"{train['epochs']} epochs (fixed)"
+    return f"{train['epochs']} of ≤{train['epochs_max']} epochs, chosen on a validation slice"
+
+
 def graph_table(d: dict) -> str:
     rows = [
         ("Recall@20 LightGCN / popularity, MovieLens-100K", f"{fmt(d['recall20_lightgcn'])} / "
-         f"{fmt(d['recall20_popularity'])}", f"{d['eval_users']} warm test users"),
+         f"{fmt(d['recall20_popularity'])}", f"{d['eval_users']} warm test users; {selected(d['train'])}"),
         ("NDCG@20 LightGCN / popularity, MovieLens-100K", f"{fmt(d['ndcg20_lightgcn'])} / "
          f"{fmt(d['ndcg20_popularity'])}", ""),
         ("Recall@20 LightGCN / popularity, Book-Crossing", f"{fmt(d['recall20_lightgcn_bookcrossing'], 4)} / "
-         f"{fmt(d['recall20_popularity_bookcrossing'], 4)}", f"{d['eval_users_bookcrossing']:,} test users"),
+         f"{fmt(d['recall20_popularity_bookcrossing'], 4)}",
+         f"{d['eval_users_bookcrossing']:,} test users; {selected(d['train_bookcrossing'])}"),
         ("NDCG@20 LightGCN / popularity, Book-Crossing", f"{fmt(d['ndcg20_lightgcn_bookcrossing'], 4)} / "
          f"{fmt(d['ndcg20_popularity_bookcrossing'], 4)}", ""),
         ("freshness p50 / p99 (click produced → vector readable)",
@@ -44,6 +52,21 @@ def graph_table(d: dict) -> str:
                      f"{fmt(d[f'retrieval_p99_ms_{size}_filtered'], 2)} ms",
                      f"local mode: {fmt(d[f'qdrant_local_retrieval_p50_ms_{size}_filtered'], 0)} / "
                      f"{fmt(d[f'qdrant_local_retrieval_p99_ms_{size}_filtered'], 0)} ms"))
+    if "retrieval_p99_ms_1m" in d:
+        rows.append((f"top-20 p50 / p99, plain / filtered, {d['retrieval_1m_users']:,} users (qdrant-edge)",
+                     f"{fmt(d['retrieval_p50_ms_1m'], 2)} / {fmt(d['retrieval_p99_ms_1m'], 2)} ms; filtered p99 "
+                     f"{fmt(d['retrieval_p99_ms_1m_filtered'], 2)} ms",
+                     f"HNSW {d['retrieval_1m_hnsw']}; {d['retrieval_1m_corpus']}"))
+    if "updater_bytes_per_edge" in d:
+        rows += [
+            ("updater state, Book-Crossing 85% (tracemalloc)", f"{fmt(d['updater_state_mb'], 0)} MB",
+             f"{d['updater_nodes']:,} nodes, {d['updater_edges']:,} like edges, {d['updater_users']:,} users"),
+            ("… bytes per node / per edge", f"{d['updater_bytes_per_node']:,} / {d['updater_bytes_per_edge']:,}",
+             f"projected for 10M users, 1M items, 500M edges: "
+             f"{fmt(d['updater_projected_gb_10m_users_500m_edges'], 0)} GB")]
+    if "updater_rss_mb" in d:
+        rows.append(("benchmark process RSS after the drain", f"{fmt(d['updater_rss_mb'], 0)} MB",
+                     "the updater with faust and aiokafka (the broker runs apart)"))
     lines = ["| graph path (`bench/results/graph.json`) | measured | note |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     lines.append(f"\n100k = all {d['retrieval_users_available']:,} Book-Crossing users with a vector.")

@@ -211,7 +211,8 @@ class EdgeStore(VectorStore):
         return list(found[0].vector), dict(found[0].payload or {})
 
     def similar_users(self, vector: list[float], k: int = 20, exclude_user: str | None = None,
-                      interacted_with: str | None = None) -> list[Neighbour]:
+                      interacted_with: str | None = None, exact: bool = False) -> list[Neighbour]:
+        """``exact``: a full scan instead of the HNSW index (what a benchmark measures the index's recall by)."""
         must_not = [edge.HasIdCondition({point_id(USER, exclude_user)})] if exclude_user else None
         should = None
         if interacted_with is not None:
@@ -219,7 +220,8 @@ class EdgeStore(VectorStore):
                       for f in REACTION_FIELDS]
         query_filter = edge.Filter(must_not=must_not, should=should) if (must_not or should) else None
         hits = self.shards[USER].query(edge.QueryRequest(limit=k, query=edge.Query.Nearest(vector),
-                                                         filter=query_filter, with_payload=True))
+                                                         filter=query_filter, with_payload=True,
+                                                         params=edge.SearchParams(exact=True) if exact else None))
         return [Neighbour(str(h.payload["user_id"]), float(h.score), dict(h.payload)) for h in hits]
 
     def optimize(self) -> None:
