@@ -27,6 +27,7 @@ from schemas.codec import decode_keyed
 from schemas.messages import Click
 
 PAYLOAD_MAX_ITEMS = 100  # latest reactions per polarity kept filterable in the payload
+COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # one encoder, not one per payload
 
 
 @functools.lru_cache(maxsize=1 << 20)
@@ -67,28 +68,52 @@ class UserHistory:
     liked: dict[str, int] = field(default_factory=dict)
     disliked: dict[str, int] = field(default_factory=dict)
     recent: deque = field(default_factory=lambda: deque(maxlen=20))  # (event_id, item_id, label, ts)
+    recent_ids: deque = field(init=False, repr=False, compare=False)  # recent's event ids (a C-level scan)
+    latest: dict = field(init=False, repr=False, compare=False)  # label -> latest_keys() of it, kept up to date
+
+    def __post_init__(self) -> None:
+        self.recent_ids = deque((event[0] for event in self.recent), maxlen=self.recent.maxlen)
+        self.latest = {}
 
     def record(self, event_id: str, item_id: str, label: int, ts: int) -> bool:
-        """Record one reaction; False if ``event_id`` is among the recent events (nothing changes)."""
-        if any(event[0] == event_id for event in self.recent):
+        """Record one reaction; False if ``event_id`` is among the recent events (nothing changes).
+
+        The payload's key lists follow by appending (a reaction to an item new to the user); a reaction that
+        moves an item (re-liked, or liked then disliked) drops the cached list, rebuilt at the next payload."""
+        if event_id in self.recent_ids:
             return False
         mine, other = (self.liked, self.disliked) if label == 1 else (self.disliked, self.liked)
-        other.pop(item_id, None)
-        mine.pop(item_id, None)
+        if other.pop(item_id, None) is not None:
+            self.latest.pop(1 - label, None)
+        if mine.pop(item_id, None) is not None:
+            self.latest.pop(label, None)
         mine[item_id] = ts
+        keys = self.latest.get(label)
+        if keys is not None:
+            keys.append(item_key(item_id))
+            if len(keys) > PAYLOAD_MAX_ITEMS:
+                del keys[0]
         self.recent.append((event_id, item_id, label, ts))
+        self.recent_ids.append(event_id)
         return True
+
+    def latest_keys(self, label: int) -> list[int]:
+        """:func:`latest_keys` of the liked (1) or disliked (0) items, from the cache when it is current."""
+        keys = self.latest.get(label)
+        if keys is None:
+            keys = self.latest[label] = latest_keys(self.liked if label == 1 else self.disliked)
+        return list(keys)
 
     def payload(self, user_id: str, recent_n: int) -> dict:
         """The vector-store payload of a user (contract in :mod:`graph_updater.store`)."""
         recent = list(self.recent)[-recent_n:]
         return {
             "user_id": user_id,
-            "liked_keys": latest_keys(self.liked),
-            "disliked_keys": latest_keys(self.disliked),
+            "liked_keys": self.latest_keys(1),
+            "disliked_keys": self.latest_keys(0),
             "n_liked": len(self.liked),
             "n_disliked": len(self.disliked),
-            "recent": json.dumps([[r[1], r[2], r[3]] for r in recent], separators=(",", ":")),
+            "recent": COMPACT_JSON.encode([[r[1], r[2], r[3]] for r in recent]),
             "last_ts": recent[-1][3] if recent else 0,
         }
 

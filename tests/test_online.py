@@ -154,6 +154,20 @@ def test_payload_keeps_the_latest_reactions_oldest_first():
     assert json.loads(payload["recent"])[-1] == ["i0", 0, TS + 999] and payload["last_ts"] == TS + 999
 
 
+def test_payload_key_lists_kept_up_to_date_equal_the_ones_computed_from_the_reactions():
+    """The key lists follow each reaction instead of being rebuilt from up to 100 items per payload."""
+    from graph_updater.online import PAYLOAD_MAX_ITEMS, UserHistory, latest_keys
+
+    rng = np.random.default_rng(3)
+    h = UserHistory()
+    for k in range(3000):  # new items, re-likes, flips between liked and disliked; payloads read in between
+        h.record(f"e{k}", f"i{int(rng.integers(0, 2 * PAYLOAD_MAX_ITEMS))}", int(rng.random() < 0.7), TS + k)
+        if k % 7 == 0:
+            payload = h.payload("u", recent_n=5)
+            assert payload["liked_keys"] == latest_keys(h.liked)
+            assert payload["disliked_keys"] == latest_keys(h.disliked)
+
+
 def test_epoch_selection_keeps_the_embeddings_of_the_best_validation_score():
     updater = checkpoint.build_updater(history(), dim=8, num_layers=2)
     scores, snapshots = iter([0.1, 0.5, 0.3, 0.2]), []
