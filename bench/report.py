@@ -60,7 +60,7 @@ def graph_table(d: dict) -> str:
         rows.append((f"top-20 p50 / p99, plain / filtered, {d['retrieval_1m_users']:,} users (qdrant-edge)",
                      f"{fmt(d['retrieval_p50_ms_1m'], 2)} / {fmt(d['retrieval_p99_ms_1m'], 2)} ms; filtered p99 "
                      f"{fmt(d['retrieval_p99_ms_1m_filtered'], 2)} ms",
-                     f"HNSW {d['retrieval_1m_hnsw']}; {d['retrieval_1m_corpus']}"))
+                     f"HNSW {d['retrieval_1m_hnsw']}; {d['retrieval_1m_corpus']}".replace("|", "\\|")))
     if "updater_bytes_per_edge" in d:
         rows += [
             ("updater state, Book-Crossing 85% (tracemalloc)", f"{fmt(d['updater_state_mb'], 0)} MB",
