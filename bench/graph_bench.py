@@ -110,8 +110,9 @@ def ranking(data_dir: Path, quick: bool) -> tuple[dict, GraphUpdater]:
 # ---- memory --------------------------------------------------------------------------------------------------
 def memory(data_dir: Path) -> dict:
     """What the updater's state costs: every allocation (Python objects and numpy buffers, ``tracemalloc``) still
-    alive after loading Book-Crossing's 85% history into an updater and computing its layers, with the loaded
-    table itself dropped (the ids a running updater keeps, its graph, histories and arrays stay).
+    alive after loading Book-Crossing's 85% history into an updater, computing its layers and building every
+    point once (as a worker's startup does), with the loaded table and the points dropped (the ids a running
+    updater keeps, its graph, histories, key-list caches and arrays stay).
 
     Model: ``bytes = per_node * nodes + per_edge * edges``, where ``per_node`` is exact (the per-node arrays:
     ``layers`` (L+1) x dim float32, degree, trained flag, with the growth slack of their capacity) and
@@ -125,6 +126,7 @@ def memory(data_dir: Path) -> dict:
     split = time_split(load("bookcrossing", data_dir), train=0.85, stream=0.0)
     updater = checkpoint.build_updater(split.train, 64, 3)
     updater.graph.propagate_full()
+    updater.all_records()  # what a worker's startup writes: fills the per-user key-list caches, then dropped
     reactions = len(split.train)
     del split
     gc.collect()
