@@ -8,15 +8,13 @@
 Two collections, ``<prefix>_users`` and ``<prefix>_items``, cosine distance. A point's id is a UUIDv5 of the
 external id (Qdrant ids must be integers or UUIDs); the external id is kept in the payload.
 
-User payload: ``user_id``; ``liked_text`` / ``disliked_text``, the :func:`~graph_updater.online.item_key` of the
-user's latest 100 liked / disliked items as space-separated text (:func:`~graph_updater.online.keys_text`, indexed
-full-text with a whitespace tokenizer); ``n_liked``, ``n_disliked`` (totals); ``recent``, a JSON string of the
+User payload: ``user_id``; ``liked_keys`` / ``disliked_keys``, the :func:`~graph_updater.online.item_key` of the
+user's latest 100 liked / disliked items; ``n_liked``, ``n_disliked`` (totals); ``recent``, a JSON string of the
 latest ``[item_id, label, ts]`` reactions (for prompts); ``last_ts``. Item payload: ``item_id``, ``n_liked`` and
 ``n_disliked`` (every reaction the item received so far: the item's like rate, rewritten on each reaction).
 Both carry ``linked``: false for a node with reactions but no like edge yet (its vector is a placeholder, not a
 graph position: :meth:`graph_updater.online.GraphUpdater.records`).
-"Has reacted to item X" is the filter ``liked_text`` or ``disliked_text`` has the token ``key(X)`` (the text match
-`` key(X) ``: a token for an index, a padded substring for qdrant-client's local mode, which scans).
+"Has reacted to item X" is the filter ``liked_keys ∋ key(X) or disliked_keys ∋ key(X)``.
 
 qdrant-client's local mode runs Qdrant's query logic in Python inside this process; a URL talks to a Qdrant
 server (docker-compose). Both go through the same client API, so code and tests are shared.
@@ -40,19 +38,14 @@ from graph_updater.graph import ITEM, USER
 from graph_updater.online import GraphUpdater, VectorRecord, item_key
 
 NAMESPACE = uuid.UUID("6f1c7c9e-7a58-4f59-9d0e-6f8f3b6d2a11")
-REACTION_FIELDS = ("liked_text", "disliked_text")
-USER_INDEXES = {"user_id": "KEYWORD", "liked_text": "TEXT", "disliked_text": "TEXT"}
+REACTION_FIELDS = ("liked_keys", "disliked_keys")
+USER_INDEXES = {"user_id": "KEYWORD", "liked_keys": "INTEGER", "disliked_keys": "INTEGER"}
 ITEM_INDEXES = {"item_id": "KEYWORD"}
 
 
 @functools.lru_cache(maxsize=1 << 20)
 def point_id(kind: str, external_id: str) -> str:
     return str(uuid.uuid5(NAMESPACE, f"{kind}:{external_id}"))
-
-
-def reaction_token(item_id: str) -> str:
-    """The text a reaction field holds when the user reacted to ``item_id`` (padded: an exact token)."""
-    return f" {item_key(item_id)} "
 
 
 @dataclass(frozen=True)
@@ -65,10 +58,10 @@ class Neighbour:
 
     def reaction_to(self, item_id: str) -> int | None:
         """1 if this user recently liked ``item_id``, 0 if disliked, None if no recent reaction."""
-        token = reaction_token(item_id)
-        if token in self.payload.get("liked_text", ""):
+        key = item_key(item_id)
+        if key in self.payload.get("liked_keys", ()):
             return 1
-        if token in self.payload.get("disliked_text", ""):
+        if key in self.payload.get("disliked_keys", ()):
             return 0
         return None
 
@@ -131,9 +124,7 @@ class QdrantStore(VectorStore):
                 with warnings.catch_warnings():  # local mode warns that it has no payload indexes: known
                     warnings.simplefilter("ignore", UserWarning)
                     for field, schema in fields.items():
-                        self.client.create_payload_index(name, field, models.TextIndexParams(
-                            type=models.TextIndexType.TEXT, tokenizer=models.TokenizerType.WHITESPACE)
-                            if schema == "TEXT" else getattr(models.PayloadSchemaType, schema))
+                        self.client.create_payload_index(name, field, getattr(models.PayloadSchemaType, schema))
 
     def upsert(self, records: list[VectorRecord], batch: int = 1024) -> int:
         by_kind: dict[str, list[models.PointStruct]] = {USER: [], ITEM: []}
@@ -160,7 +151,7 @@ class QdrantStore(VectorStore):
         must_not = [models.HasIdCondition(has_id=[point_id(USER, exclude_user)])] if exclude_user else None
         should = None
         if interacted_with is not None:
-            should = [models.FieldCondition(key=f, match=models.MatchText(text=reaction_token(interacted_with)))
+            should = [models.FieldCondition(key=f, match=models.MatchValue(value=item_key(interacted_with)))
                       for f in REACTION_FIELDS]
         query_filter = models.Filter(must_not=must_not, should=should) if (must_not or should) else None
         hits = self.client.query_points(self.collections[USER], query=vector, limit=k, query_filter=query_filter,
@@ -197,9 +188,8 @@ class EdgeStore(VectorStore):
                 vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine),
                 hnsw_config=edge.HnswIndexConfig(**self.hnsw) if self.hnsw else None))
             for field, schema in (USER_INDEXES if kind == USER else ITEM_INDEXES).items():
-                shard.update(edge.UpdateOperation.create_field_index(field, edge.TextIndexParams(
-                    tokenizer=edge.TokenizerType.Whitespace) if schema == "TEXT"
-                    else getattr(edge.PayloadSchemaType, schema.title())))
+                shard.update(edge.UpdateOperation.create_field_index(field, getattr(edge.PayloadSchemaType,
+                                                                                    schema.title())))
             self.shards[kind] = shard
 
     def upsert(self, records: list[VectorRecord], batch: int = 4096) -> int:
@@ -226,7 +216,7 @@ class EdgeStore(VectorStore):
         must_not = [edge.HasIdCondition({point_id(USER, exclude_user)})] if exclude_user else None
         should = None
         if interacted_with is not None:
-            should = [edge.FieldCondition(key=f, match=edge.MatchText(reaction_token(interacted_with)))
+            should = [edge.FieldCondition(key=f, match=edge.MatchValue(item_key(interacted_with)))
                       for f in REACTION_FIELDS]
         query_filter = edge.Filter(must_not=must_not, should=should) if (must_not or should) else None
         hits = self.shards[USER].query(edge.QueryRequest(limit=k, query=edge.Query.Nearest(vector),

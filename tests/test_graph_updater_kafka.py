@@ -98,7 +98,7 @@ async def test_replay_updates_vectors_and_dead_letters_bad_messages(settings, sp
     assert found is not None
     vector, payload = found
     assert np.linalg.norm(vector) > 0
-    assert set(payload["liked_text"].split()) == {str(item_key(i)) for i in ref.histories[new_user].liked}
+    assert set(payload["liked_keys"]) == {item_key(i) for i in ref.histories[new_user].liked}
     assert payload["n_liked"] == len(ref.histories[new_user].liked)
     node = service.updater.graph.node(USER, new_user)
     expected = service.updater.graph.final(np.array([node]))[0]
