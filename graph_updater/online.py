@@ -18,6 +18,7 @@ import zlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import numpy as np
 
@@ -53,7 +54,7 @@ def parse_click(key: bytes | None, value: bytes | None) -> Click:
     return decode_keyed(Click, key, value)
 
 
-@dataclass
+@dataclass(slots=True)
 class UserHistory:
     """A user's reactions: liked/disliked item ids (insertion-ordered, latest reaction wins) and recent events.
 
@@ -68,38 +69,33 @@ class UserHistory:
     liked: dict[str, int] = field(default_factory=dict)
     disliked: dict[str, int] = field(default_factory=dict)
     recent: deque = field(default_factory=lambda: deque(maxlen=20))  # (event_id, item_id, label, ts)
-    recent_ids: deque = field(init=False, repr=False, compare=False)  # recent's event ids (a C-level scan)
-    latest: dict = field(init=False, repr=False, compare=False)  # label -> latest_keys() of it, kept up to date
-
-    def __post_init__(self) -> None:
-        self.recent_ids = deque((event[0] for event in self.recent), maxlen=self.recent.maxlen)
-        self.latest = {}
+    # latest_keys() of the disliked [0] and liked [1] items, kept up to date (None: rebuilt at the next payload)
+    latest: list = field(default_factory=lambda: [None, None], init=False, repr=False, compare=False)
 
     def record(self, event_id: str, item_id: str, label: int, ts: int) -> bool:
         """Record one reaction; False if ``event_id`` is among the recent events (nothing changes).
 
         The payload's key lists follow by appending (a reaction to an item new to the user); a reaction that
         moves an item (re-liked, or liked then disliked) drops the cached list, rebuilt at the next payload."""
-        if event_id in self.recent_ids:
+        if event_id in map(itemgetter(0), self.recent):  # a C-level scan of the window
             return False
         mine, other = (self.liked, self.disliked) if label == 1 else (self.disliked, self.liked)
         if other.pop(item_id, None) is not None:
-            self.latest.pop(1 - label, None)
+            self.latest[1 - label] = None
         if mine.pop(item_id, None) is not None:
-            self.latest.pop(label, None)
+            self.latest[label] = None
         mine[item_id] = ts
-        keys = self.latest.get(label)
+        keys = self.latest[label]
         if keys is not None:
             keys.append(item_key(item_id))
             if len(keys) > PAYLOAD_MAX_ITEMS:
                 del keys[0]
         self.recent.append((event_id, item_id, label, ts))
-        self.recent_ids.append(event_id)
         return True
 
     def latest_keys(self, label: int) -> list[int]:
         """:func:`latest_keys` of the liked (1) or disliked (0) items, from the cache when it is current."""
-        keys = self.latest.get(label)
+        keys = self.latest[label]
         if keys is None:
             keys = self.latest[label] = latest_keys(self.liked if label == 1 else self.disliked)
         return list(keys)
