@@ -125,9 +125,18 @@ def base(rebuild: bool = False) -> Built:
     return _finish("base", tag, started, True)
 
 
-def _build_dir(name: str, tag: str, context: Path, dockerfile: str, **build_args: str) -> None:
+def _build_staged(name: str, parent_tag: str, context: Path, started: float, rebuild: bool,
+                  **build_args: str) -> Built:
+    """Build ``<name>.Dockerfile`` in the staged ``context`` unless its tag exists: the tag is a digest of the
+    parent's tag and every staged file."""
+    digest = hashlib.sha256(parent_tag.encode())
+    _digest_tree(context, digest)
+    tag = _tag(name, digest)
+    if exists(tag) and not rebuild:
+        return _finish(name, tag, started, False)
     args = [arg for key, value in build_args.items() for arg in ("--build-arg", f"{key}={value}")]
-    _docker("build", "-q", "-t", tag, "-f", str(context / dockerfile), *args, str(context))
+    _docker("build", "-q", "-t", tag, "-f", str(context / f"{name}.Dockerfile"), *args, str(context))
+    return _finish(name, tag, started, True)
 
 
 def kafka(base_tag: str, rebuild: bool = False) -> Built:
@@ -141,13 +150,7 @@ def kafka(base_tag: str, rebuild: bool = False) -> Built:
         shutil.copytree(libs, ctx / "libs", ignore=shutil.ignore_patterns(".complete"))
         for source in (HERE / "kafka.Dockerfile", HERE / "kafka_entrypoint.py", broker.LOG4J2):
             shutil.copy(source, ctx / source.name)
-        digest = hashlib.sha256(base_tag.encode())
-        _digest_tree(ctx, digest)
-        tag = _tag("kafka", digest)
-        if exists(tag) and not rebuild:
-            return _finish("kafka", tag, started, False)
-        _build_dir("kafka", tag, ctx, "kafka.Dockerfile", BASE=base_tag)
-    return _finish("kafka", tag, started, True)
+        return _build_staged("kafka", base_tag, ctx, started, rebuild, BASE=base_tag)
 
 
 def project_venv() -> Path:
@@ -196,13 +199,7 @@ def worker(python_tag: str, rebuild: bool = False) -> Built:
             else:
                 shutil.copy(source, ctx / "app" / part)
         shutil.copy(HERE / "worker.Dockerfile", ctx / "worker.Dockerfile")
-        digest = hashlib.sha256(python_tag.encode())
-        _digest_tree(ctx, digest)
-        tag = _tag("worker", digest)
-        if exists(tag) and not rebuild:
-            return _finish("worker", tag, started, False)
-        _build_dir("worker", tag, ctx, "worker.Dockerfile", PYTHON=python_tag)
-    return _finish("worker", tag, started, True)
+        return _build_staged("worker", python_tag, ctx, started, rebuild, PYTHON=python_tag)
 
 
 def ensure(wanted: tuple[str, ...] = ("kafka", "worker"), rebuild: bool = False) -> dict[str, Built]:
