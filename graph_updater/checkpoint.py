@@ -21,10 +21,10 @@ from graph_updater.online import GraphUpdater
 
 def build_updater(history: Interactions, dim: int, num_layers: int, recent_n: int = 20) -> GraphUpdater:
     """A :class:`GraphUpdater` whose graph and user histories hold ``history`` (layers not yet computed)."""
-    updater = GraphUpdater(LightGCNGraph(dim, num_layers, capacity=2 * len(history) + 16), recent_n=recent_n)
+    nodes = len(set(history.users)) + len(set(history.items))  # users and items never share a node key
+    updater = GraphUpdater(LightGCNGraph(dim, num_layers, capacity=nodes * 5 // 4), recent_n=recent_n)  # 25% headroom
     event_ids = [f"{history.name}-h{k}" for k in range(len(history))]
     updater.ingest(event_ids, history.users, history.items, history.labels.tolist(), history.ts.tolist())
-    updater.graph.reserve(len(updater.graph) * 5 // 4)  # trim the worst-case reservation to 25% headroom
     return updater
 
 

@@ -67,8 +67,7 @@ class LightGCNGraph:
 
     def reserve(self, capacity: int) -> None:
         """Resize the per-node arrays (``layers``, ``trained``, ``deg``) to ``capacity`` slots, never below the
-        nodes present: grown x2 when full, trimmed by whoever over-reserved (a checkpoint build reserves the worst
-        case, two new nodes per row, then keeps a quarter of headroom)."""
+        nodes present (grown x2 when full)."""
         n, capacity = len(self.keys), max(capacity, len(self.keys), 16)
         layers = np.zeros((self.num_layers + 1, capacity, self.dim), dtype=np.float32)
         layers[:, :n] = self.layers[:, :n]

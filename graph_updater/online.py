@@ -93,7 +93,7 @@ class UserHistory:
         self.recent.append((event_id, item_id, label, ts))
         return True
 
-    def latest_keys(self, label: int) -> list[int]:
+    def reaction_keys(self, label: int) -> list[int]:
         """:func:`latest_keys` of the liked (1) or disliked (0) items, from the cache when it is current."""
         keys = self.latest[label]
         if keys is None:
@@ -105,8 +105,8 @@ class UserHistory:
         recent = list(self.recent)[-recent_n:]
         return {
             "user_id": user_id,
-            "liked_keys": self.latest_keys(1),
-            "disliked_keys": self.latest_keys(0),
+            "liked_keys": self.reaction_keys(1),
+            "disliked_keys": self.reaction_keys(0),
             "n_liked": len(self.liked),
             "n_disliked": len(self.disliked),
             "recent": COMPACT_JSON.encode([[r[1], r[2], r[3]] for r in recent]),
