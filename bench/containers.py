@@ -32,17 +32,16 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 
 from bench.machine import machine
+from bench.reliability import Answers
 from graph_updater.datasets import Interactions, load, time_split
 from graph_updater.events import clicks_of, impressions_of
 from infra.images import build
 from infra.kafka import broker
-from schemas.codec import decode
-from schemas.messages import ExitTelemetry
+from infra.runtime.settings import Settings
 from worker.replay import publish
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -120,26 +119,27 @@ async def scorer_members(bootstrap: str, group: str) -> int:
 
 
 async def replay_and_collect(bootstrap: str, rows: Interactions, first_row: int, timeout_s: float = 300) -> dict:
-    """Each row as an impression request then its click, from the host; wait for every request's telemetry."""
+    """Each row as an impression request then its click, from the host (one producer, each send acknowledged
+    before the next); wait for every request's telemetry (:class:`bench.reliability.Answers`)."""
     requests = impressions_of(rows, first_row=first_row)
     clicks = clicks_of(rows, first_row=first_row)
     started = time.monotonic()
-    for request, click in zip(requests, clicks, strict=True):
-        await publish(bootstrap, "impressions", [request], progress=False)
-        await publish(bootstrap, "clicks", [click], progress=False)
-    wanted = {r.request_id for r in requests}
-    seen: set[str] = set()
-    consumer = AIOKafkaConsumer("exit-telemetry", bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                group_id=None)
-    await consumer.start()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
     try:
-        while not wanted <= seen and time.monotonic() - started < timeout_s:
-            with contextlib.suppress(KafkaError):
-                for records in (await consumer.getmany(timeout_ms=500)).values():
-                    seen.update(decode(ExitTelemetry, r.value).request_id for r in records)
+        for request, click in zip(requests, clicks, strict=True):
+            await publish(bootstrap, "impressions", [request], progress=False, producer=producer)
+            await publish(bootstrap, "clicks", [click], progress=False, producer=producer)
     finally:
-        await consumer.stop()
-    return {"requests_sent": len(wanted), "requests_answered": len(wanted & seen),
+        await producer.stop()
+    wanted = {r.request_id for r in requests}
+    answers, stop = Answers(), asyncio.Event()
+    follower = asyncio.create_task(answers.follow(Settings(kafka_bootstrap=bootstrap), stop))
+    while not wanted <= answers.seen.keys() and time.monotonic() - started < timeout_s:
+        await asyncio.sleep(0.2)
+    stop.set()
+    await follower
+    return {"requests_sent": len(wanted), "requests_answered": len(wanted & answers.seen.keys()),
             "replay_and_answer_s": round(time.monotonic() - started, 1)}
 
 
@@ -164,9 +164,7 @@ def docker_tests(out_dir: Path) -> dict:
 def remove_project_images() -> None:
     """Every tag of the project's images, children before parents (an image with children cannot be removed)."""
     for name in reversed(build.IMAGES):
-        tags = subprocess.run(["docker", "images", f"exitrec-{name}", "--format", "{{.Repository}}:{{.Tag}}"],
-                              capture_output=True, text=True).stdout.split()
-        if tags:
+        if tags := build.tags(name):
             subprocess.run(["docker", "rmi", *tags], capture_output=True, check=True)
 
 

@@ -16,6 +16,11 @@ def fmt(value, digits: int = 3) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def measured_table(title: str, rows: list[tuple[str, str, str]]) -> str:
+    """A ``| title | measured | note |`` Markdown table of ``rows``."""
+    return "\n".join([f"| {title} | measured | note |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows])
+
+
 def selected(train: dict) -> str:
     """How the epoch count was chosen (older results trained a fixed number)."""
     if "epochs_max" not in train:
@@ -71,10 +76,8 @@ def graph_table(d: dict) -> str:
     if "updater_rss_mb" in d:
         rows.append(("benchmark process RSS after the drain", f"{fmt(d['updater_rss_mb'], 0)} MB",
                      "the updater with faust and aiokafka (the broker runs apart)"))
-    lines = ["| graph path (`bench/results/graph.json`) | measured | note |", "|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    lines.append(f"\n100k = all {d['retrieval_users_available']:,} Book-Crossing users with a vector.")
-    return "\n".join(lines)
+    return (measured_table("graph path (`bench/results/graph.json`)", rows)
+            + f"\n\n100k = all {d['retrieval_users_available']:,} Book-Crossing users with a vector.")
 
 
 def accuracy_table(results: list[dict]) -> str:
@@ -140,8 +143,7 @@ def reliability_table(d: dict) -> str:
          f"lag at the end {d['soak_lag_end']:,} (max {d['soak_lag_max']:,}, bound {d['soak_lag_bound']:,})",
          f"RSS growth {fmt(d['soak_rss_growth_mb'], 0)} MB (the larger replica)"),
     ]
-    lines = ["| fault campaign (`bench/results/reliability.json`) | measured | note |", "|---|---|---|"]
-    return "\n".join(lines + [f"| {a} | {b} | {c} |" for a, b, c in rows])
+    return measured_table("fault campaign (`bench/results/reliability.json`)", rows)
 
 
 def own_data_table(d: dict) -> str:
@@ -168,8 +170,7 @@ def containers_table(d: dict) -> str:
          f"{d['testcontainers_tests_passed']} / {d['testcontainers_tests_failed']} / "
          f"{d['testcontainers_tests_skipped']}", f"skipped: {skipped}"),
     ]
-    lines = ["| containers (`bench/results/containers.json`) | measured | note |", "|---|---|---|"]
-    return "\n".join(lines + [f"| {a} | {b} | {c} |" for a, b, c in rows])
+    return measured_table("containers (`bench/results/containers.json`)", rows)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ engine answers.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -41,6 +42,15 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> str:
         broker.stop(run_dir)
 
 
+@functools.cache
+def docker_problem() -> str | None:
+    """Why no Docker engine answers (None when one does), asked once per test session: the docker-marked
+    modules skip on it."""
+    from infra.images.build import engine_problem
+
+    return engine_problem()
+
+
 @pytest.fixture(scope="session")
 def container_kafka_bootstrap() -> str:
     """Kafka in a container (testcontainers, local image), published on a 127.0.0.1 port that it also advertises."""
@@ -49,9 +59,8 @@ def container_kafka_bootstrap() -> str:
 
     from infra.images import build
 
-    problem = build.engine_problem()
-    if problem:
-        pytest.skip(problem)
+    if docker_problem():
+        pytest.skip(docker_problem())
     image = build.ensure(("kafka",))["kafka"].tag  # seconds when cached; a failed build fails the tests
     port = broker.free_port()
     container = (DockerContainer(image)

@@ -8,16 +8,15 @@ import asyncio
 import shutil
 
 import pytest
-from conftest import DATA_DIR
+from conftest import DATA_DIR, docker_problem
 
 from bench.containers import ComposeStack, replay_and_collect, scorer_members
-from infra.images.build import engine_problem
 
 
 def _problem() -> str | None:
     if shutil.which("docker-compose") is None:
         return "docker-compose is not installed (`apt-get install docker-compose`, or `bash infra/images/engine.sh`)"
-    return engine_problem()
+    return docker_problem()
 
 
 pytestmark = [pytest.mark.docker, pytest.mark.skipif(_problem() is not None, reason=str(_problem()))]

@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import test_graph_updater_kafka as click_path
 import test_scorer_kafka as scorer_path
+from conftest import docker_problem
 
 from graph_updater.graph import USER
 from graph_updater.online import UserHistory, VectorRecord, item_key
 from graph_updater.store import QdrantStore
-from infra.images.build import engine_problem
 
 QDRANT_IMAGE = "qdrant/qdrant:v1.20.0"  # the server release matching the pinned qdrant-client
 
-pytestmark = [pytest.mark.docker, pytest.mark.skipif(engine_problem() is not None, reason=str(engine_problem()))]
+pytestmark = [pytest.mark.docker, pytest.mark.skipif(docker_problem() is not None, reason=str(docker_problem()))]
 
 
 @functools.cache

@@ -4,6 +4,7 @@ failed build that names its step and carries the engine's words."""
 from __future__ import annotations
 
 import pytest
+from conftest import docker_problem
 
 from infra.images import build
 from infra.images.kafka_entrypoint import DEFAULTS, properties
@@ -26,7 +27,7 @@ def test_no_engine_is_reported_in_one_line_with_the_way_to_start_one(monkeypatch
 
 
 @pytest.mark.docker
-@pytest.mark.skipif(build.engine_problem() is not None, reason=str(build.engine_problem()))
+@pytest.mark.skipif(docker_problem() is not None, reason=str(docker_problem()))
 def test_a_failed_build_names_its_step_and_the_engines_error():
     with pytest.raises(build.ImageError, match=r"docker build failed \(1\)(?s:.*)Step \d+/\d+ : FROM"):
         build.kafka("exitrec-base:does-not-exist", rebuild=True)

@@ -81,6 +81,11 @@ def exists(tag: str) -> bool:
     return subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0
 
 
+def tags(name: str) -> list[str]:
+    """Every ``repository:tag`` of the project's image ``name`` in the engine."""
+    return _docker("images", f"exitrec-{name}", "--format", "{{.Repository}}:{{.Tag}}").split()
+
+
 def _digest_tree(root: Path, digest: hashlib._Hash) -> None:
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
@@ -95,8 +100,7 @@ def _finish(name: str, tag: str, started: float, built: bool) -> Built:
     the code or the dependencies change run after run; a layer still used by a container is kept by the engine)."""
     _docker("tag", tag, f"exitrec-{name}:latest")
     if built:
-        old = [t for t in _docker("images", f"exitrec-{name}", "--format", "{{.Repository}}:{{.Tag}}").split()
-               if t not in (tag, f"exitrec-{name}:latest")]
+        old = [t for t in tags(name) if t not in (tag, f"exitrec-{name}:latest")]
         if old:
             subprocess.run(["docker", "rmi", *old], capture_output=True, check=False)
     return Built(name, tag, built, round(time.monotonic() - started, 1))
@@ -154,7 +158,10 @@ def kafka(base_tag: str, rebuild: bool = False) -> Built:
 
 
 def project_venv() -> Path:
-    """The project's virtualenv (built by ``infra/venv.sh`` when missing)."""
+    """The project's virtualenv: this interpreter's when it is one ``infra/venv.sh`` completed, else what the
+    script prints (building it when missing)."""
+    if (Path(sys.prefix) / ".complete").exists():
+        return Path(sys.prefix)
     proc = subprocess.run(["bash", str(REPO / "infra" / "venv.sh")], capture_output=True, text=True)
     if proc.returncode != 0:
         raise ImageError(f"infra/venv.sh failed: {proc.stderr[-1500:]}")
