@@ -128,6 +128,31 @@ def e2e_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# which of the paper's reported figures (bench.paper_table.PAPER keys) sits beside which configuration
+PAPER_COLUMNS = {"text_full": (("text_auc", "AUC"),), "gcn_full": (("gcn_auc", "AUC"), ("full_rps", "requests/s")),
+                 "gcn_exit": (("exit_rps", "requests/s"),)}
+
+
+def paper_table(d: dict) -> str:
+    """Per dataset the classical baseline, then each configuration: AUC mean ± sd over row blocks (seeds), speed,
+    retrieval time, exit depth; the paper's reported figure where it gives one."""
+    head = ("| dataset (rows × seeds) | configuration | AUC | log loss | requests/s | retrieval p50 ms | "
+            "mean exit layer | paper reports |")
+    lines = [head, "|" + "---|" * 8]
+    for dataset, r in d["datasets"].items():
+        where = f"{dataset} ({r['rows_per_seed']} × {r['seeds']})"
+        paper = d["paper_reported"].get(dataset, {})
+        lines.append(f"| {where} | baseline: LR on rates and counts, same rows | {fmt(r['baseline_auc'])} ± "
+                     f"{fmt(r['baseline_auc_sd'])} | — | — | — | — | — |")
+        for name, c in r["configs"].items():
+            reported = "; ".join(f"{fmt(paper[key], 4 if unit == 'AUC' else 2)} {unit}"
+                                 for key, unit in PAPER_COLUMNS.get(name, ()) if key in paper) or "—"
+            lines.append(f"| {where} | `{name}` | {fmt(c['auc'])} ± {fmt(c['auc_sd'])} | {fmt(c['logloss'])} | "
+                         f"{fmt(c['rps'], 1)} | {fmt(c['retrieval_p50_ms'], 2)} | {fmt(c['mean_exit_layer'], 2)} | "
+                         f"{reported} |")
+    return "\n".join(lines)
+
+
 def reliability_table(d: dict) -> str:
     rows = [
         ("worker replica SIGKILLs (2 replicas, restarted at once)", fmt(d["worker_kills"]),
@@ -185,7 +210,8 @@ def main() -> None:
     if e2e:
         print()
         print(e2e_table(e2e))
-    for name, table in (("own_data.json", own_data_table), ("reliability.json", reliability_table),
+    for name, table in (("paper_table.json", paper_table), ("own_data.json", own_data_table),
+                        ("reliability.json", reliability_table),
                         ("containers.json", containers_table)):
         if (RESULTS / name).exists():
             print()

@@ -11,6 +11,7 @@ same smoothing as :mod:`scorer.features`), fitted on the same training rows and 
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections import defaultdict
@@ -25,16 +26,18 @@ from sklearn.linear_model import LogisticRegression
 from graph_updater import checkpoint as graph_checkpoint
 from graph_updater.datasets import Interactions, dataset_key, load, time_split
 from graph_updater.online import GraphUpdater
-from graph_updater.store import embedded_copy
+from graph_updater.store import EdgeStore, embedded_copy
 from graph_updater.train import train_offline
 from scorer import backbones, quality
 from scorer.calibration import HeadCalibration
 from scorer.content import SentenceEncoder, TextEmbeddings
+from scorer.context import item_text
 from scorer.exit_rules import ExitRule, FixedHeadRule
 from scorer.features import ALL_FEATURES, feature_matrix, smoothed_logit
 from scorer.model import EarlyExitModel
 from scorer.prompt import PromptInputs, build_prompt
 from scorer.quality import auc, logloss
+from scorer.retrievers import TextRetriever, index_most_active
 from scorer.samples import CtrSample, build_samples_streaming
 
 BACKBONE_DEFAULTS = {
@@ -128,9 +131,12 @@ def train_then_validation(first: int, end: int, n_train: int, n_val: int, rng: n
 
 
 def sample_sets(dataset: str, data_dir: Path, cache_dir: Path, n_train: int, n_val: int, n_test: int,
-                seed: int = 0) -> SampleSets:
+                seed: int = 0, retriever: str = "gcn", text_index_users: int = 10_000) -> SampleSets:
     """Prequential samples: ``n_train`` then ``n_val`` rows of the stream slice (validation after training in
-    time), ``n_test`` rows of the test slice; and the baseline fitted on the training rows."""
+    time), ``n_test`` rows of the test slice; and the baseline fitted on the training rows. ``retriever``: whose
+    neighbours the samples carry, as the worker's ``EXITREC_RETRIEVER`` (``gcn`` or ``none``: LightGCN neighbours,
+    dropped by the ``norag`` view; ``text``: a :class:`~scorer.retrievers.TextRetriever` whose collection starts
+    with the ``text_index_users`` most active users' histories, as a worker's start builds it)."""
     data = load(dataset, data_dir)
     split = time_split(data)
     rng = np.random.default_rng(seed)
@@ -139,11 +145,21 @@ def sample_sets(dataset: str, data_dir: Path, cache_dir: Path, n_train: int, n_v
     test_rows = np.sort(rng.choice(np.arange(b, len(data)), min(n_test, len(data) - b), replace=False))
     updater = graph_state(dataset, split.train, cache_dir)
     store = embedded_copy(updater)
+    text_store = None
     try:
+        searcher = None
+        if retriever == "text":
+            text_store = EdgeStore()
+            searcher = TextRetriever(store, text_store, SentenceEncoder(backbones.resolve("minilm", cache_dir)),
+                                     functools.partial(item_text, data.item_text))
+            index_most_active(searcher, updater.histories, text_index_users)
         wanted = np.concatenate([train_rows, val_rows, test_rows])
-        samples = build_samples_streaming(data, len(split.train), wanted, updater, store, data.item_text)
+        samples = build_samples_streaming(data, len(split.train), wanted, updater, store, data.item_text,
+                                          retriever=searcher)
     finally:
         store.close()
+        if text_store is not None:
+            text_store.close()
     train, val, test = samples[:len(train_rows)], samples[len(train_rows):len(train_rows) + len(val_rows)], \
         samples[len(train_rows) + len(val_rows):]
     prior = float(split.train.labels.mean())
@@ -246,15 +262,22 @@ def default_precision(regime: str) -> str:
 def train_checkpoint(data_dir: Path, cache_dir: Path, dataset: str, backbone: str, out: Path, n_train: int = 2000,
                      n_val: int = 500, max_length: int = 128, head_layers: list[int] | None = None, epochs: int = 1,
                      head_epochs: int = 40, rule: str = "max_prob", budget: float = 0.002,
-                     regime: str | None = None, precision: str = "auto") -> ExitRule:
+                     regime: str | None = None, precision: str = "auto", decay: float = 0.8,
+                     retriever: str = "gcn", text_index_users: int = 10_000) -> ExitRule:
     """Train on prequential RAG prompts and features (early stopping on validation AUC), fit each head's
     calibration and the exit rule on the validation rows (after the training rows in time), save the checkpoint
-    at ``out`` (what ``exitrec train-model`` and the demo's first run do); return the chosen rule."""
+    at ``out`` (what ``exitrec train-model`` and the demo's first run do); return the chosen rule. ``decay``: the
+    depth-aware learning rate's factor per block (:func:`scorer.train.depth_aware_groups`; full regime only).
+    ``retriever``: the ``EXITREC_RETRIEVER`` the model will be served with; its prompts and features are what it
+    trains on (a model trained on GCN neighbours and served without any sees inputs it never saw), recorded in
+    the card's metrics."""
     from scorer import checkpoint
     from scorer.train import calibrate, head_probabilities, train
 
     started = time.perf_counter()
-    sets = sample_sets(dataset, data_dir, cache_dir, n_train, n_val, 0)
+    sets = sample_sets(dataset, data_dir, cache_dir, n_train, n_val, 0, retriever=retriever,
+                       text_index_users=text_index_users)
+    view_name = "norag" if retriever == "none" else "default"
     regime = regime or BACKBONE_DEFAULTS.get(backbone, {}).get("regime", "frozen")
     if precision == "auto":
         precision = default_precision(regime)
@@ -263,16 +286,18 @@ def train_checkpoint(data_dir: Path, cache_dir: Path, dataset: str, backbone: st
                          "trains in fp32")
     model, tokenizer = new_model(backbone, cache_dir, head_layers, precision=precision)
     embeddings = content_embeddings(cache_dir)
-    train_set = encode(tokenizer, sets.train, max_length, sets.prior, embeddings=embeddings)
-    val = encode(tokenizer, sets.val, max_length, sets.prior, embeddings=embeddings)
+    train_set = encode(tokenizer, sets.train, max_length, sets.prior, view_name, embeddings)
+    val = encode(tokenizer, sets.val, max_length, sets.prior, view_name, embeddings)
     train(model, train_set.ids, train_set.mask, train_set.labels, train_set.features, regime=regime,
-          epochs=epochs if regime == "full" else head_epochs, val=(val.ids, val.mask, val.features, val.labels))
+          epochs=epochs if regime == "full" else head_epochs, decay=decay,
+          val=(val.ids, val.mask, val.features, val.labels))
     raw = head_probabilities(model, val.ids, val.mask, val.features)
     y_val = val.labels.numpy()
     model.calibration = HeadCalibration.fit(raw, y_val)
     val_probs = model.calibration.apply_all(raw)
     chosen, curve = calibrate(val_probs, y_val, model.head_layers, rule, budget)
     metrics = {"dataset": dataset, "n_train": len(sets.train), "n_val": len(sets.val), "regime": regime,
+               "layer_lr_decay": decay if regime == "full" else None, "retriever": retriever,
                "val_heads": [quality.report(y_val, val_probs[:, j]) for j in range(val_probs.shape[1])],
                "train_seconds": round(time.perf_counter() - started, 1)}
     card = checkpoint.ModelCard(backbone, model.head_layers, model.pooling, max_length, regime == "full",

@@ -13,14 +13,21 @@ Both read the same user payload (history for prompts, reaction keys for the filt
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
+
+import structlog
+from tqdm import tqdm
 
 from graph_updater.graph import ITEM, USER
 from graph_updater.online import VectorRecord
 from graph_updater.store import Neighbour, VectorStore
 from scorer.content import SentenceEncoder
 from scorer.context import history_from_payload
+
+log = structlog.get_logger("scorer")
 
 
 @dataclass(frozen=True)
@@ -131,3 +138,17 @@ class TextRetriever:
 
     def neighbours(self, user: UserView, item_id: str, k: int) -> list[Neighbour]:
         return self.text_store.similar_users(user.vector, k=k, exclude_user=user.user_id, interacted_with=item_id)
+
+
+def index_most_active(retriever: TextRetriever, histories: Mapping, limit: int, progress: bool = True) -> int:
+    """Embed the histories of the ``limit`` users with the most reactions in ``histories`` (the graph updater's
+    :class:`~graph_updater.online.UserHistory` per user) into the text retriever's collection; the count written."""
+    def reactions(user: str) -> int:
+        return len(histories[user].liked) + len(histories[user].disliked)
+
+    active = sorted(histories, key=reactions, reverse=True)[:limit]
+    started = time.perf_counter()
+    written = sum(retriever.index(active[k:k + 512]) for k in tqdm(range(0, len(active), 512), disable=not progress,
+                                                                    desc="text retriever index", unit="x512"))
+    log.info("text_index_built", users=written, seconds=round(time.perf_counter() - started, 1))
+    return written

@@ -36,7 +36,7 @@ from graph_updater.store import VectorStore
 from schemas.messages import ImpressionRequest
 from scorer.context import cosine, item_text
 from scorer.prompt import NeighbourEvidence, PromptInputs
-from scorer.retrievers import GcnRetriever
+from scorer.retrievers import GcnRetriever, Retriever
 from scorer.scoring import ContextBuilder, ScorerOptions
 
 
@@ -45,7 +45,7 @@ class CtrSample:
     user_id: str
     item_id: str
     label: int
-    inputs: PromptInputs  # with neighbours (GCN retrieval)
+    inputs: PromptInputs  # with neighbours (GCN retrieval unless built with another retriever)
 
     @property
     def warm(self) -> bool:
@@ -106,13 +106,14 @@ def build_samples(data: Interactions, rows: np.ndarray, vector_of: Callable[[str
 
 def build_samples_streaming(data: Interactions, first_row: int, rows, updater: GraphUpdater, store: VectorStore,
                             catalogue: Mapping[str, str], options: ScorerOptions | None = None,
-                            progress: bool = True) -> list[CtrSample]:
+                            progress: bool = True, retriever: Retriever | None = None) -> list[CtrSample]:
     """Samples for the positions ``rows`` (all ``>= first_row``; any order) as the online scorer sees them.
 
     ``updater`` and ``store`` hold the state of every row before ``first_row``; both are advanced in place to
-    the last wanted row. Retrieval runs without a time budget (a training sample never degrades for speed)."""
+    the last wanted row. Retrieval runs without a time budget (a training sample never degrades for speed), with
+    ``retriever`` reading ``store`` (default: the GCN retriever; a model served with another one trains with it)."""
     options = options or ScorerOptions(retrieval_budget_ms=float("inf"))
-    builder = ContextBuilder(GcnRetriever(store), catalogue, options)
+    builder = ContextBuilder(retriever or GcnRetriever(store), catalogue, options)
     wanted = sorted(set(int(r) for r in rows))
     if wanted and wanted[0] < first_row:
         raise ValueError(f"row {wanted[0]} is before first_row {first_row}: its state is not replayable")

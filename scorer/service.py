@@ -16,12 +16,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import socket
-import time
 from dataclasses import dataclass
 
 import faust
 import structlog
-from tqdm import tqdm
 
 from graph_updater.agent import UpdaterStats, register_updater
 from graph_updater.datasets import load
@@ -41,7 +39,7 @@ from scorer.context import item_text
 from scorer.exit_rules import ExitRule
 from scorer.features import ALL_FEATURES
 from scorer.reload import ModelReloader
-from scorer.retrievers import GcnRetriever, TextRetriever
+from scorer.retrievers import GcnRetriever, TextRetriever, index_most_active
 from scorer.scoring import Scorer, ScorerOptions
 
 log = structlog.get_logger("scorer")
@@ -77,6 +75,10 @@ def load_scorer(settings: Settings, store: VectorStore) -> Scorer:
                                                    backbones.best_device())
     if settings.exit_rule == "never":
         rule = ExitRule()
+    trained_with = card.metrics.get("retriever", "gcn")
+    if trained_with != settings.retriever:
+        log.warning("retriever_differs_from_training", serving=settings.retriever, trained_with=trained_with,
+                    fix=f"train a model for it: exitrec train-model --retriever {settings.retriever}")
     catalogue = LiveCatalogue(load(settings.catalogue, settings.data_dir).item_text if settings.catalogue else {})
     options = ScorerOptions(settings.neighbours if settings.retriever != "none" else 0, settings.history_len,
                             settings.model_batch_size, settings.retrieval_budget_ms, settings.latency_slo_ms)
@@ -133,7 +135,7 @@ def build_worker(settings: Settings, updater: GraphUpdater | None, store: Vector
         service.updater_stats = UpdaterStats()
         register_updater(app, topics, updater, store, settings, service.updater_stats, metrics)
     if updater is not None and isinstance(scorer.contexts.retriever, TextRetriever):
-        index_text(scorer.contexts.retriever, updater, settings.text_index_users)
+        index_most_active(scorer.contexts.retriever, updater.histories, settings.text_index_users)
     if not isinstance(scorer.contexts.catalogue, LiveCatalogue):  # a scorer built by the caller
         scorer.contexts.catalogue = LiveCatalogue(scorer.contexts.catalogue)
     service.catalogue = CatalogueLoop(topics, scorer.contexts.catalogue, settings, metrics)
@@ -182,19 +184,6 @@ def health_server(service: WorkerService, port: int) -> HealthServer:
               ("catalogue_loaded", lambda: service.catalogue is not None and service.catalogue.loaded)]
     checks += [(f"{loop}_assigned", lambda loop=loop: service.metrics.assigned.get(loop, False)) for loop in loops]
     return HealthServer(service.metrics, checks, port=port)
-
-
-def index_text(retriever: TextRetriever, updater: GraphUpdater, limit: int) -> int:
-    """Embed the histories of the ``limit`` most active users into the text retriever's collection."""
-    def reactions(user: str) -> int:
-        return len(updater.histories[user].liked) + len(updater.histories[user].disliked)
-
-    active = sorted(updater.histories, key=reactions, reverse=True)[:limit]
-    started = time.perf_counter()
-    written = sum(retriever.index(active[k:k + 512]) for k in tqdm(range(0, len(active), 512),
-                                                                    desc="text retriever index", unit="x512"))
-    log.info("text_index_built", users=written, seconds=round(time.perf_counter() - started, 1))
-    return written
 
 
 async def prepare_worker(settings: Settings, follow_clicks: bool = True, store: VectorStore | None = None,

@@ -335,6 +335,10 @@ def analytics(from_beginning: bool, duration: float | None, window: float, png: 
               help="frozen: cache the backbone's states, train heads (CPU default); full: fine-tune the backbone too")
 @click.option("--epochs", default=1, show_default=True, help="fine-tuning epochs (full regime)")
 @click.option("--head-epochs", default=40, show_default=True, help="head epochs (frozen regime; early stopping)")
+@click.option("--layer-lr-decay", default=0.8, show_default=True,
+              help="depth-aware learning rate (full regime): block l trains at lr * decay**l; 1.0 = off")
+@click.option("--retriever", type=click.Choice(["gcn", "text", "none"]), default="gcn", show_default=True,
+              help="the EXITREC_RETRIEVER the model will be served with: its prompts and features are trained on")
 @click.option("--rule", type=click.Choice(["ratio_trend", "max_prob", "entropy", "patience"]), default="max_prob",
               show_default=True, help="max_prob reads calibrated probabilities at every head, the layer-0 one included "
                                       "(ratio_trend never exits at a first head)")
@@ -347,8 +351,9 @@ def analytics(from_beginning: bool, duration: float | None, window: float, png: 
               help="checkpoint folder (default <cache>/models/early-exit-<dataset>-<backbone>)")
 @from_topic_options
 def train_model(dataset: str, csv: Path | None, backbone: str, n_train: int, n_val: int, max_length: int,
-                head_layers: str | None, regime: str | None, epochs: int, head_epochs: int, rule: str, budget: float,
-                precision: str, out: Path | None, from_topic: bool, until: int | None) -> None:
+                head_layers: str | None, regime: str | None, epochs: int, head_epochs: int, layer_lr_decay: float,
+                retriever: str, rule: str, budget: float, precision: str, out: Path | None, from_topic: bool,
+                until: int | None) -> None:
     """Train the early-exit model on prequential RAG prompts and features, calibrate each head's probabilities and
     the exit rule on later validation rows, save a checkpoint."""
     from graph_updater.datasets import dataset_key
@@ -360,7 +365,9 @@ def train_model(dataset: str, csv: Path | None, backbone: str, n_train: int, n_v
     out = out or settings.cache_dir / "models" / f"early-exit-{dataset_key(dataset)}-{Path(backbone).name}"
     chosen = train_checkpoint(settings.data_dir, settings.cache_dir, dataset, backbone, out, n_train=n_train,
                               n_val=n_val, max_length=max_length, head_layers=layers, epochs=epochs,
-                              head_epochs=head_epochs, rule=rule, budget=budget, regime=regime, precision=precision)
+                              head_epochs=head_epochs, rule=rule, budget=budget, regime=regime, precision=precision,
+                              decay=layer_lr_decay, retriever=retriever,
+                              text_index_users=settings.text_index_users)
     click.echo(json.dumps({"checkpoint": str(out), "rule": chosen.to_dict()}, indent=2))
 
 
