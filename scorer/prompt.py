@@ -74,7 +74,7 @@ def neighbour_line(evidence: NeighbourEvidence) -> str:
 
 def render(inputs: PromptInputs, history: Sequence[tuple[str, int]], target: str) -> str:
     lines = [HEADER] if history else [NO_HISTORY]
-    lines += [f"- {'liked' if label == 1 else 'disliked'}: {text}" for text, label in history]
+    lines += [history_line(text, label) for text, label in history]
     if inputs.rate is not None and inputs.rate[1] > 0:
         lines.append(f"So far the user liked {inputs.rate[0]} of {inputs.rate[1]} items.")
     if inputs.neighbours is not None:
@@ -114,3 +114,46 @@ def build_prompt(inputs: PromptInputs, count_tokens: Callable[[str], int], budge
         if count_tokens(text) <= budget:
             return text
     raise PromptTooLong(f"the fixed prompt lines alone need {count_tokens(text)} tokens; budget is {budget}")
+
+
+def history_line(text: str, label: int) -> str:
+    return f"- {'liked' if label == 1 else 'disliked'}: {text}"
+
+
+def build_prompts(batch: Sequence[PromptInputs], count_many: Callable[[list[str]], list[int]], budget: int,
+                  fallback: Callable[[PromptInputs], str]) -> list[str]:
+    r""":func:`build_prompt` for a whole batch with the tokenizer called a few times per batch, not ~5 times per
+    row (the binary search re-tokenizes the whole prompt at every step).
+
+    ``count_many(texts)`` gives each text's token count as :func:`build_prompt`'s ``count_tokens`` would (special
+    tokens included). Every distinct history line is counted once; a row's count with its newest ``k`` lines is
+    estimated as :math:`n(\text{no history}) - n(\text{no-history line}) + n(\text{header}) + \sum n(\text{line})`
+    (each line's :math:`n` without the special tokens): exact for tokenizers whose pre-tokenizer splits on
+    whitespace (WordPiece: MiniLM), an estimate otherwise (byte-level BPE may merge a newline). The largest ``k``
+    whose estimate fits is then checked against the real counts: the prompt with ``k`` lines fits and the one
+    with ``k + 1`` does not. Counts grow with ``k``, so a row that passes gets exactly :func:`build_prompt`'s
+    text; a row that fails, or whose fixed lines alone do not fit, gets ``fallback(row)``."""
+    lines = [[history_line(text, label) for text, label in x.history] for x in batch]
+    distinct = list(dict.fromkeys(line for row in lines for line in row))
+    bare = [render(x, (), x.target) for x in batch]
+    counted = count_many(["", HEADER, NO_HISTORY, *distinct, *bare])
+    special, header, no_history = counted[0], counted[1] - counted[0], counted[2] - counted[0]
+    per_line = dict(zip(distinct, (n - special for n in counted[3:3 + len(distinct)]), strict=True))
+    keep = []
+    for row, fixed in zip(lines, counted[3 + len(distinct):], strict=True):
+        k, total = 0, fixed - no_history + header
+        for line in reversed(row):
+            total += per_line[line]
+            if total > budget:
+                break
+            k += 1
+        keep.append(k)
+    texts = [render(x, x.history[len(x.history) - k:] if k else (), x.target) for x, k in zip(batch, keep,
+                                                                                                 strict=True)]
+    fits = [n <= budget for n in count_many(texts)]
+    more = [j for j, (x, k) in enumerate(zip(batch, keep, strict=True)) if fits[j] and k < len(x.history)]
+    longer = count_many([render(batch[j], batch[j].history[len(batch[j].history) - keep[j] - 1:], batch[j].target)
+                         for j in more])
+    for j, n in zip(more, longer, strict=True):
+        fits[j] = n > budget
+    return [text if ok else fallback(x) for x, text, ok in zip(batch, texts, fits, strict=True)]

@@ -1,6 +1,9 @@
+from pathlib import Path
+
+import numpy as np
 import pytest
 
-from scorer.prompt import NO_HISTORY, NeighbourEvidence, PromptInputs, PromptTooLong, build_prompt
+from scorer.prompt import NO_HISTORY, NeighbourEvidence, PromptInputs, PromptTooLong, build_prompt, build_prompts
 
 
 def words(text: str) -> int:
@@ -63,3 +66,67 @@ def test_cold_user_still_gets_the_candidates_evidence():
     unknown = build_prompt(PromptInputs("X", (), None, None, (0, 0)), words, 1000)
     assert "Nobody has reacted to the candidate yet." in unknown
     assert "candidate liked" not in build_prompt(PromptInputs("X"), words, 1000)  # text-only view: no line
+
+
+def batch_of_prompt_inputs(item_texts: list[str], n: int, seed: int = 0) -> list[PromptInputs]:
+    """Rows of every shape: histories of 0-30 lines, long and one-word candidates, with and without evidence."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(n):
+        history = [(item_texts[j], int(rng.integers(2))) for j in rng.integers(len(item_texts), size=k % 31)]
+        target = " ".join(item_texts[j] for j in rng.integers(len(item_texts), size=1 + (k % 7 == 0) * 12))
+        rows.append(PromptInputs(target, history, NeighbourEvidence(k % 5, k % 3) if k % 4 else None,
+                                 (k % 9, k % 9 + 3) if k % 3 else None, (k, 2 * k) if k % 5 else None))
+    return rows
+
+
+def test_batched_prompts_are_the_binary_searched_ones_with_a_real_tokenizer_and_an_estimate_that_misses():
+    from transformers import AutoTokenizer
+
+    from scorer import backbones
+
+    tokenizer = AutoTokenizer.from_pretrained(str(backbones.resolve("minilm", Path("."))))
+    calls = []
+
+    def count(text: str) -> int:
+        return len(tokenizer(text).input_ids)
+
+    def count_many(texts: list[str]) -> list[int]:
+        calls.append(len(texts))
+        return [len(ids) for ids in tokenizer(texts).input_ids] if texts else []
+
+    titles = [f"Book {k}: The {'Long ' * (k % 4)}Story of Someone's Adventures (vol. {k})" for k in range(40)]
+    rows = batch_of_prompt_inputs(titles, 120)
+
+    def fallback(x: PromptInputs) -> str:
+        try:
+            return build_prompt(x, count, 96)
+        except PromptTooLong:
+            return "too long"
+
+    expected = [fallback(x) for x in rows]
+    assert build_prompts(rows, count_many, 96, fallback) == expected
+    assert len(calls) == 3  # lines and bare prompts, the fits, the one-line-longer checks: per batch, not per row
+    assert sum("- " in t for t in expected) > 30 and sum(t.startswith(NO_HISTORY) for t in expected) > 3
+    assert any("Candidate:" in t and "- " not in t and t.count("\n") for t in expected)  # history dropped to none
+
+    # a count that is not additive over lines (a newline costs a token, as byte-level BPE may make it): the
+    # estimate is off, the check catches every row it got wrong, and the result is still the searched one
+    def merged(text: str) -> int:
+        return words(text) + text.count("\n")
+
+    def merged_many(texts: list[str]) -> list[int]:
+        return [merged(t) for t in texts]
+
+    fell_back = []
+
+    def merged_fallback(x: PromptInputs) -> str:
+        fell_back.append(x)
+        try:
+            return build_prompt(x, merged, 60)
+        except PromptTooLong:
+            return "too long"
+
+    got = build_prompts(rows, merged_many, 60, merged_fallback)
+    assert 0 < len(fell_back) < len(rows)
+    assert got == [merged_fallback(x) for x in rows]
