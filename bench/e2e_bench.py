@@ -12,9 +12,12 @@ one candidate per request, each row's click published after its answer) in three
    (:class:`~worker.metrics.ScoreJoin`: scores joined with the later clicks);
 2. **capacity**: the next ``--capacity`` rows' requests at once -> requests/s (answered / first send -> last
    answer);
-3. **paced**: the next ``--paced`` requests at ``--rate``/s -> impression -> score latency p50 / p99.
+3. **paced**: the next ``--paced`` requests at ``--rate``/s -> impression -> score latency p50 / p99;
+4. ``gcn_exit`` only: the next ``--high-paced`` requests at ``--high-rate``/s -> ``p99_ms_at_<rate>rps``.
 
-Mean exit layer and retrieval time come from the telemetry of all three phases. Then **SLO mode**
+With ``--reference-checkpoint`` (the fp32 model of a bf16 checkpoint) ``gcn_exit`` runs again with it:
+``auc_fp32`` / ``rps_fp32`` on the same rows. Mean exit layer and retrieval time come from the telemetry of the
+first three phases. Then **SLO mode**
 (``slo_mode``, :func:`run_slo`): a ``gcn_exit`` worker with ``EXITREC_LATENCY_SLO_MS`` offered twice the
 capacity ``gcn_exit`` just measured, for a minute: p99, answered/sent, and the AUC it paid. Configurations:
 ``norag_full`` (no neighbour retrieval, the user's own history and rate stay; full depth), ``gcn_full``
@@ -170,7 +173,16 @@ async def run_config(name: str, base: Settings, split, args, work: Path) -> dict
             phases.append(await run_prequential(settings, requests, answers, rate, timeout_s=1800))
             print(f"  {name}: phase {'capacity' if rate is None else 'paced'} {phases[-1].answered} answered, "
                   f"{phases[-1].rps:.1f} rps, p99 {percentile(phases[-1].latency_ms, 99):.0f} ms", flush=True)
-    return {**CONFIGS[name], **summary(*phases, joined), "catch_up_s": catch_up_s}
+        high = {}
+        if name == "gcn_exit" and args.high_paced:
+            requests, answers = phase_rows(args.accuracy + args.capacity + args.paced, args.high_paced)
+            await asyncio.sleep(3.0)
+            run = await run_prequential(settings, requests, answers, args.high_rate, timeout_s=1800)
+            at = f"at_{args.high_rate:g}rps"
+            high = {f"p50_ms_{at}": percentile(run.latency_ms, 50), f"p99_ms_{at}": percentile(run.latency_ms, 99),
+                    f"answered_rps_{at}": run.rps, f"mean_exit_layer_{at}": float(np.mean(run.exit_layers))}
+            print(f"  {name}: {args.high_rate:g}/s offered: p99 {high[f'p99_ms_{at}']:.0f} ms", flush=True)
+    return {**CONFIGS[name], **summary(*phases, joined), "catch_up_s": catch_up_s, **high}
 
 
 async def run_slo(base: Settings, data, split, args, work: Path, capacity_rps: float) -> dict:
@@ -183,7 +195,7 @@ async def run_slo(base: Settings, data, split, args, work: Path, capacity_rps: f
                                        "latency_slo_ms": args.slo_ms})
     rate = args.slo_over * capacity_rps
     first = len(split.train) + len(split.stream)
-    start = args.accuracy + args.capacity + args.paced
+    start = args.accuracy + args.capacity + args.paced + args.high_paced
     rows = split.test.take(slice(start, start + int(rate * args.slo_seconds)))
     requests = impressions_of(rows, first_row=first + start)
     async with warm_worker(settings, split, work, tag), joining(settings) as join:
@@ -282,18 +294,26 @@ async def main_async(args) -> dict:
             configs[name] = await run_config(name, base, split, args, work)
             print(f"  {name}: {json.dumps({k: configs[name][k] for k in ('rps', 'p50_ms', 'p99_ms', 'auc')})}",
                   flush=True)
+        if args.reference_checkpoint and "gcn_exit" in configs:
+            print("gcn_exit with the reference (fp32) model ...", flush=True)
+            reference = await run_config("gcn_exit", base.model_copy(update={
+                "scorer_checkpoint": args.reference_checkpoint}), split, args, work)
+            configs["gcn_exit"].update({"auc_fp32": reference["auc"], "logloss_fp32": reference["logloss"],
+                                        "rps_fp32": reference["rps"],
+                                        "reference_model": str(args.reference_checkpoint)})
         slo = await run_slo(base, data, split, args, work, configs["gcn_exit"]["rps"]) \
             if args.slo_ms and "gcn_exit" in configs else None
     finally:
         broker.stop(work / "kafka")
+    precision = json.loads((Path(base.scorer_checkpoint) / "config.json").read_text()).get("precision", "fp32")
     return {"dataset": args.dataset, "machine": machine(), "slo_mode": slo,
             "command": "python -m bench.e2e_bench " + " ".join(sys.argv[1:]),
             "accuracy_requests": args.accuracy, "capacity_requests": args.capacity, "paced_requests": args.paced,
-            "rate": args.rate, "retrieval_budget_ms": args.retrieval_budget_ms, "candidates_per_request": 1,
+            "rate": args.rate, "high_rate": args.high_rate, "high_paced_requests": args.high_paced,
+            "retrieval_budget_ms": args.retrieval_budget_ms, "candidates_per_request": 1,
             "warm_clicks": len(split.stream),
             "model": str(base.scorer_checkpoint),
-            "precision": json.loads((Path(base.scorer_checkpoint) / "config.json").read_text()).get("precision",
-                                                                                                   "fp32"),
+            "precision": precision, "quantization": precision,
             "configs": configs,
             **baseline_on_accuracy_rows(data, split, args.accuracy), **offline_auc(base, data, split, args.accuracy)}
 
@@ -320,6 +340,10 @@ def main() -> None:
     parser.add_argument("--capacity", type=int, default=600, help="requests sent at once (requests/s)")
     parser.add_argument("--paced", type=int, default=300, help="requests sent at --rate (latency)")
     parser.add_argument("--rate", type=float, default=10.0, help="offered requests/s of the paced phase")
+    parser.add_argument("--high-rate", type=float, default=150.0, help="gcn_exit: a second paced phase at this rate")
+    parser.add_argument("--high-paced", type=int, default=1500, help="requests of that phase (0 = skip)")
+    parser.add_argument("--reference-checkpoint", type=Path, default=None,
+                        help="gcn_exit again with this model (the fp32 one of a bf16 checkpoint): auc_fp32, rps_fp32")
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="early-exit model (default: the one bench.accuracy_bench saved, else the demo's)")
