@@ -79,7 +79,7 @@ def paper_model(settings: Settings, dataset: str, config: str, args) -> Path:
     if config in LAYER_LR_DECAY:
         decay = LAYER_LR_DECAY[config]
         folder = settings.cache_dir / "models" / f"paper-{dataset}-full-decay{decay}-{args.tune_train}"
-        how = {"n_train": args.tune_train, "regime": "full", "epochs": 1, "decay": decay}
+        how = {"n_train": args.tune_train, "regime": "full", "epochs": 1, "decay": decay}  # same rows as frozen
     else:
         folder = settings.cache_dir / "models" / f"paper-{dataset}-{retriever}-{args.n_train}"
         how = {"n_train": args.n_train, "regime": "frozen"}
@@ -164,8 +164,11 @@ async def run_dataset(dataset: str, base: Settings, args, work: Path) -> AsyncIt
     entry = {"n_rows": args.rows * args.seeds, "seeds": args.seeds, "rows_per_seed": args.rows,
              "capacity_requests": args.capacity, "test_rows_available": len(split.test),
              "warm_clicks": len(split.stream), "n_train": args.n_train, "n_val": args.n_val,
-             "tune_train": args.tune_train, **baseline(data, split, args), "configs": {}}
+             "tune_train": args.tune_train if dataset in args.dlr_datasets.split(",") else None,
+             **baseline(data, split, args), "configs": {}}
     for name in args.configs.split(","):
+        if name in LAYER_LR_DECAY and dataset not in args.dlr_datasets.split(","):
+            continue
         model = paper_model(base, dataset, name, args)
         print(f"{dataset} {name} ...", flush=True)
         entry["configs"][name] = await run_config(name, base.model_copy(update={"scorer_checkpoint": model}), split,
@@ -234,13 +237,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
-    parser.add_argument("--rows", type=int, default=300, help="test rows per seed (block), strictly prequential")
+    parser.add_argument("--rows", type=int, default=250, help="test rows per seed (block), strictly prequential")
     parser.add_argument("--seeds", type=int, default=3, help="consecutive disjoint row blocks")
-    parser.add_argument("--capacity", type=int, default=300, help="requests sent at once (requests/s)")
+    parser.add_argument("--capacity", type=int, default=200, help="requests sent at once (requests/s)")
     parser.add_argument("--n-train", type=int, default=3000, help="training samples of each retriever's model")
     parser.add_argument("--n-val", type=int, default=1000, help="validation samples (calibration, exit rule)")
-    parser.add_argument("--tune-train", type=int, default=2000,
+    parser.add_argument("--tune-train", type=int, default=3000,
                         help="fine-tuning samples of the depth-aware learning-rate pair")
+    parser.add_argument("--dlr-datasets", default="bookcrossing",
+                        help="datasets the depth-aware pair runs on (two fine-tunings and two workers each)")
     parser.add_argument("--text-index-users", type=int, default=2000,
                         help="most active users whose histories the text retriever embeds at start (queried users "
                              "are embedded as they come)")

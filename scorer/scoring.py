@@ -42,7 +42,7 @@ from scorer.context import (
 from scorer.exit_rules import ExitRule
 from scorer.features import ALL_FEATURES, FEATURES, feature_matrix
 from scorer.model import EarlyExitModel
-from scorer.prompt import NeighbourEvidence, PromptInputs, PromptTooLong, build_prompt
+from scorer.prompt import NeighbourEvidence, PromptInputs, PromptTooLong, build_prompt, build_prompts
 from scorer.retrievers import Retriever, UserView
 
 log = structlog.get_logger("scorer")
@@ -174,6 +174,10 @@ class Scorer:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text).input_ids)
 
+    def count_many(self, texts: list[str]) -> list[int]:
+        """Token counts of ``texts`` (special tokens included) in one tokenizer call."""
+        return [len(ids) for ids in self.tokenizer(texts).input_ids] if texts else []
+
     def context(self, request: ImpressionRequest, enqueued_ms: float, taken_ms: float) -> RequestContext:
         return self.contexts.context(request, enqueued_ms, taken_ms)
 
@@ -188,7 +192,7 @@ class Scorer:
     def infer(self, contexts: list[RequestContext]) -> Inference:
         started = time.perf_counter()
         inputs = [x for ctx in contexts for x in ctx.inputs]
-        texts = [self.prompt(x) for x in inputs]
+        texts = build_prompts(inputs, self.count_many, self.card.max_length, self.prompt)
         features = torch.from_numpy(feature_matrix(inputs, self.card.prior, self.embeddings)) \
             if self.card.features else None
         tokens = self.tokenizer(texts, truncation=True, max_length=self.card.max_length)["input_ids"]  # once
