@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -133,23 +135,35 @@ PAPER_COLUMNS = {"text_full": (("text_auc", "AUC"),), "gcn_full": (("gcn_auc", "
                  "gcn_exit": (("exit_rps", "requests/s"),)}
 
 
+def paired(aucs: list[float], reference: list[float] | None) -> str:
+    """Mean ± sd over row blocks of the per-block AUC difference with the reference configuration: the same rows,
+    so the row-sampling noise both share cancels."""
+    if not reference:
+        return "—"
+    diff = np.array(aucs) - np.array(reference)
+    return f"{diff.mean():+.3f} ± {diff.std(ddof=1):.3f}"
+
+
 def paper_table(d: dict) -> str:
     """Per dataset the classical baseline, then each configuration: AUC mean ± sd over row blocks (seeds), speed,
     retrieval time, exit depth; the paper's reported figure where it gives one."""
-    head = ("| dataset (rows × seeds) | configuration | AUC | log loss | requests/s | retrieval p50 ms | "
-            "mean exit layer | paper reports |")
-    lines = [head, "|" + "---|" * 8]
+    head = ("| dataset (rows × seeds) | configuration | AUC | Δ AUC vs `gcn_full`, paired | log loss | requests/s | "
+            "retrieval p50 ms | mean exit layer | paper reports |")
+    lines = [head, "|" + "---|" * 9]
     for dataset, r in d["datasets"].items():
         where = f"{dataset} ({r['rows_per_seed']} × {r['seeds']})"
         paper = d["paper_reported"].get(dataset, {})
+        reference = r["configs"].get("gcn_full", {}).get("auc_per_seed")
         lines.append(f"| {where} | baseline: LR on rates and counts, same rows | {fmt(r['baseline_auc'])} ± "
-                     f"{fmt(r['baseline_auc_sd'])} | — | — | — | — | — |")
+                     f"{fmt(r['baseline_auc_sd'])} | {paired(r['baseline_auc_per_seed'], reference)} | — | — | — | "
+                     "— | — |")
         for name, c in r["configs"].items():
             reported = "; ".join(f"{fmt(paper[key], 4 if unit == 'AUC' else 2)} {unit}"
                                  for key, unit in PAPER_COLUMNS.get(name, ()) if key in paper) or "—"
-            lines.append(f"| {where} | `{name}` | {fmt(c['auc'])} ± {fmt(c['auc_sd'])} | {fmt(c['logloss'])} | "
-                         f"{fmt(c['rps'], 1)} | {fmt(c['retrieval_p50_ms'], 2)} | {fmt(c['mean_exit_layer'], 2)} | "
-                         f"{reported} |")
+            delta = paired(c["auc_per_seed"], reference) if name != "gcn_full" else "—"
+            lines.append(f"| {where} | `{name}` | {fmt(c['auc'])} ± {fmt(c['auc_sd'])} | {delta} | "
+                         f"{fmt(c['logloss'])} | {fmt(c['rps'], 1)} | {fmt(c['retrieval_p50_ms'], 2)} | "
+                         f"{fmt(c['mean_exit_layer'], 2)} | {reported} |")
     return "\n".join(lines)
 
 
