@@ -155,8 +155,9 @@ def baseline(data, split, args) -> dict:
             "baseline_auc_per_seed": per_block}
 
 
-async def run_dataset(dataset: str, base: Settings, args, work: Path) -> AsyncIterator[dict]:
-    """The dataset's entry of the result, yielded again after every configuration (so that it lands at once)."""
+async def run_dataset(dataset: str, base: Settings, args, work: Path, kept: dict) -> AsyncIterator[dict]:
+    """The dataset's entry of the result, yielded again after every configuration (so that it lands at once);
+    ``kept``: configurations measured before (``--merge``) that this run does not measure again."""
     started = time.monotonic()
     data = load(dataset, base.data_dir)
     split = time_split(data)
@@ -165,7 +166,7 @@ async def run_dataset(dataset: str, base: Settings, args, work: Path) -> AsyncIt
              "capacity_requests": args.capacity, "test_rows_available": len(split.test),
              "warm_clicks": len(split.stream), "n_train": args.n_train, "n_val": args.n_val,
              "tune_train": args.tune_train if dataset in args.dlr_datasets.split(",") else None,
-             **baseline(data, split, args), "configs": {}}
+             **baseline(data, split, args), "configs": dict(kept)}
     for name in args.configs.split(","):
         if name in LAYER_LR_DECAY and dataset not in args.dlr_datasets.split(","):
             continue
@@ -221,7 +222,8 @@ async def main_async(args) -> dict:
     base = base.model_copy(update={"kafka_bootstrap": info.bootstrap})
     try:
         for dataset in args.datasets.split(","):
-            async for entry in run_dataset(dataset, base, args, work):
+            kept = result["datasets"].get(dataset, {}).get("configs", {})
+            async for entry in run_dataset(dataset, base, args, work, kept):
                 result["datasets"][dataset] = entry
                 result.update({"machine": machine(), "paper_reported": PAPER,
                                "command": "python -m bench.paper_table " + " ".join(sys.argv[1:]),
@@ -251,7 +253,8 @@ def main() -> None:
                              "are embedded as they come)")
     parser.add_argument("--retrieval-budget-ms", type=float, default=1000.0,
                         help="generous, so that AUC compares retrievers, not budgets (retrieval time is reported)")
-    parser.add_argument("--merge", action="store_true", help="keep the other datasets already in --out")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the datasets and configurations already in --out that this run does not measure")
     parser.add_argument("--out", type=Path, default=RESULTS / "paper_table.json")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
