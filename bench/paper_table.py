@@ -193,8 +193,9 @@ def plot(result: dict, out: Path) -> Path:
         ax = axes[0][col]
         ax.bar(names, [configs[n]["auc"] for n in names], yerr=[configs[n]["auc_sd"] for n in names],
                color=colours, capsize=3)
-        ax.axhline(result["datasets"][dataset]["baseline_auc"], color="k", ls="--", lw=1, label="classical baseline")
-        low = min(configs[n]["auc"] - configs[n]["auc_sd"] for n in names)
+        baseline_auc = result["datasets"][dataset]["baseline_auc"]
+        ax.axhline(baseline_auc, color="k", ls="--", lw=1, label="classical baseline")
+        low = min([configs[n]["auc"] - configs[n]["auc_sd"] for n in names] + [baseline_auc])
         ax.set_ylim(max(0.4, low - 0.05), None)
         ax.set_title(f"{dataset}: AUC (mean ± sd over {result['datasets'][dataset]['seeds']} row blocks)")
         ax.legend(fontsize=8)
