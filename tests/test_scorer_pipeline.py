@@ -105,7 +105,8 @@ def test_train_calibrate_evaluate_and_reload_identically(samples, tokenizer, tmp
     before = [p.detach().clone() for p in model.backbone.encoder.layer[0].parameters()]
     losses = train(model, ids[:200], mask[:200], labels[:200], features[:200], regime="full", epochs=2,
                    batch_size=32, lr=1e-3, head_lr=3e-3, progress=False)
-    assert np.isfinite(losses).all() and np.mean(losses[-4:]) < np.mean(losses[:4])
+    # the heads start from the logistic regression on the features, not from chance (log 2 = 0.69)
+    assert np.isfinite(losses).all() and np.mean(losses[:4]) < np.log(2) - 0.1
     assert any(not torch.equal(a, b) for a, b in zip(before, model.backbone.encoder.layer[0].parameters(),
                                                       strict=True))
     raw = head_probabilities(model, ids[200:], mask[200:], features[200:])

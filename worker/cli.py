@@ -404,6 +404,35 @@ def eval_model(folder: Path, dataset: str, csv: Path | None, n_test: int) -> Non
         "rps_full": rps_full, "rps_exit": rps_exit, "speedup": rps_exit / rps_full}, indent=2))
 
 
+@main.command("embed-catalogue")
+@click.option("--dataset", type=DATASETS, default="bookcrossing", show_default=True)
+@click.option("--csv", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None, help=CSV_HELP)
+def embed_catalogue(dataset: str, csv: Path | None) -> None:
+    """Embed the text of every item the dataset's interactions name, once, into <cache>/embeddings/: a scorer
+    whose heads read content-match features starts from it instead of embedding each item on first sight."""
+    import time
+
+    from tqdm import tqdm
+
+    from graph_updater.datasets import dataset_key, load
+    from scorer import backbones
+    from scorer.content import SentenceEncoder, TextEmbeddings, catalogue_embeddings_path
+    from scorer.context import item_text
+
+    settings = _settings()
+    dataset = dataset_of(dataset, csv)
+    data = load(dataset, settings.data_dir)
+    embeddings = TextEmbeddings(SentenceEncoder(backbones.resolve("minilm", settings.cache_dir)))
+    texts = list(dict.fromkeys(item_text(data.item_text, str(item)) for item in dict.fromkeys(data.items)))
+    started = time.perf_counter()
+    for start in tqdm(range(0, len(texts), 4096), desc="embedding item texts", unit="x4096"):
+        embeddings.ensure(texts[start:start + 4096])
+    seconds = time.perf_counter() - started
+    path = embeddings.save(catalogue_embeddings_path(settings.cache_dir, dataset_key(dataset), embeddings.encoder))
+    click.echo(json.dumps({"path": str(path), "texts": len(texts), "seconds": round(seconds, 1),
+                           "texts_per_s": round(len(texts) / seconds, 1)}, indent=2))
+
+
 @main.command("demo")
 @click.option("--dataset", type=DATASETS, default="ml-100k", show_default=True)
 @click.option("--rate", type=float, default=2000.0, show_default=True, help="replayed stream clicks per second")
