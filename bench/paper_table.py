@@ -226,8 +226,10 @@ async def main_async(args) -> dict:
             kept = result["datasets"].get(dataset, {}).get("configs", {})
             async for entry in run_dataset(dataset, base, args, work, kept):
                 result["datasets"][dataset] = entry
-                result.update({"machine": machine(), "paper_reported": PAPER,
-                               "command": "python -m bench.paper_table " + " ".join(sys.argv[1:]),
+                command = "python -m bench.paper_table " + " ".join(sys.argv[1:])
+                earlier = [c for c in result.get("commands", [result.get("command")]) if c and c != command]
+                result.update({"machine": machine(), "paper_reported": PAPER, "command": command,
+                               "commands": [*earlier, command],  # every run whose figures the file holds
                                "text_index_users": args.text_index_users,
                                "retrieval_budget_ms": args.retrieval_budget_ms, "candidates_per_request": 1})
                 out.write_text(json.dumps(result, indent=2))  # each configuration's figures land at once
