@@ -21,11 +21,13 @@ Configurations (ablations):
 - ``features``: + the numeric evidence (:data:`scorer.features.FEATURES`: rates, counts, neighbour share,
   LightGCN user-item cosine) into every head and a head before the first block (collaborative path "b");
 - ``content``: + the content match of :mod:`scorer.content` (the candidate's text embedding against the user's
-  liked and disliked history): the default;
+  liked and disliked history);
+- ``collaborative``: + the collaborative match (:data:`scorer.features.COLLAB_FEATURES`: the candidate's LightGCN
+  vector against the user's recently liked and disliked items', and the user's like surprise): the default;
 - ``<config>_layer0``: that model's layer-0 head alone (no transformer block: what the prompt states add is the
   gap);
 - ``norag``: the default without neighbour retrieval (no neighbour line, neighbour features at the prior);
-- ``content_bf16``: the default with the backbone in bf16 (AVX512-BF16 here): its states cached again, heads,
+- ``default_bf16``: the default with the backbone in bf16 (AVX512-BF16 here): its states cached again, heads,
   calibration and exit rule fitted on them (``exitrec train-model --precision bf16``); ``precision`` in the
   JSON puts its AUC and requests/s beside fp32's, measured back to back.
 
@@ -57,16 +59,17 @@ from scorer import checkpoint, experiment, quality
 from scorer.calibration import HeadCalibration
 from scorer.checkpoint import with_precision
 from scorer.exit_rules import ExitRule, exit_points
-from scorer.features import ALL_FEATURES, FEATURES
+from scorer.features import ALL_FEATURES, CONTENT_SET, FEATURES
 from scorer.model import EarlyExitModel
 from scorer.train import Cached, cached_probabilities, calibrate, fit_heads, pooled_states
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # configuration: (prompt view, the features its heads read, backbone precision)
 CONFIGS = {"text_only": ("text_only", (), "fp32"), "item_evidence": ("default", (), "fp32"),
-           "features": ("default", FEATURES, "fp32"), "content": ("default", ALL_FEATURES, "fp32"),
-           "norag": ("norag", ALL_FEATURES, "fp32"), "content_bf16": ("default", ALL_FEATURES, "bf16")}
-DEFAULT = "content"
+           "features": ("default", FEATURES, "fp32"), "content": ("default", CONTENT_SET, "fp32"),
+           "collaborative": ("default", ALL_FEATURES, "fp32"), "norag": ("norag", ALL_FEATURES, "fp32"),
+           "default_bf16": ("default", ALL_FEATURES, "bf16")}
+DEFAULT = "collaborative"
 
 
 def slice_metrics(y: np.ndarray, p: np.ndarray, warm: np.ndarray) -> dict:
@@ -302,8 +305,8 @@ def main() -> None:
         "command": "python -m bench.accuracy_bench " + " ".join(f"--{k.replace('_', '-')} {v}"
                                                                 for k, v in vars(args).items()),
     }
-    if "content" in configs and "content_bf16" in configs:
-        fp32, bf16 = configs["content"], configs["content_bf16"]
+    if DEFAULT in configs and "default_bf16" in configs:
+        fp32, bf16 = configs[DEFAULT], configs["default_bf16"]
         result["precision"] = {"auc_bf16_minus_fp32": bf16["auc"] - fp32["auc"],
                                "rps_bf16_over_fp32": bf16["rps"] / fp32["rps"],
                                "rps_full_bf16_over_fp32": bf16["rps_full"] / fp32["rps_full"]}

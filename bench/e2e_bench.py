@@ -230,7 +230,7 @@ def offline_auc(base: Settings, data, split, n_rows: int) -> dict:
     """AUC of the checkpoint on the same test rows, prompts built with the training-time (static) vectors."""
     from scorer import checkpoint, experiment
     from scorer.exit_rules import ExitRule
-    from scorer.features import FEATURES
+    from scorer.features import needs_embeddings
     from scorer.quality import auc
     from scorer.samples import build_samples
 
@@ -239,12 +239,12 @@ def offline_auc(base: Settings, data, split, n_rows: int) -> dict:
     vector_of = experiment.static_vectors(experiment.graph_state(data.name, split.train, base.cache_dir))
     samples = build_samples(data, rows, vector_of)
     model, tokenizer, card, rule = checkpoint.load(base.scorer_checkpoint, base.cache_dir)
-    embeddings = experiment.content_embeddings(base.cache_dir) if len(card.features) > len(FEATURES) else None
+    embeddings = experiment.content_embeddings(base.cache_dir) if needs_embeddings(card.features) else None
     y = np.array([s.label for s in samples])
     out = {}
     for neighbours in (True, False):
         enc = experiment.encode(tokenizer, samples, card.max_length, card.prior if card.features else None,
-                                "default" if neighbours else "norag", embeddings)
+                                "default" if neighbours else "norag", embeddings, card.features)
         for label, r in (("full", ExitRule()), ("exit", rule)):
             _, result = experiment.throughput(model, enc, r)
             out[f"offline_auc_{'gcn' if neighbours else 'norag'}_{label}"] = auc(y, result.ctr)

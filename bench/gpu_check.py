@@ -47,6 +47,7 @@ def export(args) -> None:
     """Rows, CPU scores, the checkpoint (pointing at a bf16 MiniLM copy) into ``INPUTS``."""
     from infra.runtime.settings import Settings
     from scorer import experiment
+    from scorer.features import needs_embeddings
     from scorer.quality import auc
 
     settings = Settings()
@@ -54,8 +55,9 @@ def export(args) -> None:
     model, tokenizer, card, rule = checkpoint.load(source, settings.cache_dir)
     sets = experiment.sample_sets("ml-100k", settings.data_dir, settings.cache_dir, args.rows, args.rows // 2,
                                   args.rows)
-    embeddings = experiment.content_embeddings(settings.cache_dir) if len(card.features) > 8 else None
-    enc = experiment.encode(tokenizer, sets.test, card.max_length, card.prior, embeddings=embeddings)
+    embeddings = experiment.content_embeddings(settings.cache_dir) if needs_embeddings(card.features) else None
+    enc = experiment.encode(tokenizer, sets.test, card.max_length, card.prior, embeddings=embeddings,
+                            names=card.features)
     _, cpu = experiment.throughput(model, enc, rule, batch_size=32)
     shutil.rmtree(INPUTS, ignore_errors=True)
     INPUTS.mkdir(parents=True)

@@ -10,7 +10,8 @@ external id (Qdrant ids must be integers or UUIDs); the external id is kept in t
 
 User payload: ``user_id``; ``liked_keys`` / ``disliked_keys``, the :func:`~graph_updater.online.item_key` of the
 user's latest 100 liked / disliked items; ``n_liked``, ``n_disliked`` (totals); ``recent``, a JSON string of the
-latest ``[item_id, label, ts]`` reactions (for prompts); ``last_ts``. Item payload: ``item_id``, ``n_liked`` and
+latest ``[item_id, label, ts]`` reactions (for prompts); ``last_ts``; ``surprise`` and ``n_reactions`` (the like
+surprise of :class:`~graph_updater.online.GraphUpdater` and its count). Item payload: ``item_id``, ``n_liked`` and
 ``n_disliked`` (every reaction the item received so far: the item's like rate, rewritten on each reaction).
 Both carry ``linked``: false for a node with reactions but no like edge yet (its vector is a placeholder, not a
 graph position: :meth:`graph_updater.online.GraphUpdater.records`).
@@ -84,6 +85,16 @@ class VectorStore(ABC):
     def get(self, kind: str, external_id: str) -> tuple[list[float], dict] | None:
         """The (unit) vector and payload of one user or item, or None if absent."""
 
+    def get_many(self, kind: str, external_ids: list[str]) -> dict[str, tuple[list[float], dict]]:
+        """:meth:`get` of several points in one store call, keyed by external id (absent ones left out)."""
+        found = self._retrieve(kind, [point_id(kind, x) for x in dict.fromkeys(external_ids)]) if external_ids else []
+        id_field = "user_id" if kind == USER else "item_id"
+        return {str(p.payload[id_field]): (list(p.vector), dict(p.payload)) for p in found}
+
+    @abstractmethod
+    def _retrieve(self, kind: str, point_ids: list[str]) -> list:
+        """Points (``vector``, ``payload`` attributes) of the given ids that exist, in any order."""
+
     @abstractmethod
     def similar_users(self, vector: list[float], k: int = 20, exclude_user: str | None = None,
                       interacted_with: str | None = None) -> list[Neighbour]:
@@ -139,9 +150,11 @@ class QdrantStore(VectorStore):
     def count(self, kind: str) -> int:
         return self.client.count(self.collections[kind], exact=True).count
 
+    def _retrieve(self, kind: str, point_ids: list[str]) -> list:
+        return self.client.retrieve(self.collections[kind], ids=point_ids, with_vectors=True, with_payload=True)
+
     def get(self, kind: str, external_id: str) -> tuple[list[float], dict] | None:
-        found = self.client.retrieve(self.collections[kind], ids=[point_id(kind, external_id)],
-                                     with_vectors=True, with_payload=True)
+        found = self._retrieve(kind, [point_id(kind, external_id)])
         if not found:
             return None
         return list(found[0].vector), dict(found[0].payload or {})
@@ -204,8 +217,11 @@ class EdgeStore(VectorStore):
     def count(self, kind: str) -> int:
         return self.shards[kind].count(edge.CountRequest(exact=True))
 
+    def _retrieve(self, kind: str, point_ids: list[str]) -> list:
+        return self.shards[kind].retrieve(point_ids, with_payload=True, with_vector=True)
+
     def get(self, kind: str, external_id: str) -> tuple[list[float], dict] | None:
-        found = self.shards[kind].retrieve([point_id(kind, external_id)], with_payload=True, with_vector=True)
+        found = self._retrieve(kind, point_ids=[point_id(kind, external_id)])
         if not found:
             return None
         return list(found[0].vector), dict(found[0].payload or {})

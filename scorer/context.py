@@ -10,6 +10,10 @@
 - **Item evidence** (every candidate, cold user or not): the candidate's likes and reactions so far from its
   payload (``n_liked`` / ``n_liked + n_disliked``), and the cosine of the user's and the candidate's LightGCN
   vectors (the collaborative score; None when either is missing).
+- **Collaborative match** (:data:`scorer.features.COLLAB_FEATURES`): the mean cosine of the candidate's LightGCN
+  vector with those of the items among the user's ``recent`` reactions it liked, and of those it disliked (the
+  latest reaction per item; items without a vector skipped), read in one store call per request; and the user's
+  like surprise (``surprise``, ``n_reactions``) from its payload.
 - **Degraded flags** (:class:`~schemas.messages.DegradedFlag`): ``cold_user`` (no LightGCN vector: no
   neighbour line; a user who never reacted has no history either, one who only disliked so far keeps its history
   and rate; the candidate's own evidence is still read), ``cold_item`` (no vector: nobody liked it yet; an item
@@ -64,6 +68,38 @@ def item_rate_from_payload(payload: Mapping) -> tuple[int, int]:
     """``(liked, reacted)`` over every reaction the item received."""
     liked, disliked = int(payload.get("n_liked", 0)), int(payload.get("n_disliked", 0))
     return liked, liked + disliked
+
+
+def recent_reactions(payload: Mapping) -> dict[str, int]:
+    """Item id -> label of the user payload's ``recent`` reactions (the latest reaction per item)."""
+    raw = payload.get("recent") or "[]"
+    recent = json.loads(raw) if isinstance(raw, str) else raw
+    return {str(item): int(label) for item, label, *_ in recent}
+
+
+def surprise_from_payload(payload: Mapping) -> tuple[float, int] | None:
+    """``(surprise, reactions)`` of a user payload; None for one written before the field existed."""
+    if "surprise" not in payload:
+        return None
+    return float(payload["surprise"]), int(payload.get("n_reactions", 0))
+
+
+def unit_rows(vectors: Sequence[Sequence[float]]) -> np.ndarray:
+    """``vectors`` as the rows of a matrix, each scaled to unit length (``(0, 0)`` for none)."""
+    if len(vectors) == 0:
+        return np.zeros((0, 0))
+    m = np.asarray(vectors, dtype=np.float64)
+    return m / (np.linalg.norm(m, axis=1, keepdims=True) + 1e-12)
+
+
+def graph_match(candidate: Sequence[float] | None, liked: np.ndarray, disliked: np.ndarray
+                ) -> tuple[float | None, float | None] | None:
+    """Mean cosine of ``candidate`` with the unit rows of ``liked`` and of ``disliked`` (None for an empty side);
+    None when the candidate has no vector."""
+    if candidate is None:
+        return None
+    c = unit_rows([candidate])[0]
+    return (float((liked @ c).mean()) if len(liked) else None, float((disliked @ c).mean()) if len(disliked) else None)
 
 
 def cosine(a: Sequence[float] | np.ndarray | None, b: Sequence[float] | np.ndarray | None) -> float | None:

@@ -15,7 +15,7 @@ import functools
 import json
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from scorer.calibration import HeadCalibration
 from scorer.content import SentenceEncoder, TextEmbeddings
 from scorer.context import item_text
 from scorer.exit_rules import ExitRule, FixedHeadRule
-from scorer.features import ALL_FEATURES, feature_matrix, smoothed_logit
+from scorer.features import ALL_FEATURES, FEATURES, feature_matrix, smoothed_logit
 from scorer.model import EarlyExitModel
 from scorer.prompt import PromptInputs, build_prompt, build_prompts
 from scorer.quality import auc, logloss
@@ -183,10 +183,11 @@ def view(sample: CtrSample, name: str) -> PromptInputs:
 
 
 def encode(tokenizer, samples: list[CtrSample], max_length: int, prior: float | None = None,
-           view_name: str = "default", embeddings: TextEmbeddings | None = None) -> Encoded:
+           view_name: str = "default", embeddings: TextEmbeddings | None = None,
+           names: Sequence[str] | None = None) -> Encoded:
     """Prompts within ``max_length`` tokens (truncation order of :mod:`scorer.prompt`), tokenized and padded,
-    and the numeric features (:mod:`scorer.features`; content match too with ``embeddings``) when ``prior`` is
-    given."""
+    and the numeric features ``names`` (:mod:`scorer.features`; default: all of them with ``embeddings``, the
+    first eight without) when ``prior`` is given."""
     def count(text: str) -> int:
         return len(tokenizer(text).input_ids)
 
@@ -196,7 +197,8 @@ def encode(tokenizer, samples: list[CtrSample], max_length: int, prior: float | 
     inputs = [view(s, view_name) for s in samples]
     texts = build_prompts(inputs, count_many, max_length, lambda x: build_prompt(x, count, max_length))
     enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    features = None if prior is None else torch.from_numpy(feature_matrix(inputs, prior, embeddings))
+    names = names if names is not None else ALL_FEATURES if embeddings is not None else FEATURES
+    features = None if prior is None else torch.from_numpy(feature_matrix(inputs, prior, names, embeddings))
     return Encoded(enc["input_ids"], enc["attention_mask"], torch.tensor([s.label for s in samples]), features)
 
 

@@ -16,10 +16,25 @@ with the training prior :math:`p_0` (the positive rate of the graph's history) a
 ==================  ==========================================================================================
 
 These are the classical baseline's inputs (smoothed rates, log counts) plus what retrieval and the graph add, so
-a head that reads them starts from the baseline's information rather than below it. With a
-:class:`~scorer.content.TextEmbeddings` the five content-match numbers of :mod:`scorer.content` follow
-(:data:`ALL_FEATURES`, what checkpoints use by default). Missing evidence (cold user, unknown item, no
-retrieval) is the prior and a zero count, never an error.
+a head that reads them starts from the baseline's information rather than below it. Then the five content-match
+numbers of :mod:`scorer.content` (they need a :class:`~scorer.content.TextEmbeddings`), then the collaborative
+match of the candidate with the user's own reactions (:data:`COLLAB_FEATURES`): with :math:`c` the candidate's
+LightGCN vector and :math:`\bar l`, :math:`\bar d` the mean cosines of :math:`c` with the vectors of the items
+the user's recent reactions liked and disliked (item-to-item collaborative filtering on the fresh graph), and
+:math:`S = \sum_t (y_t - \hat p_t)` the user's *like surprise* over its :math:`n` reactions (label minus the
+reacted item's smoothed like rate just before; kept by the click path, :mod:`graph_updater.online`):
+
+==========================  =================================================================================
+``graph_liked_match``       :math:`\bar l` (0 without a liked recent item that has a vector, or no candidate vector)
+``graph_disliked_match``    :math:`\bar d` (likewise)
+``graph_match_margin``      :math:`\bar l - \bar d` when both exist, else 0
+``user_surprise``           :math:`S / (n + k)`: how much more (or less) the user likes than the items' own rates
+                            predict, which a raw user rate confuses with the popularity of what it picked
+==========================  =================================================================================
+
+Feature sets are prefixes of :data:`ALL_FEATURES` (:data:`FEATURE_SETS`), so a checkpoint's list says which columns
+its heads read and older checkpoints keep working. Missing evidence (cold user, unknown item, no retrieval) is the
+prior and a zero count, never an error.
 """
 
 from __future__ import annotations
@@ -33,7 +48,10 @@ from scorer.prompt import PromptInputs
 
 FEATURES = ("user_rate", "item_rate", "neighbour_rate", "user_count", "item_count", "neighbour_count", "affinity",
             "has_affinity")
-ALL_FEATURES = FEATURES + CONTENT_FEATURES
+COLLAB_FEATURES = ("graph_liked_match", "graph_disliked_match", "graph_match_margin", "user_surprise")
+CONTENT_SET = FEATURES + CONTENT_FEATURES
+ALL_FEATURES = CONTENT_SET + COLLAB_FEATURES
+FEATURE_SETS = (FEATURES, CONTENT_SET, ALL_FEATURES)  # what a checkpoint's heads may read
 STRENGTH = 5.0
 
 
@@ -52,11 +70,36 @@ def features(inputs: PromptInputs, prior: float) -> list[float]:
             float(inputs.affinity or 0.0), float(inputs.affinity is not None)]
 
 
-def feature_matrix(inputs: Sequence[PromptInputs], prior: float, embeddings: TextEmbeddings | None = None
-                   ) -> np.ndarray:
-    """``(n, len(FEATURES))`` float32, one row per pair; ``(n, len(ALL_FEATURES))`` with ``embeddings``."""
-    if embeddings is None:
-        return np.array([features(x, prior) for x in inputs], dtype=np.float32).reshape(len(inputs), len(FEATURES))
-    embeddings.ensure(texts_of(inputs))
-    rows = [features(x, prior) + content_match(x, embeddings) for x in inputs]
-    return np.array(rows, dtype=np.float32).reshape(len(inputs), len(ALL_FEATURES))
+def collaborative(inputs: PromptInputs) -> list[float]:
+    """The four :data:`COLLAB_FEATURES` of one pair."""
+    liked, disliked = inputs.graph_match or (None, None)
+    surprise, reactions = inputs.surprise or (0.0, 0)
+    return [liked or 0.0, disliked or 0.0, liked - disliked if liked is not None and disliked is not None else 0.0,
+            surprise / (reactions + STRENGTH)]
+
+
+def needs_embeddings(names: Sequence[str]) -> bool:
+    """Whether heads reading ``names`` need item-text embeddings (the content-match columns)."""
+    return len(names) > len(FEATURES)
+
+
+def feature_matrix(inputs: Sequence[PromptInputs], prior: float, names: Sequence[str] = FEATURES,
+                   embeddings: TextEmbeddings | None = None) -> np.ndarray:
+    """``(n, len(names))`` float32, one row per pair; ``names`` is one of :data:`FEATURE_SETS` (the content-match
+    columns need ``embeddings``)."""
+    names = tuple(names)
+    if names not in FEATURE_SETS:
+        raise ValueError(f"unknown feature set {names}; expected a prefix of {ALL_FEATURES} in {FEATURE_SETS}")
+    if needs_embeddings(names):
+        if embeddings is None:
+            raise ValueError("the content-match features need item-text embeddings")
+        embeddings.ensure(texts_of(inputs))
+    rows = []
+    for x in inputs:
+        row = features(x, prior)
+        if needs_embeddings(names):
+            row += content_match(x, embeddings)
+        if names == ALL_FEATURES:
+            row += collaborative(x)
+        rows.append(row)
+    return np.array(rows, dtype=np.float32).reshape(len(inputs), len(names))

@@ -21,8 +21,8 @@ cold or not: a user with no history still gets item-level evidence; an item nobo
 "Nobody has reacted to the candidate yet.". ``item_rate=None`` (the text-only ablation, or an item whose payload
 could not be read) omits the line.
 
-``affinity`` (the cosine of the user's and the candidate's LightGCN vectors) is not rendered: it reaches the
-model as a number (:mod:`scorer.features`), as do the counts above.
+``affinity`` (the cosine of the user's and the candidate's LightGCN vectors), ``graph_match`` and ``surprise`` are not
+rendered: they reach the model as numbers (:mod:`scorer.features`), as do the counts above.
 
 Truncation order when the text exceeds ``budget`` tokens: (1) history lines are dropped oldest first, down to
 none; (2) the candidate's text is cut (by words, from the end) down to one word; (3) if the fixed lines alone
@@ -63,6 +63,9 @@ class PromptInputs:
     rate: tuple[int, int] | None = None  # (liked, reacted) over all the user's reactions
     item_rate: tuple[int, int] | None = None  # (liked, reacted) over all reactions the candidate received
     affinity: float | None = None  # cosine of the user's and the candidate's LightGCN vectors (None: one lacks one)
+    # mean cosine of the candidate's LightGCN vector with the user's recently liked / disliked items' (None: none)
+    graph_match: tuple[float | None, float | None] | None = None
+    surprise: tuple[float, int] | None = None  # (sum of label - item's like rate, reactions), from the user payload
 
 
 def neighbour_line(evidence: NeighbourEvidence) -> str:

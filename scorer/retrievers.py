@@ -63,6 +63,11 @@ def item_view(store: VectorStore, item_id: str) -> ItemView | None:
     return None if found is None else ItemView(item_id, graph_position(found), found[1])
 
 
+def item_views(store: VectorStore, item_ids: list[str]) -> dict[str, ItemView]:
+    """:func:`item_view` of several items in one store call (items nobody reacted to are left out)."""
+    return {i: ItemView(i, graph_position(found), found[1]) for i, found in store.get_many(ITEM, item_ids).items()}
+
+
 class Retriever(Protocol):
     name: str
 
@@ -71,6 +76,9 @@ class Retriever(Protocol):
 
     def item(self, item_id: str) -> ItemView | None:
         """The candidate's vector and reaction counts; None for an item nobody has reacted to yet (cold)."""
+
+    def items(self, item_ids: list[str]) -> dict[str, ItemView]:
+        """:meth:`item` of several items at once (the user's recent reactions), absent ones left out."""
 
     def neighbours(self, user: UserView, item_id: str, k: int) -> list[Neighbour]:
         """Top-``k`` users most similar to ``user`` among those who reacted to ``item_id``."""
@@ -91,6 +99,9 @@ class GcnRetriever:
 
     def item(self, item_id: str) -> ItemView | None:
         return item_view(self.store, item_id)
+
+    def items(self, item_ids: list[str]) -> dict[str, ItemView]:
+        return item_views(self.store, item_ids)
 
     def neighbours(self, user: UserView, item_id: str, k: int) -> list[Neighbour]:
         return self.store.similar_users(user.vector, k=k, exclude_user=user.user_id, interacted_with=item_id)
@@ -135,6 +146,9 @@ class TextRetriever:
 
     def item(self, item_id: str) -> ItemView | None:
         return item_view(self.store, item_id)
+
+    def items(self, item_ids: list[str]) -> dict[str, ItemView]:
+        return item_views(self.store, item_ids)
 
     def neighbours(self, user: UserView, item_id: str, k: int) -> list[Neighbour]:
         return self.text_store.similar_users(user.vector, k=k, exclude_user=user.user_id, interacted_with=item_id)

@@ -34,13 +34,17 @@ from scorer.content import TextEmbeddings
 from scorer.context import (
     cosine,
     evidence_from,
+    graph_match,
     history_from_payload,
     item_rate_from_payload,
     item_text,
     rate_from_payload,
+    recent_reactions,
+    surprise_from_payload,
+    unit_rows,
 )
 from scorer.exit_rules import ExitRule
-from scorer.features import ALL_FEATURES, FEATURES, feature_matrix
+from scorer.features import FEATURE_SETS, feature_matrix, needs_embeddings
 from scorer.model import EarlyExitModel
 from scorer.prompt import NeighbourEvidence, PromptInputs, PromptTooLong, build_prompt, build_prompts
 from scorer.retrievers import Retriever, UserView
@@ -103,7 +107,7 @@ class ContextBuilder:
             if remaining <= 0:
                 ctx.degraded.add(DegradedFlag.DEADLINE)
             budget_ms = min(budget_ms, remaining)
-        user, history, rate = None, (), None
+        user, history, rate, surprise, reacted = None, (), None, None, (np.zeros((0, 0)), np.zeros((0, 0)))
         if DegradedFlag.DEADLINE not in ctx.degraded:
             try:
                 user = self.retriever.user(request.user_id)
@@ -112,20 +116,33 @@ class ContextBuilder:
                 if user is not None:
                     history = history_from_payload(user.payload, self.text_of, self.options.history_len)
                     rate = rate_from_payload(user.payload)
+                    surprise = surprise_from_payload(user.payload)
+                    reacted = self.reaction_vectors(recent_reactions(user.payload))
             except Exception as exc:  # store unreachable or failing: score without it, say so
                 ctx.degraded.add(DegradedFlag.NO_RETRIEVAL)
                 log.warning("retrieval_failed", request_id=request.request_id, error=repr(exc)[:300])
         for item in request.item_ids:
-            inputs = PromptInputs(self.text_of(item), history, None, rate)
+            inputs = PromptInputs(self.text_of(item), history, None, rate, surprise=surprise)
             if not ctx.degraded & {DegradedFlag.DEADLINE, DegradedFlag.NO_RETRIEVAL}:
-                inputs = self._candidate(ctx, inputs, user, item, started, budget_ms)
+                inputs = self._candidate(ctx, inputs, user, item, started, budget_ms, reacted)
             ctx.inputs.append(inputs)
         ctx.retrieval_ms = (time.perf_counter() - started) * 1000.0
         return ctx
 
+    def reaction_vectors(self, reactions: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Unit LightGCN vectors of the liked and of the disliked items among ``reactions`` (one store call)."""
+        views = self.retriever.items(list(reactions)) if reactions else {}
+        sides = ([], [])
+        for item, label in reactions.items():
+            view = views.get(item)
+            if view is not None and view.vector is not None:
+                sides[label == 1].append(view.vector)
+        return unit_rows(sides[1]), unit_rows(sides[0])
+
     def _candidate(self, ctx: RequestContext, inputs: PromptInputs, user: UserView | None, item: str,
-                   started: float, budget_ms: float) -> PromptInputs:
-        """The candidate's own evidence (rate, affinity), then the neighbours' reactions to it."""
+                   started: float, budget_ms: float, reacted: tuple[np.ndarray, np.ndarray]) -> PromptInputs:
+        """The candidate's own evidence (rate, affinity, match with the user's reactions), then the neighbours'
+        reactions to it."""
         if (time.perf_counter() - started) * 1000.0 >= budget_ms:
             ctx.degraded.add(DegradedFlag.NO_RETRIEVAL)
             return inputs
@@ -137,7 +154,8 @@ class ContextBuilder:
                 inputs = replace(inputs, item_rate=(0, 0))
             else:
                 inputs = replace(inputs, item_rate=item_rate_from_payload(found.payload),
-                                 affinity=cosine(user.graph_vector, found.vector) if user is not None else None)
+                                 affinity=cosine(user.graph_vector, found.vector) if user is not None else None,
+                                 graph_match=graph_match(found.vector, *reacted))
             if user is None or user.vector is None or not self.options.n_neighbours:
                 return inputs
             if found is None:
@@ -157,13 +175,13 @@ class Scorer:
     def __init__(self, model: EarlyExitModel, tokenizer: PreTrainedTokenizerBase, card: ModelCard, rule: ExitRule,
                  retriever: Retriever, catalogue: Mapping[str, str], options: ScorerOptions,
                  embeddings: TextEmbeddings | None = None) -> None:
-        if card.features and tuple(card.features) not in (FEATURES, ALL_FEATURES):
-            raise ValueError(f"the checkpoint's heads read features {card.features}; this scorer computes {FEATURES} "
-                             f"or {ALL_FEATURES}: retrain the model (exitrec train-model)")
-        if tuple(card.features) == ALL_FEATURES and embeddings is None:
+        if card.features and tuple(card.features) not in FEATURE_SETS:
+            raise ValueError(f"the checkpoint's heads read features {card.features}; this scorer computes one of "
+                             f"{FEATURE_SETS}: retrain the model (exitrec train-model)")
+        if needs_embeddings(card.features) and embeddings is None:
             raise ValueError("the checkpoint's heads read content-match features: the scorer needs text embeddings")
         self.model, self.tokenizer, self.card, self.rule = model.eval(), tokenizer, card, rule
-        self.embeddings = embeddings if tuple(card.features) == ALL_FEATURES else None
+        self.embeddings = embeddings if needs_embeddings(card.features) else None
         self.contexts = ContextBuilder(retriever, catalogue, options)
         self.device = next(model.parameters()).device
         self.model_version = f"{card.version}+{rule.name}"
@@ -193,7 +211,7 @@ class Scorer:
         started = time.perf_counter()
         inputs = [x for ctx in contexts for x in ctx.inputs]
         texts = build_prompts(inputs, self.count_many, self.card.max_length, self.prompt)
-        features = torch.from_numpy(feature_matrix(inputs, self.card.prior, self.embeddings)) \
+        features = torch.from_numpy(feature_matrix(inputs, self.card.prior, self.card.features, self.embeddings)) \
             if self.card.features else None
         tokens = self.tokenizer(texts, truncation=True, max_length=self.card.max_length)["input_ids"]  # once
         order = np.argsort([len(t) for t in tokens], kind="stable")

@@ -37,7 +37,7 @@ from scorer.catalogue_agent import CatalogueLoop
 from scorer.content import SentenceEncoder, TextEmbeddings, catalogue_embeddings_path
 from scorer.context import item_text
 from scorer.exit_rules import ExitRule
-from scorer.features import ALL_FEATURES
+from scorer.features import needs_embeddings
 from scorer.reload import ModelReloader
 from scorer.retrievers import GcnRetriever, TextRetriever, index_most_active
 from scorer.scoring import Scorer, ScorerOptions
@@ -86,7 +86,7 @@ def load_scorer(settings: Settings, store: VectorStore) -> Scorer:
         raise ValueError("EXITREC_RETRIEVER=text is not supported with a shared Qdrant server (EXITREC_QDRANT_URL): "
                          "every scorer replica would build and write its own text index; use EXITREC_RETRIEVER=gcn")
     retriever = GcnRetriever(store)  # "none": the user's own payload is still read, no neighbour query runs
-    needs_text = settings.retriever == "text" or tuple(card.features) == ALL_FEATURES
+    needs_text = settings.retriever == "text" or needs_embeddings(card.features)
     encoder = SentenceEncoder(backbones.resolve("minilm", settings.cache_dir)) if needs_text else None
     if settings.retriever == "text":
         text_store = open_store(settings.vector_backend, settings.qdrant_url, ":memory:",
@@ -121,7 +121,7 @@ def reload_scorer(settings: Settings, current: Scorer) -> Scorer:
     if settings.exit_rule == "never":
         rule = ExitRule()
     embeddings = current.embeddings
-    if embeddings is None and tuple(card.features) == ALL_FEATURES:
+    if embeddings is None and needs_embeddings(card.features):
         embeddings = cached_embeddings(settings, SentenceEncoder(backbones.resolve("minilm", settings.cache_dir)))
     c = current.contexts
     return Scorer(model, tokenizer, card, rule, c.retriever, c.catalogue, c.options, embeddings)

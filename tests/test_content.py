@@ -47,10 +47,10 @@ def test_each_text_is_embedded_once_and_the_cache_is_bounded(embeddings):
     encoder.seen.clear()
     inputs = [PromptInputs("Heat (1995)", (("Casino (1995)", 1),)),
               PromptInputs("Heat (1995)", (("Casino (1995)", 0),))]
-    m = feature_matrix(inputs, 0.5, embeddings)
+    m = feature_matrix(inputs, 0.5, ALL_FEATURES, embeddings)
     assert m.shape == (2, len(ALL_FEATURES)) and m.dtype == np.float32
     assert sorted(encoder.seen) == ["Casino (1995)", "Heat (1995)"]  # one batch, each distinct text once
-    feature_matrix(inputs, 0.5, embeddings)
+    feature_matrix(inputs, 0.5, ALL_FEATURES, embeddings)
     assert len(encoder.seen) == 2  # cached
     embeddings.ensure([f"title {k}" for k in range(10)])
     assert len(embeddings.vectors) == 6  # bounded: least recently used dropped

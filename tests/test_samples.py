@@ -47,7 +47,7 @@ def test_streaming_samples_match_the_serving_context_and_never_see_their_own_cli
         earlier = ml100k.labels[:row][ml100k.items[:row] == sample.item_id]
         assert sample.inputs.item_rate == (int(earlier.sum()), len(earlier)), row
 
-    # the sample of the last row is what the online scorer builds from the same clicks (the affinity up to float
+    # the sample of the last row is what the online scorer builds from the same clicks (vector cosines up to float
     # rounding: the incremental refresh sums the same terms in another order when batch boundaries differ)
     last = int(rows[-1])
     updater, store = fresh_state(trained_checkpoint)
@@ -56,6 +56,8 @@ def test_streaming_samples_match_the_serving_context_and_never_see_their_own_cli
     request = ImpressionRequest(request_id="r", user_id=samples[-1].user_id, item_ids=[samples[-1].item_id],
                                 ts=int(ml100k.ts[last]))
     served = builder.context(request, 0.0, 0.0).inputs[0]
-    assert replace(served, affinity=None) == replace(samples[-1].inputs, affinity=None)
+    assert replace(served, affinity=None, graph_match=None) == replace(samples[-1].inputs, affinity=None,
+                                                                        graph_match=None)
     assert served.affinity == pytest.approx(samples[-1].inputs.affinity, abs=1e-5)
+    assert served.graph_match == pytest.approx(samples[-1].inputs.graph_match, abs=1e-5)
     store.close()

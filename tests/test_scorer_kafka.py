@@ -79,8 +79,9 @@ def alone_scores(scorer, requests: list[ImpressionRequest]) -> dict[tuple[str, s
         ctx = scorer.context(request, 0.0, 0.0)
         for item, inputs in zip(request.item_ids, ctx.inputs, strict=True):
             enc = scorer.tokenizer([scorer.prompt(inputs)], return_tensors="pt")
+            features = feature_matrix([inputs], scorer.card.prior, scorer.card.features)
             result = scorer.model.predict(enc["input_ids"], enc["attention_mask"], scorer.rule,
-                                          torch.from_numpy(feature_matrix([inputs], scorer.card.prior)))
+                                          torch.from_numpy(features))
             out[(request.request_id, item)] = (float(result.ctr[0]), int(result.exit_layer[0]))
     return out
 

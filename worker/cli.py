@@ -383,15 +383,15 @@ def eval_model(folder: Path, dataset: str, csv: Path | None, n_test: int) -> Non
 
     from scorer import checkpoint, experiment, quality
     from scorer.exit_rules import ExitRule
-    from scorer.features import FEATURES
+    from scorer.features import needs_embeddings
 
     settings = _settings()
     dataset = dataset_of(dataset, csv)
     model, tokenizer, card, rule = checkpoint.load(folder, settings.cache_dir, experiment.backbones.best_device())
     sets = experiment.sample_sets(dataset, settings.data_dir, settings.cache_dir, 1000, 0, n_test)  # baseline fit
-    embeddings = experiment.content_embeddings(settings.cache_dir) if len(card.features) > len(FEATURES) else None
+    embeddings = experiment.content_embeddings(settings.cache_dir) if needs_embeddings(card.features) else None
     test = experiment.encode(tokenizer, sets.test, card.max_length, card.prior if card.features else None,
-                             embeddings=embeddings)
+                             embeddings=embeddings, names=card.features)
     y = test.labels.numpy()
     rps_full, full = experiment.throughput(model, test, ExitRule())
     rps_exit, exited = experiment.throughput(model, test, rule)
