@@ -12,6 +12,7 @@ from graph_updater import checkpoint as graph_checkpoint
 from graph_updater.graph import ITEM, USER
 from graph_updater.store import embedded_copy
 from schemas.messages import DegradedFlag, ImpressionRequest
+from scorer.context import graph_match, recent_reactions, surprise_from_payload
 from scorer.features import FEATURES, features
 from scorer.retrievers import GcnRetriever
 from scorer.scoring import ContextBuilder, ScorerOptions
@@ -97,3 +98,36 @@ def test_a_store_failing_on_item_reads_scores_without_them(state, monkeypatch):
     ctx = builder(store).context(request(user, [item]), 0.0, time.time() * 1000)
     assert ctx.degraded == {DegradedFlag.NO_RETRIEVAL}
     assert ctx.inputs[0].item_rate is None and ctx.inputs[0].neighbours is None and ctx.inputs[0].rate[1] > 0
+
+
+def test_collaborative_match_compares_the_candidate_with_the_users_recent_likes_and_dislikes(state):
+    updater, store = state
+    user, item = known_pair(updater)
+    ctx = builder(store).context(request(user, [item]), 0.0, time.time() * 1000)
+    inputs = ctx.inputs[0]
+    payload = store.get(USER, user)[1]
+    reactions = recent_reactions(payload)
+    candidate = np.asarray(store.get(ITEM, item)[0])
+    candidate = candidate / np.linalg.norm(candidate)
+
+    def mean_cos(label: int) -> float | None:
+        vs = [np.asarray(found[0]) for i, y in reactions.items() if y == label
+              and (found := store.get(ITEM, i)) is not None and found[1].get("linked", True)]
+        return float(np.mean([v @ candidate / np.linalg.norm(v) for v in vs])) if vs else None
+
+    liked, disliked = inputs.graph_match
+    assert liked == pytest.approx(mean_cos(1), abs=1e-6)
+    assert (disliked is None and mean_cos(0) is None) or disliked == pytest.approx(mean_cos(0), abs=1e-6)
+    assert inputs.surprise == (pytest.approx(updater.histories[user].surprise, abs=1e-5),
+                               updater.histories[user].reactions)
+    cold = builder(store).context(request("never-seen", [item]), 0.0, time.time() * 1000).inputs[0]
+    assert cold.graph_match == (None, None) and cold.surprise is None
+
+
+def test_recent_reactions_keep_the_latest_label_per_item_and_old_payloads_have_no_surprise():
+    payload = {"recent": '[["a",1,1],["b",0,2],["a",0,3]]', "n_liked": 1}
+    assert recent_reactions(payload) == {"a": 0, "b": 0}
+    assert surprise_from_payload(payload) is None
+    assert surprise_from_payload({"surprise": -0.5, "n_reactions": 3}) == (-0.5, 3)
+    assert graph_match(None, np.eye(2), np.eye(2)) is None
+    assert graph_match([2.0, 0.0], np.eye(2)[:1], np.zeros((0, 0))) == (pytest.approx(1.0), None)

@@ -37,3 +37,17 @@ def test_feature_matrix_shape_and_dtype():
     m = feature_matrix([PromptInputs("a"), PromptInputs("b", rate=(1, 2))], 0.5)
     assert m.shape == (2, len(FEATURES)) and m.dtype == np.float32
     assert feature_matrix([], 0.5).shape == (0, len(FEATURES))
+
+
+def test_collaborative_columns_and_feature_sets():
+    from scorer.features import ALL_FEATURES, COLLAB_FEATURES, collaborative
+
+    x = PromptInputs("x", graph_match=(0.6, 0.2), surprise=(3.0, 15))
+    assert collaborative(x) == pytest.approx([0.6, 0.2, 0.4, 3.0 / 20])
+    assert collaborative(PromptInputs("x", graph_match=(0.6, None))) == pytest.approx([0.6, 0.0, 0.0, 0.0])
+    assert collaborative(PromptInputs("x")) == [0.0, 0.0, 0.0, 0.0]  # cold: no match, no surprise
+    assert ALL_FEATURES[-len(COLLAB_FEATURES):] == COLLAB_FEATURES
+    with pytest.raises(ValueError, match="unknown feature set"):
+        feature_matrix([x], 0.5, ("user_rate",))
+    with pytest.raises(ValueError, match="embeddings"):
+        feature_matrix([x], 0.5, ALL_FEATURES)

@@ -10,7 +10,7 @@ from graph_updater.events import clicks_of
 from graph_updater.store import embedded_copy
 from schemas.messages import ImpressionRequest
 from scorer.retrievers import GcnRetriever
-from scorer.samples import build_samples_streaming
+from scorer.samples import build_samples, build_samples_streaming
 from scorer.scoring import ContextBuilder, ScorerOptions
 
 
@@ -61,3 +61,18 @@ def test_streaming_samples_match_the_serving_context_and_never_see_their_own_cli
     assert served.affinity == pytest.approx(samples[-1].inputs.affinity, abs=1e-5)
     assert served.graph_match == pytest.approx(samples[-1].inputs.graph_match, abs=1e-5)
     store.close()
+
+
+def test_the_static_ablation_keeps_the_same_like_surprise_as_the_click_path(ml100k, split, trained_checkpoint):
+    first = len(split.train)
+    rows = np.arange(first + 10, first + 400, 13)
+    updater, store = fresh_state(trained_checkpoint)
+    streamed = build_samples_streaming(ml100k, first, rows, updater, store, ml100k.item_text, progress=False)
+    store.close()
+    static = build_samples(ml100k, rows, lambda kind, external_id: None)
+    assert sum(s.inputs.surprise is not None for s in streamed) > len(rows) / 2
+    for a, b in zip(streamed, static, strict=True):
+        assert (a.inputs.surprise is None) == (b.inputs.surprise is None)
+        if a.inputs.surprise is not None:
+            assert a.inputs.surprise[0] == pytest.approx(b.inputs.surprise[0], abs=1e-5)
+            assert a.inputs.surprise[1] == b.inputs.surprise[1]
