@@ -208,6 +208,22 @@ def plot(out: Path, result: dict, y: np.ndarray, p_default: np.ndarray) -> None:
     plt.close(fig)
 
 
+SAME_ROWS = ("dataset", "n_rows", "n_train", "n_val", "seeds", "max_length", "baseline_auc")
+
+
+def merged(result: dict, path: Path) -> dict:
+    """``result`` with the configurations of the earlier result at ``path`` it does not hold; both must score the
+    same rows (:data:`SAME_ROWS` equal), and ``commands`` lists every command whose figures the file holds."""
+    earlier = json.loads(path.read_text())
+    differ = [k for k in SAME_ROWS if earlier.get(k) != result[k]]
+    if differ:
+        raise SystemExit(f"--merge: {path} was measured on other rows ({', '.join(differ)} differ); rerun all "
+                         f"configurations without --merge")
+    kept = {k: v for k, v in earlier["configs"].items() if k not in result["configs"]}
+    commands = [*earlier.get("commands", [earlier["command"]]), result["command"]]
+    return {**result, "configs": {**kept, **result["configs"]}, "commands": commands}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "ml-1m", "bookcrossing"])
@@ -221,6 +237,9 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.002)
     parser.add_argument("--rps-rows", type=int, default=512)
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the configurations of the existing accuracy_<dataset>.json that this run does not "
+                             "measure (the rows must be the same: same sizes and seeds)")
     parser.add_argument("--save-default", type=Path, default=None,
                         help="checkpoint folder for the default's seed-0 model (default "
                              "<cache>/models/early-exit-<dataset>-minilm)")
@@ -311,6 +330,8 @@ def main() -> None:
                                "rps_bf16_over_fp32": bf16["rps"] / fp32["rps"],
                                "rps_full_bf16_over_fp32": bf16["rps_full"] / fp32["rps_full"]}
     out = RESULTS / f"accuracy_{args.dataset}.json"
+    if args.merge:
+        result = merged(result, out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=float) + "\n")
     if default_p is not None:
