@@ -69,8 +69,6 @@ class UserHistory:
     liked: dict[str, int] = field(default_factory=dict)
     disliked: dict[str, int] = field(default_factory=dict)
     recent: deque = field(default_factory=lambda: deque(maxlen=20))  # (event_id, item_id, label, ts)
-    surprise: float = 0.0  # sum over recorded reactions of label - the item's smoothed like rate just before
-    reactions: int = 0  # recorded reactions (events, re-reactions included), the surprise's count
     # latest_keys() of the disliked [0] and liked [1] items, kept up to date (None: rebuilt at the next payload)
     latest: list = field(default_factory=lambda: [None, None], init=False, repr=False, compare=False)
 
@@ -113,8 +111,6 @@ class UserHistory:
             "n_disliked": len(self.disliked),
             "recent": COMPACT_JSON.encode([[r[1], r[2], r[3]] for r in recent]),
             "last_ts": recent[-1][3] if recent else 0,
-            "surprise": round(self.surprise, 6),
-            "n_reactions": self.reactions,
         }
 
 
@@ -128,26 +124,14 @@ class VectorRecord:
     payload: dict
 
 
-def expected_like(liked: int, reacted: int, prior: float, strength: float = 5.0) -> float:
-    r"""An item's smoothed like rate :math:`(s + k p_0)/(m + k)` from ``liked`` :math:`s` of ``reacted`` :math:`m`
-    (the same smoothing as :func:`scorer.features.smoothed_logit`, before the logit)."""
-    return (liked + strength * prior) / (reacted + strength)
-
-
 class GraphUpdater:
-    """Applies click micro-batches to a :class:`LightGCNGraph` and reports the vectors that changed.
-
-    Besides the graph it keeps, per user, the *like surprise*: each recorded reaction adds its label minus the
-    reacted item's :func:`expected_like` just before it, the prior :math:`p_0` being the like share of every
-    reaction recorded so far (Laplace-smoothed). A user who likes more than the items' own rates predict has a
-    positive sum; replaying the same clicks in the same per-user order gives the same sums."""
+    """Applies click micro-batches to a :class:`LightGCNGraph` and reports the vectors that changed."""
 
     def __init__(self, graph: LightGCNGraph, recent_n: int = 20, radius: int = 0,
                  recent_edges: int = 50_000) -> None:
         self.graph, self.recent_n, self.radius = graph, recent_n, radius
         self.histories: dict[str, UserHistory] = {}
         self.item_reactions: dict[str, list[int]] = {}  # item id -> [likes, dislikes] over all its clicks
-        self.reactions_seen = [0, 0]  # likes and reactions over every recorded click (the surprise's prior)
         self.recent_pairs: deque[tuple[int, int]] = deque(maxlen=recent_edges)
         self.clicks_since_refine = 0
 
@@ -158,15 +142,9 @@ class GraphUpdater:
         return h
 
     def _record(self, event_id: str, user_id: str, item_id: str, label: int, ts: int) -> EdgeChange | None:
-        history = self.history(user_id)
-        if not history.record(event_id, item_id, label, ts):
+        if not self.history(user_id).record(event_id, item_id, label, ts):
             return None
         counts = self.item_reactions.setdefault(item_id, [0, 0])
-        seen = self.reactions_seen
-        history.surprise += label - expected_like(counts[0], counts[0] + counts[1], (seen[0] + 1) / (seen[1] + 2))
-        history.reactions += 1
-        seen[0] += label
-        seen[1] += 1
         counts[0 if label == 1 else 1] += 1
         return EdgeChange(user_id, item_id, present=label == 1)
 

@@ -10,8 +10,7 @@ external id (Qdrant ids must be integers or UUIDs); the external id is kept in t
 
 User payload: ``user_id``; ``liked_keys`` / ``disliked_keys``, the :func:`~graph_updater.online.item_key` of the
 user's latest 100 liked / disliked items; ``n_liked``, ``n_disliked`` (totals); ``recent``, a JSON string of the
-latest ``[item_id, label, ts]`` reactions (for prompts); ``last_ts``; ``surprise`` and ``n_reactions`` (the like
-surprise of :class:`~graph_updater.online.GraphUpdater` and its count). Item payload: ``item_id``, ``n_liked`` and
+latest ``[item_id, label, ts]`` reactions (for prompts); ``last_ts``. Item payload: ``item_id``, ``n_liked`` and
 ``n_disliked`` (every reaction the item received so far: the item's like rate, rewritten on each reaction).
 Both carry ``linked``: false for a node with reactions but no like edge yet (its vector is a placeholder, not a
 graph position: :meth:`graph_updater.online.GraphUpdater.records`).

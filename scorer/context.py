@@ -12,8 +12,9 @@
   vectors (the collaborative score; None when either is missing).
 - **Collaborative match** (:data:`scorer.features.COLLAB_FEATURES`): the mean cosine of the candidate's LightGCN
   vector with those of the items among the user's ``recent`` reactions it liked, and of those it disliked (the
-  latest reaction per item; items without a vector skipped), read in one store call per request; and the user's
-  like surprise (``surprise``, ``n_reactions``) from its payload.
+  latest reaction per item; items without a vector skipped), read in one store call per request; from the same
+  item payloads, per recent reaction its label and the item's likes and reactions from everyone else (the user's
+  like surprise, :func:`others_counts`).
 - **Degraded flags** (:class:`~schemas.messages.DegradedFlag`): ``cold_user`` (no LightGCN vector: no
   neighbour line; a user who never reacted has no history either, one who only disliked so far keeps its history
   and rate; the candidate's own evidence is still read), ``cold_item`` (no vector: nobody liked it yet; an item
@@ -77,11 +78,11 @@ def recent_reactions(payload: Mapping) -> dict[str, int]:
     return {str(item): int(label) for item, label, *_ in recent}
 
 
-def surprise_from_payload(payload: Mapping) -> tuple[float, int] | None:
-    """``(surprise, reactions)`` of a user payload; None for one written before the field existed."""
-    if "surprise" not in payload:
-        return None
-    return float(payload["surprise"]), int(payload.get("n_reactions", 0))
+def others_counts(label: int, item_payload: Mapping) -> tuple[int, int, int]:
+    """``(label, likes, reactions)`` of an item the user reacted to with ``label``, the user's own reaction taken
+    out of the item's counts (its latest one: the counts include every reaction the item received)."""
+    liked, reacted = item_rate_from_payload(item_payload)
+    return label, max(0, liked - label), max(0, reacted - 1)
 
 
 def unit_rows(vectors: Sequence[Sequence[float]]) -> np.ndarray:

@@ -21,8 +21,9 @@ numbers of :mod:`scorer.content` (they need a :class:`~scorer.content.TextEmbedd
 match of the candidate with the user's own reactions (:data:`COLLAB_FEATURES`): with :math:`c` the candidate's
 LightGCN vector and :math:`\bar l`, :math:`\bar d` the mean cosines of :math:`c` with the vectors of the items
 the user's recent reactions liked and disliked (item-to-item collaborative filtering on the fresh graph), and
-:math:`S = \sum_t (y_t - \hat p_t)` the user's *like surprise* over its :math:`n` reactions (label minus the
-reacted item's smoothed like rate just before; kept by the click path, :mod:`graph_updater.online`):
+:math:`S = \sum_t (y_t - \hat p_t)` the user's *like surprise* over its :math:`n` recent reactions: label minus
+the reacted item's smoothed like rate among everyone else's reactions, read from the item payloads at scoring
+time (so it depends only on the store's state, never on the order clicks were folded in):
 
 ==========================  =================================================================================
 ``graph_liked_match``       :math:`\bar l` (0 without a liked recent item that has a vector, or no candidate vector)
@@ -70,12 +71,18 @@ def features(inputs: PromptInputs, prior: float) -> list[float]:
             float(inputs.affinity or 0.0), float(inputs.affinity is not None)]
 
 
-def collaborative(inputs: PromptInputs) -> list[float]:
+def like_surprise(reactions: Sequence[tuple[int, int, int]], prior: float) -> float:
+    r""":math:`\sum (y - r)/(n + k)` over ``(label, others' likes, others' reactions)``, :math:`r` the smoothed
+    rate before the logit."""
+    expected = [(liked + STRENGTH * prior) / (reacted + STRENGTH) for _, liked, reacted in reactions]
+    return float(sum(y for y, _, _ in reactions) - sum(expected)) / (len(reactions) + STRENGTH)
+
+
+def collaborative(inputs: PromptInputs, prior: float) -> list[float]:
     """The four :data:`COLLAB_FEATURES` of one pair."""
     liked, disliked = inputs.graph_match or (None, None)
-    surprise, reactions = inputs.surprise or (0.0, 0)
     return [liked or 0.0, disliked or 0.0, liked - disliked if liked is not None and disliked is not None else 0.0,
-            surprise / (reactions + STRENGTH)]
+            like_surprise(inputs.surprise or (), prior)]
 
 
 def needs_embeddings(names: Sequence[str]) -> bool:
@@ -100,6 +107,6 @@ def feature_matrix(inputs: Sequence[PromptInputs], prior: float, names: Sequence
         if needs_embeddings(names):
             row += content_match(x, embeddings)
         if names == ALL_FEATURES:
-            row += collaborative(x)
+            row += collaborative(x, prior)
         rows.append(row)
     return np.array(rows, dtype=np.float32).reshape(len(inputs), len(names))

@@ -65,7 +65,8 @@ class PromptInputs:
     affinity: float | None = None  # cosine of the user's and the candidate's LightGCN vectors (None: one lacks one)
     # mean cosine of the candidate's LightGCN vector with the user's recently liked / disliked items' (None: none)
     graph_match: tuple[float | None, float | None] | None = None
-    surprise: tuple[float, int] | None = None  # (sum of label - item's like rate, reactions), from the user payload
+    # per recent reaction of the user: (label, the item's likes and reactions from everyone else), for the surprise
+    surprise: tuple[tuple[int, int, int], ...] | None = None
 
 
 def neighbour_line(evidence: NeighbourEvidence) -> str:

@@ -12,7 +12,7 @@ for the row at position ``t`` (user ``u``, item ``i``, label ``y``):
   rate (likes, reactions) over distinct items, the latest reaction per item;
 - item evidence: ``i``'s likes and reactions before ``t``, and the cosine of ``u``'s and ``i``'s vectors;
 - collaborative match: ``i``'s vector against those of ``u``'s last ``recent_n`` reacted items (liked, disliked)
-  and ``u``'s like surprise, as :class:`~graph_updater.online.GraphUpdater` keeps it;
+  and, per such item, ``u``'s label and the item's likes and reactions from everyone else (the like surprise);
 - neighbours (GCN retrieval): among the users who reacted to ``i`` before ``t`` and have a LightGCN vector, the
   ``n_neighbours`` most cosine-similar to ``u``'s vector; their likes and dislikes of ``i`` are the evidence.
   A user without a vector (cold) gets no evidence (``None``), as the online scorer does;
@@ -33,10 +33,10 @@ from tqdm import tqdm
 from graph_updater.datasets import Interactions
 from graph_updater.events import clicks_of
 from graph_updater.graph import ITEM, USER
-from graph_updater.online import GraphUpdater, expected_like
+from graph_updater.online import GraphUpdater
 from graph_updater.store import VectorStore
 from schemas.messages import ImpressionRequest
-from scorer.context import cosine, graph_match, item_text, unit_rows
+from scorer.context import cosine, graph_match, item_text, others_counts, unit_rows
 from scorer.prompt import NeighbourEvidence, PromptInputs
 from scorer.retrievers import GcnRetriever, Retriever
 from scorer.scoring import ContextBuilder, ScorerOptions
@@ -82,8 +82,6 @@ def build_samples(data: Interactions, rows: np.ndarray, vector_of: Callable[[str
     wanted = set(int(r) for r in rows)
     history: dict[str, deque] = defaultdict(lambda: deque(maxlen=history_len))
     recent: dict[str, deque] = defaultdict(lambda: deque(maxlen=recent_n))
-    surprise: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
-    seen_likes = [0, 0]
     reactions: dict[str, dict[str, int]] = defaultdict(dict)
     reactors: dict[str, list[tuple[str, int]]] = defaultdict(list)
     text = data.item_text
@@ -106,14 +104,10 @@ def build_samples(data: Interactions, rows: np.ndarray, vector_of: Callable[[str
                                   (sum(mine.values()), len(mine)), (sum(item_reactions), len(item_reactions)),
                                   cosine(me, vector_of(ITEM, item)),
                                   graph_match(vector_of(ITEM, item), *map(unit_rows, sides)),
-                                  (surprise[user][0], surprise[user][1]) if user in surprise else None)
+                                  tuple(others_counts(y, {"n_liked": sum(r for _, r in reactors[i]),
+                                                          "n_disliked": sum(1 - r for _, r in reactors[i])})
+                                        for i, y in latest.items()) if reactions[user] else None)
             out[t] = CtrSample(user, item, label, inputs)
-        item_likes = [y for _, y in reactors[item]]
-        expected = expected_like(sum(item_likes), len(item_likes), (seen_likes[0] + 1) / (seen_likes[1] + 2))
-        surprise[user][0] += label - expected
-        surprise[user][1] += 1
-        seen_likes[0] += label
-        seen_likes[1] += 1
         recent[user].append((item, label))
         history[user].append((item_text(text, item), label))
         reactions[user][item] = label

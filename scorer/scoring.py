@@ -38,9 +38,9 @@ from scorer.context import (
     history_from_payload,
     item_rate_from_payload,
     item_text,
+    others_counts,
     rate_from_payload,
     recent_reactions,
-    surprise_from_payload,
     unit_rows,
 )
 from scorer.exit_rules import ExitRule
@@ -116,8 +116,7 @@ class ContextBuilder:
                 if user is not None:
                     history = history_from_payload(user.payload, self.text_of, self.options.history_len)
                     rate = rate_from_payload(user.payload)
-                    surprise = surprise_from_payload(user.payload)
-                    reacted = self.reaction_vectors(recent_reactions(user.payload))
+                    reacted, surprise = self.reaction_evidence(recent_reactions(user.payload))
             except Exception as exc:  # store unreachable or failing: score without it, say so
                 ctx.degraded.add(DegradedFlag.NO_RETRIEVAL)
                 log.warning("retrieval_failed", request_id=request.request_id, error=repr(exc)[:300])
@@ -129,15 +128,20 @@ class ContextBuilder:
         ctx.retrieval_ms = (time.perf_counter() - started) * 1000.0
         return ctx
 
-    def reaction_vectors(self, reactions: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Unit LightGCN vectors of the liked and of the disliked items among ``reactions`` (one store call)."""
+    def reaction_evidence(self, reactions: Mapping[str, int]
+                          ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[tuple[int, int, int], ...]]:
+        """From one store call over the items of ``reactions``: the unit LightGCN vectors of the liked and of the
+        disliked ones, and :func:`others_counts` of each (the like surprise's terms)."""
         views = self.retriever.items(list(reactions)) if reactions else {}
-        sides = ([], [])
+        sides, counts = ([], []), []
         for item, label in reactions.items():
             view = views.get(item)
-            if view is not None and view.vector is not None:
+            if view is None:
+                continue
+            counts.append(others_counts(label, view.payload))
+            if view.vector is not None:
                 sides[label == 1].append(view.vector)
-        return unit_rows(sides[1]), unit_rows(sides[0])
+        return (unit_rows(sides[1]), unit_rows(sides[0])), tuple(counts)
 
     def _candidate(self, ctx: RequestContext, inputs: PromptInputs, user: UserView | None, item: str,
                    started: float, budget_ms: float, reacted: tuple[np.ndarray, np.ndarray]) -> PromptInputs:

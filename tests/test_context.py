@@ -12,7 +12,7 @@ from graph_updater import checkpoint as graph_checkpoint
 from graph_updater.graph import ITEM, USER
 from graph_updater.store import embedded_copy
 from schemas.messages import DegradedFlag, ImpressionRequest
-from scorer.context import graph_match, recent_reactions, surprise_from_payload
+from scorer.context import graph_match, others_counts, recent_reactions
 from scorer.features import FEATURES, features
 from scorer.retrievers import GcnRetriever
 from scorer.scoring import ContextBuilder, ScorerOptions
@@ -118,16 +118,21 @@ def test_collaborative_match_compares_the_candidate_with_the_users_recent_likes_
     liked, disliked = inputs.graph_match
     assert liked == pytest.approx(mean_cos(1), abs=1e-6)
     assert (disliked is None and mean_cos(0) is None) or disliked == pytest.approx(mean_cos(0), abs=1e-6)
-    assert inputs.surprise == (pytest.approx(updater.histories[user].surprise, abs=1e-5),
-                               updater.histories[user].reactions)
+    own_out = []
+    for i, y in reactions.items():
+        found = store.get(ITEM, i)
+        if found is not None:
+            n_liked, n_disliked = found[1]["n_liked"], found[1]["n_disliked"]
+            own_out.append((y, n_liked - y, n_liked + n_disliked - 1))
+    assert inputs.surprise == tuple(own_out) and len(own_out) > 3
     cold = builder(store).context(request("never-seen", [item]), 0.0, time.time() * 1000).inputs[0]
     assert cold.graph_match == (None, None) and cold.surprise is None
 
 
-def test_recent_reactions_keep_the_latest_label_per_item_and_old_payloads_have_no_surprise():
+def test_recent_reactions_keep_the_latest_label_per_item_and_the_users_own_reaction_leaves_the_counts():
     payload = {"recent": '[["a",1,1],["b",0,2],["a",0,3]]', "n_liked": 1}
     assert recent_reactions(payload) == {"a": 0, "b": 0}
-    assert surprise_from_payload(payload) is None
-    assert surprise_from_payload({"surprise": -0.5, "n_reactions": 3}) == (-0.5, 3)
+    assert others_counts(1, {"n_liked": 4, "n_disliked": 2}) == (1, 3, 5)
+    assert others_counts(0, {"n_liked": 4, "n_disliked": 2}) == (0, 4, 5)
     assert graph_match(None, np.eye(2), np.eye(2)) is None
     assert graph_match([2.0, 0.0], np.eye(2)[:1], np.zeros((0, 0))) == (pytest.approx(1.0), None)

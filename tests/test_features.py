@@ -42,10 +42,11 @@ def test_feature_matrix_shape_and_dtype():
 def test_collaborative_columns_and_feature_sets():
     from scorer.features import ALL_FEATURES, COLLAB_FEATURES, collaborative
 
-    x = PromptInputs("x", graph_match=(0.6, 0.2), surprise=(3.0, 15))
-    assert collaborative(x) == pytest.approx([0.6, 0.2, 0.4, 3.0 / 20])
-    assert collaborative(PromptInputs("x", graph_match=(0.6, None))) == pytest.approx([0.6, 0.0, 0.0, 0.0])
-    assert collaborative(PromptInputs("x")) == [0.0, 0.0, 0.0, 0.0]  # cold: no match, no surprise
+    x = PromptInputs("x", graph_match=(0.6, 0.2), surprise=((1, 3, 15), (0, 0, 0)))
+    expected = (1 - (3 + 5 * 0.5) / 20) + (0 - 0.5)  # an item nobody else reacted to is expected at the prior
+    assert collaborative(x, 0.5) == pytest.approx([0.6, 0.2, 0.4, expected / (2 + 5)])
+    assert collaborative(PromptInputs("x", graph_match=(0.6, None)), 0.5) == pytest.approx([0.6, 0.0, 0.0, 0.0])
+    assert collaborative(PromptInputs("x"), 0.5) == [0.0, 0.0, 0.0, 0.0]  # cold: no match, no surprise
     assert ALL_FEATURES[-len(COLLAB_FEATURES):] == COLLAB_FEATURES
     with pytest.raises(ValueError, match="unknown feature set"):
         feature_matrix([x], 0.5, ("user_rate",))

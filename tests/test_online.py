@@ -3,7 +3,6 @@ import tracemalloc
 from collections import deque
 
 import numpy as np
-import pytest
 
 from graph_updater import checkpoint
 from graph_updater.datasets import Interactions
@@ -182,22 +181,3 @@ def test_epoch_selection_keeps_the_embeddings_of_the_best_validation_score():
     np.testing.assert_array_equal(updater.graph.final(), snapshots[1])
     assert not np.allclose(snapshots[1], snapshots[3])
 
-
-def test_like_surprise_is_the_label_minus_the_items_smoothed_rate_just_before_and_reaches_the_payload():
-    updater = checkpoint.build_updater(history(), dim=8, num_layers=2)
-    updater.graph.propagate_full()
-    likes, reactions = updater.reactions_seen
-    liked, disliked = updater.item_reactions["i3"]
-    prior = (likes + 1) / (reactions + 2)
-    expected = (liked + 5 * prior) / (liked + disliked + 5)
-    records = {r.external_id: r for r in updater.apply([click("s1", "critic", "i3", label=0)])}
-    assert updater.histories["critic"].surprise == pytest.approx(-expected)
-    assert records["critic"].payload["surprise"] == pytest.approx(-expected, abs=1e-6)
-    assert records["critic"].payload["n_reactions"] == 1 and updater.reactions_seen == [likes, reactions + 1]
-    updater.apply([click("s1", "critic", "i3", label=0)])  # a redelivery changes nothing
-    assert updater.histories["critic"].reactions == 1
-    # the item's counts now include the dislike: a like on it is less expected, so surprises more
-    updater.apply([click("s2", "fan", "i3", label=1)])
-    assert updater.histories["fan"].surprise > 1 - expected
-    assert updater.histories["fan"].surprise == pytest.approx(1 - (liked + 5 * (likes + 1) / (reactions + 3))
-                                                             / (liked + disliked + 1 + 5))
