@@ -220,7 +220,7 @@ class EdgeStore(VectorStore):
         return self.shards[kind].retrieve(point_ids, with_payload=True, with_vector=True)
 
     def get(self, kind: str, external_id: str) -> tuple[list[float], dict] | None:
-        found = self._retrieve(kind, point_ids=[point_id(kind, external_id)])
+        found = self._retrieve(kind, [point_id(kind, external_id)])
         if not found:
             return None
         return list(found[0].vector), dict(found[0].payload or {})

@@ -78,10 +78,9 @@ def recent_reactions(payload: Mapping) -> dict[str, int]:
     return {str(item): int(label) for item, label, *_ in recent}
 
 
-def others_counts(label: int, item_payload: Mapping) -> tuple[int, int, int]:
+def others_counts(label: int, liked: int, reacted: int) -> tuple[int, int, int]:
     """``(label, likes, reactions)`` of an item the user reacted to with ``label``, the user's own reaction taken
-    out of the item's counts (its latest one: the counts include every reaction the item received)."""
-    liked, reacted = item_rate_from_payload(item_payload)
+    out of the item's ``liked`` of ``reacted`` (its latest one: the counts include every reaction it received)."""
     return label, max(0, liked - label), max(0, reacted - 1)
 
 

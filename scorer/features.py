@@ -97,14 +97,15 @@ def feature_matrix(inputs: Sequence[PromptInputs], prior: float, names: Sequence
     names = tuple(names)
     if names not in FEATURE_SETS:
         raise ValueError(f"unknown feature set {names}; expected a prefix of {ALL_FEATURES} in {FEATURE_SETS}")
-    if needs_embeddings(names):
+    content = needs_embeddings(names)
+    if content:
         if embeddings is None:
             raise ValueError("the content-match features need item-text embeddings")
         embeddings.ensure(texts_of(inputs))
     rows = []
     for x in inputs:
         row = features(x, prior)
-        if needs_embeddings(names):
+        if content:
             row += content_match(x, embeddings)
         if names == ALL_FEATURES:
             row += collaborative(x, prior)

@@ -97,15 +97,14 @@ def build_samples(data: Interactions, rows: np.ndarray, vector_of: Callable[[str
                 evidence = neighbour_evidence(me, vectors, np.array([y for _, y in seen], dtype=np.int64),
                                               n_neighbours)
             mine, item_reactions = reactions[user], [y for _, y in reactors[item]]
+            candidate = vector_of(ITEM, item)
             latest = dict(recent[user])
             sides = [[v for i, y in latest.items() if y == side and (v := vector_of(ITEM, i)) is not None]
                      for side in (1, 0)]
             inputs = PromptInputs(item_text(text, item), tuple(history[user]), evidence,
                                   (sum(mine.values()), len(mine)), (sum(item_reactions), len(item_reactions)),
-                                  cosine(me, vector_of(ITEM, item)),
-                                  graph_match(vector_of(ITEM, item), *map(unit_rows, sides)),
-                                  tuple(others_counts(y, {"n_liked": sum(r for _, r in reactors[i]),
-                                                          "n_disliked": sum(1 - r for _, r in reactors[i])})
+                                  cosine(me, candidate), graph_match(candidate, *map(unit_rows, sides)),
+                                  tuple(others_counts(y, sum(r for _, r in reactors[i]), len(reactors[i]))
                                         for i, y in latest.items()) if reactions[user] else None)
             out[t] = CtrSample(user, item, label, inputs)
         recent[user].append((item, label))

@@ -138,7 +138,7 @@ class ContextBuilder:
             view = views.get(item)
             if view is None:
                 continue
-            counts.append(others_counts(label, view.payload))
+            counts.append(others_counts(label, *item_rate_from_payload(view.payload)))
             if view.vector is not None:
                 sides[label == 1].append(view.vector)
         return (unit_rows(sides[1]), unit_rows(sides[0])), tuple(counts)

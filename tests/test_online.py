@@ -180,4 +180,3 @@ def test_epoch_selection_keeps_the_embeddings_of_the_best_validation_score():
     assert len(snapshots) == 4  # after every epoch
     np.testing.assert_array_equal(updater.graph.final(), snapshots[1])
     assert not np.allclose(snapshots[1], snapshots[3])
-

@@ -19,13 +19,20 @@ def fresh_state(checkpoint_dir):
     return updater, embedded_copy(updater)
 
 
+def streamed(data, first: int, rows, checkpoint_dir):
+    """Streaming samples of ``rows`` from a fresh copy of the checkpoint's state."""
+    updater, store = fresh_state(checkpoint_dir)
+    try:
+        return build_samples_streaming(data, first, rows, updater, store, data.item_text, progress=False)
+    finally:
+        store.close()
+
+
 def test_streaming_samples_match_the_serving_context_and_never_see_their_own_click(ml100k, split,
                                                                                  trained_checkpoint):
     first = len(split.train)
     rows = np.arange(first + 50, first + 250, 5)
-    updater, store = fresh_state(trained_checkpoint)
-    samples = build_samples_streaming(ml100k, first, rows, updater, store, ml100k.item_text, progress=False)
-    store.close()
+    samples = streamed(ml100k, first, rows, trained_checkpoint)
 
     # the rate line counts the user's reactions strictly before the row (latest reaction per distinct item), likes
     # or not; a user without a like yet has no LightGCN vector, hence no neighbours
@@ -67,10 +74,8 @@ def test_the_static_ablation_reads_the_same_like_surprise_terms_as_the_serving_c
                                                                                       trained_checkpoint):
     first = len(split.train)
     rows = np.arange(first + 10, first + 400, 13)
-    updater, store = fresh_state(trained_checkpoint)
-    streamed = build_samples_streaming(ml100k, first, rows, updater, store, ml100k.item_text, progress=False)
-    store.close()
+    served = streamed(ml100k, first, rows, trained_checkpoint)
     static = build_samples(ml100k, rows, lambda kind, external_id: None)
-    assert sum(s.inputs.surprise is not None for s in streamed) > len(rows) / 2
-    for a, b in zip(streamed, static, strict=True):
+    assert sum(s.inputs.surprise is not None for s in served) > len(rows) / 2
+    for a, b in zip(served, static, strict=True):
         assert a.inputs.surprise == b.inputs.surprise
