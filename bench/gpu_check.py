@@ -129,12 +129,13 @@ def run(args) -> None:
         sys.exit(f"{INPUTS / 'rows.pt'} is missing: run `python -m bench.gpu_check export` where the project runs")
     rows = torch.load(INPUTS / "rows.pt")
     model, tokenizer, card, rule = checkpoint.load(INPUTS / "model", Path("."), device)
-    dtype = torch.bfloat16 if device.type == "cuda" else checkpoint.PRECISIONS[card.precision]
-    model.backbone.to(dtype)
+    if device.type == "cuda":  # on the CPU, load ran the backbone at the checkpoint's precision
+        model.backbone.to(torch.bfloat16)
+    dtype = "bfloat16" if device.type == "cuda" else card.precision
     started = time.perf_counter()
     n = len(rows["ids"])
     result = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
-              "backbone_dtype": str(dtype).removeprefix("torch."), "rows": n, "batches": list(BATCHES)}
+              "backbone_dtype": dtype, "rows": n, "batches": list(BATCHES)}
     labels = rows["labels"].numpy()
     scored = [model.predict(rows["ids"][s:s + 32].to(device), rows["mask"][s:s + 32].to(device), rule,
                             None if rows["features"] is None else rows["features"][s:s + 32])
@@ -154,7 +155,8 @@ def run(args) -> None:
     result["minilm"]["speed"] = speeds(model, rows, rule, device, args.seconds)
     smollm2 = Path(args.smollm2) if args.smollm2 else None
     if smollm2 is not None and (smollm2 / "config.json").exists():
-        backbone, small_tok = backbones.load(smollm2, device, dtype)
+        backbone, small_tok = backbones.load(smollm2, device,
+                                             torch.bfloat16 if device.type == "cuda" else torch.float32)
         heads = [0, 6, 12, 18, 24, 30]
         torch.manual_seed(0)
         big = EarlyExitModel(backbone, heads, n_features=len(ALL_FEATURES)).to(device).eval()

@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import structlog
 import torch
 from safetensors.torch import load_file, save_file
+from torch.ao.quantization import per_channel_dynamic_qconfig
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from scorer import backbones, calibration
 from scorer.exit_rules import ExitRule, rule_from_dict
 from scorer.model import EarlyExitModel
+
+log = structlog.get_logger("scorer")
 
 
 @dataclass
@@ -37,7 +42,7 @@ class ModelCard:
     metrics: dict = field(default_factory=dict)
     features: list[str] = field(default_factory=list)  # scorer.features.FEATURES, or [] (text-only heads)
     prior: float = 0.5  # the positive rate the features' rates are smoothed towards
-    precision: str = "fp32"  # backbone weights and activations at inference: fp32 or bf16 (PRECISIONS)
+    precision: str = "fp32"  # backbone weights and activations at inference: fp32, bf16 or int8 (PRECISIONS)
     digest: str = ""  # of the trained files, set by :func:`load` (not stored): tells two trainings apart
 
     @property
@@ -48,16 +53,41 @@ class ModelCard:
         return f"{Path(self.base_model).name}@{'-'.join(map(str, self.head_layers))}{features}{precision}{digest}"
 
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+CASTS = {"fp32": torch.float32, "bf16": torch.bfloat16}  # precisions that are a weight dtype
+PRECISIONS = (*CASTS, "int8")
+
+
+def int8_engine() -> str | None:
+    """The quantized-kernel engine PyTorch has on this CPU (``x86`` / ``fbgemm`` need AVX2; ``onednn``), or None."""
+    engines = torch.backends.quantized.supported_engines
+    return next((e for e in ("x86", "fbgemm", "onednn") if e in engines), None)
 
 
 def with_precision(model: EarlyExitModel, precision: str) -> EarlyExitModel:
-    """Cast the backbone to ``precision`` (:data:`PRECISIONS`; the heads stay fp32 and read the pooled states cast
-    to fp32). bf16 runs the Linear layers with AVX512-BF16 on this CPU: the heads, their calibration and the exit
-    rule must then be fitted on bf16 states too, which is why the precision belongs to the checkpoint."""
+    """Run the backbone at ``precision`` (:data:`PRECISIONS`); the heads stay fp32 and read the pooled states in
+    fp32. ``bf16`` casts the weights (AVX512-BF16 / AMX matrix math); ``int8`` replaces every Linear layer of the
+    backbone by PyTorch's dynamic int8 one: weights quantized once per output channel,
+    :math:`W \\approx s_w \\odot W_q`, activations quantized per batch, :math:`x \\approx s_x (x_q - z_x)`, and
+    the product accumulated in int32 (fbgemm / oneDNN kernels; CPU only). The heads, their calibration and the
+    exit rule must be fitted on states of the same precision, which is why the precision belongs to the
+    checkpoint. Where int8 cannot run (a GPU, or a CPU without a quantized engine) the backbone stays fp32 with
+    one warning naming why."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: choose one of {sorted(PRECISIONS)}")
-    model.backbone.to(PRECISIONS[precision])
+        raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision in CASTS:
+        model.backbone.to(CASTS[precision])
+        return model
+    device = next(model.backbone.parameters()).device
+    engine = int8_engine()
+    if device.type != "cpu" or engine is None:
+        why = f"the backbone is on {device}" if device.type != "cpu" else "this CPU has no quantized engine"
+        log.warning("int8_fallback", precision="fp32", why=f"{why}: int8 runs on the CPU's fbgemm/oneDNN kernels")
+        return model
+    torch.backends.quantized.engine = engine
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's notice that torchao will take over
+        torch.ao.quantization.quantize_dynamic(model.backbone, {torch.nn.Linear: per_channel_dynamic_qconfig},
+                                               dtype=torch.qint8, inplace=True)
     return model
 
 

@@ -135,28 +135,54 @@ def test_feature_count_is_checked():
         EarlyExitModel(model.backbone, [0, 1])
 
 
-def test_a_bf16_checkpoint_loads_a_bf16_backbone_scores_close_to_fp32_and_says_so(tiny_scorer_checkpoint, tmp_path):
+def quantized_linears(model) -> tuple[int, int]:
+    """(dynamic int8 Linear layers, float Linear layers) of the backbone."""
+    mods = list(model.backbone.modules())
+    dynamic = sum(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in mods)
+    return dynamic, sum(type(m) is torch.nn.Linear for m in mods)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_a_lower_precision_checkpoint_loads_so_scores_close_to_fp32_and_says_so(tiny_scorer_checkpoint, tmp_path,
+                                                                                precision):
     import json
     import shutil
 
     from scorer import checkpoint
     from scorer.features import FEATURES
 
-    folder = tmp_path / "bf16"
+    folder = tmp_path / precision
     shutil.copytree(tiny_scorer_checkpoint, folder)
     config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "precision": "bf16"}))
+    (folder / "config.json").write_text(json.dumps({**config, "precision": precision}))
     fp32, tokenizer, card32, _ = checkpoint.load(tiny_scorer_checkpoint, tmp_path)
-    bf16, _, card16, _ = checkpoint.load(folder, tmp_path)
-    assert next(bf16.backbone.parameters()).dtype == torch.bfloat16
-    assert all(p.dtype == torch.float32 for p in bf16.heads.parameters())
-    assert "+bf16#" in card16.version and "bf16" not in card32.version
+    low, _, card_low, _ = checkpoint.load(folder, tmp_path)
+    if precision == "bf16":
+        assert next(low.backbone.parameters()).dtype == torch.bfloat16
+    else:  # every Linear layer of the backbone runs int8 kernels, the embeddings and norms stay fp32
+        assert quantized_linears(low)[0] > 0 and quantized_linears(low)[1] == 0
+        assert quantized_linears(fp32)[0] == 0
+    assert all(p.dtype == torch.float32 for p in low.heads.parameters())
+    assert f"+{precision}#" in card_low.version and precision not in card32.version
     enc = tokenizer(["liked: Toy Story", "disliked: Heat (1995) (Action)", "a longer prompt " * 8],
                     padding=True, return_tensors="pt")
     features = torch.randn(3, len(FEATURES))
     with torch.inference_mode():
         a = fp32.predict(enc["input_ids"], enc["attention_mask"], ExitRule(), features).probs
-        b = bf16.predict(enc["input_ids"], enc["attention_mask"], ExitRule(), features).probs
-    assert np.isfinite(b).all() and np.abs(a - b).max() < 0.02  # bf16 keeps 8 mantissa bits: close, not equal
-    with pytest.raises(ValueError, match="precision 'int4'"):
-        checkpoint.with_precision(bf16, "int4")
+        b = low.predict(enc["input_ids"], enc["attention_mask"], ExitRule(), features).probs
+    assert np.isfinite(b).all() and np.abs(a - b).max() < 0.02  # fewer bits: close, not equal
+    with pytest.raises(ValueError, match=r"precision 'int4'.*fp32, bf16, int8"):
+        checkpoint.with_precision(low, "int4")
+
+
+def test_int8_without_a_quantized_engine_stays_fp32_with_one_warning(tiny_scorer_checkpoint, tmp_path, monkeypatch):
+    from structlog.testing import capture_logs
+
+    from scorer import checkpoint
+
+    model, _, _, _ = checkpoint.load(tiny_scorer_checkpoint, tmp_path)
+    monkeypatch.setattr(checkpoint, "int8_engine", lambda: None)
+    with capture_logs() as logs:
+        checkpoint.with_precision(model, "int8")
+    assert quantized_linears(model)[0] == 0 and quantized_linears(model)[1] > 0
+    assert [e["event"] for e in logs] == ["int8_fallback"] and "quantized engine" in logs[0]["why"]

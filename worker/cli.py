@@ -343,10 +343,10 @@ def analytics(from_beginning: bool, duration: float | None, window: float, png: 
               show_default=True, help="max_prob reads calibrated probabilities at every head, the layer-0 one included "
                                       "(ratio_trend never exits at a first head)")
 @click.option("--budget", default=0.002, show_default=True, help="allowed AUC loss of early exit vs full depth")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "int8"]), default="auto", show_default=True,
               help="backbone precision at inference; auto = bf16 for the frozen regime on a CPU with AVX512-BF16 "
-                   "(same AUC, ~2x requests/s measured), else fp32. Heads, calibration and exit rule are fitted on "
-                   "it, the checkpoint records it")
+                   "(same AUC, ~2x requests/s measured), else fp32; int8 = dynamic int8 Linear layers (CPU). Heads, "
+                   "calibration and exit rule are fitted on it, the checkpoint records it (model_version +int8)")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="checkpoint folder (default <cache>/models/early-exit-<dataset>-<backbone>)")
 @from_topic_options
