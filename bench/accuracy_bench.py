@@ -23,13 +23,16 @@ Configurations (ablations):
 - ``content``: + the content match of :mod:`scorer.content` (the candidate's text embedding against the user's
   liked and disliked history);
 - ``collaborative``: + the collaborative match (:data:`scorer.features.COLLAB_FEATURES`: the candidate's LightGCN
-  vector against the user's recently liked and disliked items', and the user's like surprise): the default;
+  vector against the user's recently liked and disliked items', and the user's like surprise);
+- ``brand``: + the user's taste for the candidate's brand (:data:`scorer.features.BRAND_FEATURES`; a book's
+  author on Book-Crossing; MovieLens names no brand, so there the two columns are 0): the default;
 - ``<config>_layer0``: that model's layer-0 head alone (no transformer block: what the prompt states add is the
   gap);
 - ``norag``: the default without neighbour retrieval (no neighbour line, neighbour features at the prior);
 - ``default_bf16``: the default with the backbone in bf16 (AVX512-BF16 here): its states cached again, heads,
   calibration and exit rule fitted on them (``exitrec train-model --precision bf16``); ``precision`` in the
-  JSON puts its AUC and requests/s beside fp32's, measured back to back.
+  JSON puts its AUC and requests/s beside fp32's, measured back to back;
+- ``default_int8``: the same with PyTorch's dynamic int8 Linear layers (``--precision int8``).
 
 The default configuration's seed-0 model is saved as a checkpoint (``--save-default``, by default
 ``<cache>/models/early-exit-<dataset>-minilm``, where ``exitrec train-model`` writes and the worker and the
@@ -59,7 +62,7 @@ from scorer import checkpoint, experiment, quality
 from scorer.calibration import HeadCalibration
 from scorer.checkpoint import with_precision
 from scorer.exit_rules import ExitRule, exit_points
-from scorer.features import ALL_FEATURES, CONTENT_SET, FEATURES
+from scorer.features import ALL_FEATURES, COLLAB_SET, CONTENT_SET, FEATURES
 from scorer.model import EarlyExitModel
 from scorer.train import Cached, cached_probabilities, calibrate, fit_heads, pooled_states
 
@@ -67,9 +70,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # configuration: (prompt view, the features its heads read, backbone precision)
 CONFIGS = {"text_only": ("text_only", (), "fp32"), "item_evidence": ("default", (), "fp32"),
            "features": ("default", FEATURES, "fp32"), "content": ("default", CONTENT_SET, "fp32"),
-           "collaborative": ("default", ALL_FEATURES, "fp32"), "norag": ("norag", ALL_FEATURES, "fp32"),
-           "default_bf16": ("default", ALL_FEATURES, "bf16")}
-DEFAULT = "collaborative"
+           "collaborative": ("default", COLLAB_SET, "fp32"), "brand": ("default", ALL_FEATURES, "fp32"),
+           "norag": ("norag", ALL_FEATURES, "fp32"),
+           "default_bf16": ("default", ALL_FEATURES, "bf16"), "default_int8": ("default", ALL_FEATURES, "int8")}
+DEFAULT = "brand"
+LOWER_PRECISIONS = ("bf16", "int8")  # ``default_<p>``: the default's model at that backbone precision
 
 
 def slice_metrics(y: np.ndarray, p: np.ndarray, warm: np.ndarray) -> dict:
@@ -224,6 +229,18 @@ def merged(result: dict, path: Path) -> dict:
     return {**result, "configs": {**kept, **result["configs"]}, "commands": commands}
 
 
+def precision_effect(configs: dict) -> dict:
+    """Per lower backbone precision measured beside the default: its AUC minus fp32's and its requests/s over
+    fp32's (early exit and full depth; compare only when both were measured in one run, back to back)."""
+    out = {}
+    for p in LOWER_PRECISIONS:
+        low, fp32 = configs.get(f"default_{p}"), configs.get(DEFAULT)
+        if low is not None and fp32 is not None:
+            out |= {f"auc_{p}_minus_fp32": low["auc"] - fp32["auc"], f"rps_{p}_over_fp32": low["rps"] / fp32["rps"],
+                    f"rps_full_{p}_over_fp32": low["rps_full"] / fp32["rps_full"]}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-100k", choices=["ml-100k", "ml-1m", "bookcrossing"])
@@ -324,14 +341,10 @@ def main() -> None:
         "command": "python -m bench.accuracy_bench " + " ".join(f"--{k.replace('_', '-')} {v}"
                                                                 for k, v in vars(args).items()),
     }
-    if DEFAULT in configs and "default_bf16" in configs:
-        fp32, bf16 = configs[DEFAULT], configs["default_bf16"]
-        result["precision"] = {"auc_bf16_minus_fp32": bf16["auc"] - fp32["auc"],
-                               "rps_bf16_over_fp32": bf16["rps"] / fp32["rps"],
-                               "rps_full_bf16_over_fp32": bf16["rps_full"] / fp32["rps_full"]}
     out = RESULTS / f"accuracy_{args.dataset}.json"
     if args.merge:
         result = merged(result, out)
+    result["precision"] = precision_effect(result["configs"])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=float) + "\n")
     if default_p is not None:

@@ -10,7 +10,8 @@ are dropped and counted in ``dropped``. Label rules:
                    (the shared copy lacks users 3000-6040). rating >= 4 -> 1, else 0. Real timestamps.
 ``bookcrossing``   Book-Crossing explicit ratings only (1-10; the implicit 0s are dropped): rating >= 6 -> 1.
                    The dump has **no timestamps**: a seeded random permutation stands in for time
-                   (``SYNTHETIC_T0`` + 1 s per row), so a "time" split of it is a random split.
+                   (``SYNTHETIC_T0`` + 1 s per row), so a "time" split of it is a random split. A book's
+                   brand (``item_brand``) is its author.
 ``videogames``     Amazon Video Games 5-core (LC-Rec): implicit, positives only, per-user order without clock
                    times. Each user's n items and as many sampled negatives (label 0, seeded, items the user never
                    interacted with) are shuffled together, positives kept in their order, at 2n sorted uniform
@@ -24,7 +25,8 @@ are dropped and counted in ``dropped``. Label rules:
                    content signal on this dataset.
 =================  ==========================================================================================
 
-A tenant's own data is a folder of CSV files (:func:`load_tenant`): ``clicks.csv`` and optionally ``items.csv``.
+A tenant's own data is a folder of CSV files (:func:`load_tenant`): ``clicks.csv`` and optionally ``items.csv``
+(its ``brand`` column, where set, is the item's brand). The other built-in datasets name no brand.
 
 Missing or unreadable files raise :class:`DatasetError` naming the file.
 """
@@ -66,13 +68,14 @@ class Interactions:
     ts: np.ndarray  # int64 epoch ms
     item_text: dict[str, str] = field(default_factory=dict)
     dropped: int = 0
+    item_brand: dict[str, str] = field(default_factory=dict)  # who makes the item (a book's author), where known
 
     def __len__(self) -> int:
         return len(self.users)
 
     def take(self, index: np.ndarray | slice) -> Interactions:
         return Interactions(self.name, self.users[index], self.items[index], self.labels[index], self.ts[index],
-                            self.item_text, self.dropped)
+                            self.item_text, self.dropped, self.item_brand)
 
     @property
     def positive_rate(self) -> float:
@@ -124,7 +127,8 @@ def _read_rows(path: Path, parse: Callable[[str], tuple | None], encoding: str =
     return rows
 
 
-def _build(name: str, rows: Iterable[tuple[str, str, int, int]], item_text: dict[str, str]) -> Interactions:
+def _build(name: str, rows: Iterable[tuple[str, str, int, int]], item_text: dict[str, str],
+           item_brand: dict[str, str] | None = None) -> Interactions:
     """Rows (user, item, label, ts_ms) -> an Interactions table sorted stably by time, invalid ids dropped."""
     rows = list(rows)
     kept = [r for r in rows if ID_RE.match(r[0]) and ID_RE.match(r[1])]
@@ -134,7 +138,7 @@ def _build(name: str, rows: Iterable[tuple[str, str, int, int]], item_text: dict
     ts = np.array([r[3] for r in kept], dtype=np.int64)
     order = np.argsort(ts, kind="stable")
     return Interactions(name, users[order], items[order], labels[order], ts[order], item_text,
-                        dropped=len(rows) - len(kept))
+                        dropped=len(rows) - len(kept), item_brand=item_brand or {})
 
 
 def load_ml100k(root: Path) -> Interactions:
@@ -186,14 +190,15 @@ def load_bookcrossing(root: Path, seed: int = 0, explicit: bool = True) -> Inter
     (rating 0: the user touched the book without rating it) as label-1 interactions, which only the retrieval
     benchmark uses, to reach Book-Crossing's ~105k users."""
     folder = root / "bookcrossing"
-    text = {r[0].strip(): f"{r[1].strip()} by {r[2].strip()} ({r[3].strip()})"
-            for r in _bx_csv(folder / "BX-Books.csv.gz")}
+    books = _bx_csv(folder / "BX-Books.csv.gz")
+    text = {r[0].strip(): f"{r[1].strip()} by {r[2].strip()} ({r[3].strip()})" for r in books}
+    author = {r[0].strip(): r[2].strip() for r in books if r[2].strip()}
     chosen = [(r[0].strip(), r[1].strip(), int(r[2])) for r in _bx_csv(folder / "BX-Book-Ratings.csv.gz")
               if (r[2].strip() not in ("", "0")) == explicit]
     order = np.random.default_rng(seed).permutation(len(chosen))
     rows = ((chosen[j][0], chosen[j][1], int(chosen[j][2] >= 6 or not explicit), (SYNTHETIC_T0_S + k) * 1000)
             for k, j in enumerate(order))
-    return _build("bookcrossing", rows, text)
+    return _build("bookcrossing", rows, text, author)
 
 
 def _implicit_rows(user: str, sequence: list[str], item_ids: list[str], rng: np.random.Generator
@@ -301,13 +306,14 @@ def _click_row(row: dict) -> tuple[str, str, int, int]:
     return row["user_id"].strip(), row["item_id"].strip(), int(label), ts
 
 
-def _item_row(row: dict) -> tuple[str, str]:
-    attrs = [row.get(k, "").strip() for k in ("category", "brand", "price")]
+def _item_row(row: dict) -> tuple[str, str, str]:
+    """(item id, prompt text, brand or "")."""
+    attrs = [(row.get(k) or "").strip() for k in ("category", "brand", "price")]
     text = row["text"].strip()
     if not text or not ID_RE.match(row["item_id"].strip()):
         raise ValueError("empty text or an item_id that is not 1-64 characters of [A-Za-z0-9._:@-]")
     extra = [a for a in attrs if a]
-    return row["item_id"].strip(), f"{text} ({'; '.join(extra)})" if extra else text
+    return row["item_id"].strip(), f"{text} ({'; '.join(extra)})" if extra else text, attrs[1]
 
 
 def is_tenant_folder(name: str) -> bool:
@@ -326,8 +332,9 @@ def load_tenant(folder: Path) -> Interactions:
         raise DatasetError(f"{folder / 'clicks.csv'}: {len(rows)} usable rows; at least {MIN_TENANT_ROWS} are needed "
                            "for the 70/15/15 time split")
     items = folder / "items.csv"
-    text = dict(_tenant_rows(items, ITEM_COLUMNS, _item_row)) if items.exists() else {}
-    return _build(dataset_key(str(folder)), rows, text)
+    described = _tenant_rows(items, ITEM_COLUMNS, _item_row) if items.exists() else []
+    return _build(dataset_key(str(folder)), rows, {item: text for item, text, _ in described},
+                  {item: brand for item, _, brand in described if brand})
 
 
 def dataset_key(name: str) -> str:

@@ -30,6 +30,7 @@ from graph_updater.store import EdgeStore, embedded_copy
 from graph_updater.train import train_offline
 from scorer import backbones, quality
 from scorer.calibration import HeadCalibration
+from scorer.catalogue import LiveCatalogue
 from scorer.content import SentenceEncoder, TextEmbeddings
 from scorer.context import item_text
 from scorer.exit_rules import ExitRule, FixedHeadRule
@@ -156,7 +157,7 @@ def sample_sets(dataset: str, data_dir: Path, cache_dir: Path, n_train: int, n_v
                                      functools.partial(item_text, data.item_text))
             index_most_active(searcher, updater.histories, text_index_users)
         wanted = np.concatenate([train_rows, val_rows, test_rows])
-        samples = build_samples_streaming(data, len(split.train), wanted, updater, store, data.item_text,
+        samples = build_samples_streaming(data, len(split.train), wanted, updater, store, LiveCatalogue.of(data),
                                           retriever=searcher)
     finally:
         store.close()

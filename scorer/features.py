@@ -33,6 +33,17 @@ time (so it depends only on the store's state, never on the order clicks were fo
                             predict, which a raw user rate confuses with the popularity of what it picked
 ==========================  =================================================================================
 
+Last, the user's taste for the candidate's brand (:data:`BRAND_FEATURES`: a book's author; from the user payload's
+key lists of its latest liked and disliked items, :meth:`scorer.catalogue.BrandIndex.reactions`): with
+:math:`s_b` likes in :math:`m_b` reactions to items of the candidate's brand and :math:`r_u` the user's smoothed
+rate, :math:`r_b = (s_b + k r_u)/(m_b + k)`:
+
+==========================  =================================================================================
+``brand_margin``            :math:`\mathrm{logit}\,r_b - \mathrm{logit}\,r_u` (0 without reactions to the brand or
+                            when the candidate's brand is unknown)
+``brand_count``             :math:`\ln(1+m_b)`
+==========================  =================================================================================
+
 Feature sets are prefixes of :data:`ALL_FEATURES` (:data:`FEATURE_SETS`), so a checkpoint's list says which columns
 its heads read and older checkpoints keep working. Missing evidence (cold user, unknown item, no retrieval) is the
 prior and a zero count, never an error.
@@ -50,9 +61,11 @@ from scorer.prompt import PromptInputs
 FEATURES = ("user_rate", "item_rate", "neighbour_rate", "user_count", "item_count", "neighbour_count", "affinity",
             "has_affinity")
 COLLAB_FEATURES = ("graph_liked_match", "graph_disliked_match", "graph_match_margin", "user_surprise")
+BRAND_FEATURES = ("brand_margin", "brand_count")
 CONTENT_SET = FEATURES + CONTENT_FEATURES
-ALL_FEATURES = CONTENT_SET + COLLAB_FEATURES
-FEATURE_SETS = (FEATURES, CONTENT_SET, ALL_FEATURES)  # what a checkpoint's heads may read
+COLLAB_SET = CONTENT_SET + COLLAB_FEATURES
+ALL_FEATURES = COLLAB_SET + BRAND_FEATURES
+FEATURE_SETS = (FEATURES, CONTENT_SET, COLLAB_SET, ALL_FEATURES)  # what a checkpoint's heads may read
 STRENGTH = 5.0
 
 
@@ -85,6 +98,16 @@ def collaborative(inputs: PromptInputs, prior: float) -> list[float]:
             like_surprise(inputs.surprise or (), prior)]
 
 
+def brand(inputs: PromptInputs, prior: float) -> list[float]:
+    """The two :data:`BRAND_FEATURES` of one pair."""
+    liked, reacted = inputs.brand_rate or (0, 0)
+    if not reacted:
+        return [0.0, 0.0]
+    user = inputs.rate or (0, 0)
+    r_u = (user[0] + STRENGTH * prior) / (user[1] + STRENGTH)
+    return [smoothed_logit(liked, reacted, r_u) - smoothed_logit(*user, prior), float(np.log1p(reacted))]
+
+
 def needs_embeddings(names: Sequence[str]) -> bool:
     """Whether heads reading ``names`` need item-text embeddings (the content-match columns)."""
     return len(names) > len(FEATURES)
@@ -107,7 +130,9 @@ def feature_matrix(inputs: Sequence[PromptInputs], prior: float, names: Sequence
         row = features(x, prior)
         if content:
             row += content_match(x, embeddings)
-        if names == ALL_FEATURES:
+        if len(names) >= len(COLLAB_SET):
             row += collaborative(x, prior)
+        if names == ALL_FEATURES:
+            row += brand(x, prior)
         rows.append(row)
     return np.array(rows, dtype=np.float32).reshape(len(inputs), len(names))

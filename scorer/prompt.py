@@ -21,8 +21,8 @@ cold or not: a user with no history still gets item-level evidence; an item nobo
 "Nobody has reacted to the candidate yet.". ``item_rate=None`` (the text-only ablation, or an item whose payload
 could not be read) omits the line.
 
-``affinity`` (the cosine of the user's and the candidate's LightGCN vectors), ``graph_match`` and ``surprise`` are not
-rendered: they reach the model as numbers (:mod:`scorer.features`), as do the counts above.
+``affinity`` (the cosine of the user's and the candidate's LightGCN vectors), ``graph_match``, ``surprise`` and
+``brand_rate`` are not rendered: they reach the model as numbers (:mod:`scorer.features`), as do the counts above.
 
 Truncation order when the text exceeds ``budget`` tokens: (1) history lines are dropped oldest first, down to
 none; (2) the candidate's text is cut (by words, from the end) down to one word; (3) if the fixed lines alone
@@ -67,6 +67,8 @@ class PromptInputs:
     graph_match: tuple[float | None, float | None] | None = None
     # per recent reaction of the user: (label, the item's likes and reactions from everyone else), for the surprise
     surprise: tuple[tuple[int, int, int], ...] | None = None
+    # (liked, reacted) of the user's latest reactions to items of the candidate's brand (None: brand unknown)
+    brand_rate: tuple[int, int] | None = None
 
 
 def neighbour_line(evidence: NeighbourEvidence) -> str:

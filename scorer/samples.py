@@ -13,6 +13,8 @@ for the row at position ``t`` (user ``u``, item ``i``, label ``y``):
 - item evidence: ``i``'s likes and reactions before ``t``, and the cosine of ``u``'s and ``i``'s vectors;
 - collaborative match: ``i``'s vector against those of ``u``'s last ``recent_n`` reacted items (liked, disliked)
   and, per such item, ``u``'s label and the item's likes and reactions from everyone else (the like surprise);
+- brand: ``u``'s likes and reactions among its latest :data:`~graph_updater.online.PAYLOAD_MAX_ITEMS` liked and
+  as many disliked items (latest reaction per item) that share ``i``'s brand (``data.item_brand``);
 - neighbours (GCN retrieval): among the users who reacted to ``i`` before ``t`` and have a LightGCN vector, the
   ``n_neighbours`` most cosine-similar to ``u``'s vector; their likes and dislikes of ``i`` are the evidence.
   A user without a vector (cold) gets no evidence (``None``), as the online scorer does;
@@ -33,9 +35,10 @@ from tqdm import tqdm
 from graph_updater.datasets import Interactions
 from graph_updater.events import clicks_of
 from graph_updater.graph import ITEM, USER
-from graph_updater.online import GraphUpdater
+from graph_updater.online import PAYLOAD_MAX_ITEMS, GraphUpdater, item_key
 from graph_updater.store import VectorStore
 from schemas.messages import ImpressionRequest
+from scorer.catalogue import BrandIndex
 from scorer.context import cosine, graph_match, item_text, others_counts, unit_rows
 from scorer.prompt import NeighbourEvidence, PromptInputs
 from scorer.retrievers import GcnRetriever, Retriever
@@ -84,7 +87,7 @@ def build_samples(data: Interactions, rows: np.ndarray, vector_of: Callable[[str
     recent: dict[str, deque] = defaultdict(lambda: deque(maxlen=recent_n))
     reactions: dict[str, dict[str, int]] = defaultdict(dict)
     reactors: dict[str, list[tuple[str, int]]] = defaultdict(list)
-    text = data.item_text
+    text, brands = data.item_text, BrandIndex(data.item_brand)
     out: dict[int, CtrSample] = {}
     for t in range(int(max(wanted)) + 1 if wanted else 0):
         user, item, label = data.users[t], data.items[t], int(data.labels[t])
@@ -101,14 +104,17 @@ def build_samples(data: Interactions, rows: np.ndarray, vector_of: Callable[[str
             latest = dict(recent[user])
             sides = [[v for i, y in latest.items() if y == side and (v := vector_of(ITEM, i)) is not None]
                      for side in (1, 0)]
+            keys = [[item_key(i) for i, y in mine.items() if y == side][-PAYLOAD_MAX_ITEMS:] for side in (1, 0)]
             inputs = PromptInputs(item_text(text, item), tuple(history[user]), evidence,
                                   (sum(mine.values()), len(mine)), (sum(item_reactions), len(item_reactions)),
                                   cosine(me, candidate), graph_match(candidate, *map(unit_rows, sides)),
                                   tuple(others_counts(y, sum(r for _, r in reactors[i]), len(reactors[i]))
-                                        for i, y in latest.items()) if reactions[user] else None)
+                                        for i, y in latest.items()) if reactions[user] else None,
+                                  brands.reactions(brands.of(item), *keys))
             out[t] = CtrSample(user, item, label, inputs)
         recent[user].append((item, label))
         history[user].append((item_text(text, item), label))
+        reactions[user].pop(item, None)  # the latest reaction per item, in the order of latest reactions
         reactions[user][item] = label
         reactors[item].append((user, label))
     return [out[int(r)] for r in rows]

@@ -29,6 +29,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from schemas.messages import CandidateExit, CtrScore, DegradedFlag, ExitTelemetry, ImpressionRequest
+from scorer.catalogue import LiveCatalogue
 from scorer.checkpoint import ModelCard
 from scorer.content import TextEmbeddings
 from scorer.context import (
@@ -90,7 +91,8 @@ def now_ms() -> float:
 
 
 class ContextBuilder:
-    """Step 1, retrieval: what the prompt of each candidate knows (shared by serving and training samples)."""
+    """Step 1, retrieval: what the prompt of each candidate knows (shared by serving and training samples). With a
+    :class:`~scorer.catalogue.LiveCatalogue` it also counts the user's reactions to each candidate's brand."""
 
     def __init__(self, retriever: Retriever, catalogue: Mapping[str, str], options: ScorerOptions) -> None:
         self.retriever, self.catalogue, self.options = retriever, catalogue, options
@@ -108,6 +110,7 @@ class ContextBuilder:
                 ctx.degraded.add(DegradedFlag.DEADLINE)
             budget_ms = min(budget_ms, remaining)
         user, history, rate, surprise, reacted = None, (), None, None, (np.zeros((0, 0)), np.zeros((0, 0)))
+        keys: tuple[list[int], list[int]] = ([], [])
         if DegradedFlag.DEADLINE not in ctx.degraded:
             try:
                 user = self.retriever.user(request.user_id)
@@ -117,11 +120,14 @@ class ContextBuilder:
                     history = history_from_payload(user.payload, self.text_of, self.options.history_len)
                     rate = rate_from_payload(user.payload)
                     reacted, surprise = self.reaction_evidence(recent_reactions(user.payload))
+                    keys = (user.payload.get("liked_keys") or [], user.payload.get("disliked_keys") or [])
             except Exception as exc:  # store unreachable or failing: score without it, say so
                 ctx.degraded.add(DegradedFlag.NO_RETRIEVAL)
                 log.warning("retrieval_failed", request_id=request.request_id, error=repr(exc)[:300])
+        brands = self.catalogue.brands if isinstance(self.catalogue, LiveCatalogue) else None
         for item in request.item_ids:
-            inputs = PromptInputs(self.text_of(item), history, None, rate, surprise=surprise)
+            inputs = PromptInputs(self.text_of(item), history, None, rate, surprise=surprise,
+                                  brand_rate=None if brands is None else brands.reactions(brands.of(item), *keys))
             if not ctx.degraded & {DegradedFlag.DEADLINE, DegradedFlag.NO_RETRIEVAL}:
                 inputs = self._candidate(ctx, inputs, user, item, started, budget_ms, reacted)
             ctx.inputs.append(inputs)

@@ -79,7 +79,7 @@ def load_scorer(settings: Settings, store: VectorStore) -> Scorer:
     if trained_with != settings.retriever:
         log.warning("retriever_differs_from_training", serving=settings.retriever, trained_with=trained_with,
                     fix=f"train a model for it: exitrec train-model --retriever {settings.retriever}")
-    catalogue = LiveCatalogue(load(settings.catalogue, settings.data_dir).item_text if settings.catalogue else {})
+    catalogue = LiveCatalogue.of(load(settings.catalogue, settings.data_dir)) if settings.catalogue else LiveCatalogue()
     options = ScorerOptions(settings.neighbours if settings.retriever != "none" else 0, settings.history_len,
                             settings.model_batch_size, settings.retrieval_budget_ms, settings.latency_slo_ms)
     if settings.retriever == "text" and settings.qdrant_url:

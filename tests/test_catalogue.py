@@ -8,9 +8,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from kafka_io import read_topic, wait_for
 
+from graph_updater.online import item_key
 from schemas.codec import InvalidMessage, decode, decode_item, encode
 from schemas.messages import DeadLetter, ImpressionRequest, Item
-from scorer.catalogue import LiveCatalogue
+from scorer.catalogue import BrandIndex, LiveCatalogue
 from scorer.service import prepare_worker
 
 TS = 900_000_000_000
@@ -29,6 +30,23 @@ def test_attributes_join_the_text_and_the_latest_record_overlays_the_builtin_tex
     catalogue.drop("1")
     assert catalogue["1"] == "Toy Story (1995)" and catalogue.get("8") is None
     assert sorted(catalogue) == ["1", "2", "7"] and len(catalogue) == 3
+
+
+def test_brands_overlay_like_texts_and_count_a_users_reactions_by_payload_key():
+    catalogue = LiveCatalogue({"1": "a", "2": "b", "3": "c"}, BrandIndex({"1": "Ann Rule", "2": "ann  rule", "3": "X"}))
+    brands = catalogue.brands
+    assert brands.of("1") == brands.of("2") == "ann rule" and brands.of("9") is None
+    keys = {i: item_key(i) for i in "12349"}
+    assert brands.reactions("ann rule", [keys["1"], keys["3"]], [keys["2"], keys["9"]]) == (1, 2)
+    assert brands.reactions(None, [keys["1"]], []) is None
+    catalogue.put(item("9", "new book", brand="Ann Rule"))  # a live record with a brand joins the index
+    catalogue.put(item("1", "re-issued"))  # a live record without one clears the built-in brand
+    assert brands.of("9") == "ann rule" and brands.of("1") is None
+    assert brands.reactions("ann rule", [keys["1"], keys["9"]], [keys["2"]]) == (1, 2)
+    catalogue.drop("1")  # the tombstone restores the built-in brand
+    catalogue.drop("9")
+    assert brands.of("1") == "ann rule" and brands.of("9") is None
+    assert brands.reactions("ann rule", [keys["1"], keys["9"]], []) == (1, 1)
 
 
 def test_item_records_are_keyed_by_item_id_and_a_keyed_tombstone_is_a_delete():

@@ -40,15 +40,28 @@ def test_feature_matrix_shape_and_dtype():
 
 
 def test_collaborative_columns_and_feature_sets():
-    from scorer.features import ALL_FEATURES, COLLAB_FEATURES, collaborative
+    from scorer.features import ALL_FEATURES, COLLAB_FEATURES, COLLAB_SET, collaborative
 
     x = PromptInputs("x", graph_match=(0.6, 0.2), surprise=((1, 3, 15), (0, 0, 0)))
     expected = (1 - (3 + 5 * 0.5) / 20) + (0 - 0.5)  # an item nobody else reacted to is expected at the prior
     assert collaborative(x, 0.5) == pytest.approx([0.6, 0.2, 0.4, expected / (2 + 5)])
     assert collaborative(PromptInputs("x", graph_match=(0.6, None)), 0.5) == pytest.approx([0.6, 0.0, 0.0, 0.0])
     assert collaborative(PromptInputs("x"), 0.5) == [0.0, 0.0, 0.0, 0.0]  # cold: no match, no surprise
-    assert ALL_FEATURES[-len(COLLAB_FEATURES):] == COLLAB_FEATURES
+    assert COLLAB_SET[-len(COLLAB_FEATURES):] == COLLAB_FEATURES and ALL_FEATURES[:len(COLLAB_SET)] == COLLAB_SET
     with pytest.raises(ValueError, match="unknown feature set"):
         feature_matrix([x], 0.5, ("user_rate",))
     with pytest.raises(ValueError, match="embeddings"):
         feature_matrix([x], 0.5, ALL_FEATURES)
+
+
+def test_brand_margin_is_the_users_rate_on_the_brand_against_its_rate_overall():
+    from scorer.features import brand, smoothed_logit
+
+    user = (6, 10)  # likes 6 of 10 overall; of this author's books it liked 3 of 3
+    x = PromptInputs("x", rate=user, brand_rate=(3, 3))
+    r_u = (6 + 5 * 0.5) / (10 + 5)
+    margin = np.log((3 + 5 * r_u) / (3 + 5) / (1 - (3 + 5 * r_u) / (3 + 5))) - smoothed_logit(6, 10, 0.5)
+    assert brand(x, 0.5) == pytest.approx([margin, np.log(4)])
+    assert brand(x, 0.5)[0] > 0 > brand(PromptInputs("x", rate=user, brand_rate=(0, 3)), 0.5)[0]
+    for unknown in (PromptInputs("x", rate=user), PromptInputs("x", rate=user, brand_rate=(0, 0))):
+        assert brand(unknown, 0.5) == [0.0, 0.0]  # no brand, or none of its items seen: no evidence

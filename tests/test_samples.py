@@ -9,6 +9,7 @@ from graph_updater import checkpoint as graph_checkpoint
 from graph_updater.events import clicks_of
 from graph_updater.store import embedded_copy
 from schemas.messages import ImpressionRequest
+from scorer.catalogue import LiveCatalogue
 from scorer.retrievers import GcnRetriever
 from scorer.samples import build_samples, build_samples_streaming
 from scorer.scoring import ContextBuilder, ScorerOptions
@@ -23,7 +24,7 @@ def streamed(data, first: int, rows, checkpoint_dir):
     """Streaming samples of ``rows`` from a fresh copy of the checkpoint's state."""
     updater, store = fresh_state(checkpoint_dir)
     try:
-        return build_samples_streaming(data, first, rows, updater, store, data.item_text, progress=False)
+        return build_samples_streaming(data, first, rows, updater, store, LiveCatalogue.of(data), progress=False)
     finally:
         store.close()
 
@@ -79,3 +80,15 @@ def test_the_static_ablation_reads_the_same_like_surprise_terms_as_the_serving_c
     assert sum(s.inputs.surprise is not None for s in served) > len(rows) / 2
     for a, b in zip(served, static, strict=True):
         assert a.inputs.surprise == b.inputs.surprise
+
+
+def test_the_brand_counts_of_serving_and_of_the_static_ablation_agree(ml100k, split, trained_checkpoint):
+    """MovieLens names no brand: one per release year stands in (real rows, the year as the "maker")."""
+    data = replace(ml100k, item_brand={i: text.rsplit("(", 2)[-2].strip(" )")[-4:]
+                                       for i, text in ml100k.item_text.items() if "(" in text})
+    first = len(split.train)
+    rows = np.arange(first + 10, first + 400, 13)
+    served = streamed(data, first, rows, trained_checkpoint)
+    static = build_samples(data, rows, lambda kind, external_id: None)
+    assert sum(s.inputs.brand_rate is not None and s.inputs.brand_rate[1] > 0 for s in served) > len(rows) / 2
+    assert [s.inputs.brand_rate for s in served] == [s.inputs.brand_rate for s in static]
