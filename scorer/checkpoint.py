@@ -84,11 +84,16 @@ def with_precision(model: EarlyExitModel, precision: str) -> EarlyExitModel:
         log.warning("int8_fallback", precision="fp32", why=f"{why}: int8 runs on the CPU's fbgemm/oneDNN kernels")
         return model
     torch.backends.quantized.engine = engine
+    int8_linears(model.backbone)
+    return model
+
+
+def int8_linears(module: torch.nn.Module) -> torch.nn.Module:
+    """Replace ``module``'s Linear layers, in place, by dynamic int8 ones (per-channel weight scales)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization's notice that torchao will take over
-        torch.ao.quantization.quantize_dynamic(model.backbone, {torch.nn.Linear: per_channel_dynamic_qconfig},
-                                               dtype=torch.qint8, inplace=True)
-    return model
+        return torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear: per_channel_dynamic_qconfig},
+                                                      dtype=torch.qint8, inplace=True)
 
 
 WALL_CLOCK_METRICS = ("train_seconds",)  # facts of the run, not of the model: outside the digest
