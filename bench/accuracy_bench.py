@@ -36,7 +36,8 @@ Configurations (ablations):
 
 The default configuration's seed-0 model is saved as a checkpoint (``--save-default``, by default
 ``<cache>/models/early-exit-<dataset>-minilm``, where ``exitrec train-model`` writes and the worker and the
-end-to-end benchmark read), so the model measured here is the model served.
+end-to-end benchmark read), so the model measured here is the model served; ``default_bf16`` / ``default_int8``
+save theirs beside it (``<folder>-bf16``, ``<folder>-int8``).
 
 Requests/s: batched :meth:`~scorer.model.EarlyExitModel.predict` on the first ``--rps-rows`` test rows, full depth
 and early exit back to back (seed 0 of each configuration). Warm rows are those whose user reacted to something
@@ -310,16 +311,19 @@ def main() -> None:
                       "rule": {"rule": "fixed_head", "head": 0}, "val_curve": [], "heads_auc": r["heads_auc"][:1]}
                      for (_, _, p), r in zip(models, per_seed, strict=True)]
             configs[f"{name}_layer0"] = summarize(head0, y, warm)
-        if name == DEFAULT:
-            default_p = np.mean([r["exit"] for r in per_seed], axis=0)
+        if name == DEFAULT or name in (f"default_{p}" for p in LOWER_PRECISIONS):
             folder = args.save_default or settings.cache_dir / "models" / f"early-exit-{args.dataset}-minilm"
+            if name == DEFAULT:
+                default_p = np.mean([r["exit"] for r in per_seed], axis=0)
+            else:  # the same model at a lower precision, beside the default's folder
+                folder = folder.with_name(f"{folder.name}-{precision}")
             card = checkpoint.ModelCard("minilm", model.head_layers, model.pooling, args.max_length, False,
                                         rule.to_dict(), per_seed[0]["val_curve"],
                                         {"dataset": args.dataset, "n_train": len(sets.train), "n_val": len(sets.val),
                                          "regime": "frozen", "source": "bench.accuracy_bench seed 0"},
-                                        list(features), sets.prior)
+                                        list(features), sets.prior, precision)
             checkpoint.save(folder, model, tokenizer, card)
-            print(f"default model saved: {folder}", flush=True)
+            print(f"{name} model saved: {folder}", flush=True)
         c = configs[name]
         print(f"{name}: AUC {c['auc']:.4f} ± {c['auc_sd']:.4f} (full {c['auc_full']:.4f}), warm {c['auc_warm']:.4f}, "
               f"cold {c['auc_cold']:.4f}, logloss {c['logloss']:.4f}, ECE {c['ece']:.4f}, mean exit layer "
