@@ -123,7 +123,7 @@ async def test_from_an_empty_broker_to_a_served_tenant_trained_model(settings, t
         service.store.close()
     assert len(scores) == n and {s.model_version for s in scores} == {service.scorer.model_version}
     version = service.scorer.model_version  # bf16 where this CPU has native bf16 (train-model's auto precision)
-    assert re.search(r"@0-2-4\+f19(\+bf16)?#[0-9a-f]{8}\+", version), version
+    assert re.search(r"@0-2-4\+f19(\+bf16|\+int8)?#[0-9a-f]{8}\+", version), version
     assert f"Candidate: {data.item_text[requests[0].item_ids[0]]}" in prompt and "model " in prompt
 
 
