@@ -274,6 +274,18 @@ class EarlyExitModel(nn.Module):
             j += 1
         return self._result(probs, exit_head, cut)
 
+    @torch.inference_mode()
+    def released_at_layer0(self, features: torch.Tensor | None, rule: ExitRule) -> np.ndarray:
+        """The rows :meth:`predict` with ``rule`` (and no deadline) releases at a layer-0 head, decided from the
+        features alone, so a caller can skip building and tokenizing their prompts (all False without such a
+        head, or when it is the only head). Rows are scored independently, so :meth:`predict` on these rows, with
+        any placeholder tokens, gives them exactly the scores it gives them in any other batch."""
+        n = 0 if features is None else len(features)
+        if self.head_layers[0] != 0 or len(self.head_layers) == 1 or not n:
+            return np.zeros(n, dtype=bool)
+        p = self.head_probability(0, self.head_logits(0, None, self.scaled(features)))
+        return rule.decide(p[:, None])
+
     def _result(self, probs: np.ndarray, exit_head: np.ndarray, cut: np.ndarray) -> ExitResult:
         ctr = probs[np.arange(len(probs)), exit_head]
         return ExitResult(probs, exit_head, np.array(self.head_layers)[exit_head], ctr, cut)

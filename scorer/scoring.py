@@ -218,24 +218,37 @@ class Scorer:
                                 self.card.max_length)
 
     def infer(self, contexts: list[RequestContext]) -> Inference:
+        """Score every candidate of ``contexts``. The rows the layer-0 head releases under the calibrated rule are
+        answered from their features first, without a prompt (:meth:`EarlyExitModel.released_at_layer0`); the
+        rest are prompted, tokenized once, sorted by length and scored in model batches, each under the SLO
+        mode's rule for its most urgent request (:meth:`slo_rule`). The scores are those of scoring every row in
+        one pass: a relaxed rule releases at least what the calibrated one does."""
         started = time.perf_counter()
         inputs = [x for ctx in contexts for x in ctx.inputs]
-        texts = build_prompts(inputs, self.count_many, self.card.max_length, self.prompt)
         features = torch.from_numpy(feature_matrix(inputs, self.card.prior, self.card.features, self.embeddings)) \
             if self.card.features else None
-        tokens = self.tokenizer(texts, truncation=True, max_length=self.card.max_length)["input_ids"]  # once
-        order = np.argsort([len(t) for t in tokens], kind="stable")
         n_heads = len(self.model.head_layers)
-        probs = np.full((len(texts), n_heads), np.nan)
-        exit_layer = np.zeros(len(texts), dtype=np.int64)
-        ctr = np.zeros(len(texts))
-        pressed = np.zeros(len(texts), dtype=bool)
+        probs = np.full((len(inputs), n_heads), np.nan)
+        exit_layer = np.zeros(len(inputs), dtype=np.int64)
+        ctr = np.zeros(len(inputs))
+        pressed = np.zeros(len(inputs), dtype=bool)
+        early = self.model.released_at_layer0(features, self.rule)
+        if early.any():
+            placeholder = torch.zeros((int(early.sum()), 1), dtype=torch.long, device=self.device)
+            result = self.model.predict(placeholder, torch.ones_like(placeholder), self.rule,
+                                        features[torch.from_numpy(early)])
+            probs[early], exit_layer[early], ctr[early] = result.probs, result.exit_layer, result.ctr
+        prompted = np.flatnonzero(~early)
+        texts = build_prompts([inputs[r] for r in prompted], self.count_many, self.card.max_length, self.prompt)
+        tokens = self.tokenizer(texts, truncation=True, max_length=self.card.max_length)["input_ids"] if texts else []
+        order = np.argsort([len(t) for t in tokens], kind="stable")
         options = self.contexts.options
         due_ms = np.array([np.inf if ctx.enqueued_ms is None or options.latency_slo_ms is None
                            else ctx.enqueued_ms + options.latency_slo_ms for ctx in contexts for _ in ctx.inputs])
         for start in range(0, len(texts), options.model_batch_size):
-            rows = order[start:start + options.model_batch_size]
-            enc = self.tokenizer.pad({"input_ids": [tokens[r] for r in rows]}, padding=True, return_tensors="pt")
+            batch = order[start:start + options.model_batch_size]
+            rows = prompted[batch]
+            enc = self.tokenizer.pad({"input_ids": [tokens[b] for b in batch]}, padding=True, return_tensors="pt")
             rule, deadline, relaxed = self.slo_rule(float(due_ms[rows].min()))
             begun = time.perf_counter()
             result = self.model.predict(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device),

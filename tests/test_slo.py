@@ -72,8 +72,39 @@ def test_the_scorer_relaxes_or_cuts_only_requests_near_their_slo_and_flags_them(
     assert not unhurried.pressed.any()
     relaxed_scorer.batch_ms = 40.0  # a 50 ms aim with 40 ms batches: a fresh request's rule is relaxed
     fresh = relaxed_scorer.infer(contexts(24, age_ms=0))
-    assert fresh.pressed.all() and (fresh.exit_layer <= baseline.exit_layer).all()
+    # rows the calibrated rule releases at the layer-0 head are answered before any batch: never pressed
+    calibrated_at_0 = baseline.exit_layer == 0
+    assert 0 < calibrated_at_0.sum() < 24
+    assert (fresh.pressed == ~calibrated_at_0).all() and (fresh.exit_layer <= baseline.exit_layer).all()
+    np.testing.assert_array_equal(fresh.ctr[calibrated_at_0], baseline.ctr[calibrated_at_0])
     late_contexts = contexts(24, age_ms=10_000)  # already past a 50 ms aim: answered at once, flagged
     late = relaxed_scorer.infer(late_contexts)
-    assert late.pressed.all() and (late.exit_layer == 0).all()
-    assert all(t.degraded == [DegradedFlag.SLO] for _, t in relaxed_scorer.outputs(late_contexts, late, now_ms()))
+    assert (late.pressed == ~calibrated_at_0).all() and (late.exit_layer == 0).all()
+    flags = [t.degraded for _, t in relaxed_scorer.outputs(late_contexts, late, now_ms())]
+    assert flags == [[] if at_0 else [DegradedFlag.SLO] for at_0 in calibrated_at_0]
+
+
+def test_rows_released_at_layer_0_skip_their_prompt_and_score_as_in_one_pass(scorer, monkeypatch):
+    plain = scorer(None)
+    ctxs = contexts(24, age_ms=0)
+    inputs = [x for c in ctxs for x in c.inputs]
+    texts = [plain.prompt(x) for x in inputs]
+    enc = plain.tokenizer(texts, padding=True, truncation=True, max_length=plain.card.max_length,
+                          return_tensors="pt")
+    import torch
+
+    from scorer.features import feature_matrix
+
+    features = torch.from_numpy(feature_matrix(inputs, plain.card.prior, plain.card.features))
+    one_pass = plain.model.predict(enc["input_ids"], enc["attention_mask"], plain.rule, features)
+    from scorer import scoring
+
+    prompted = []
+    real = scoring.build_prompts
+    monkeypatch.setattr(scoring, "build_prompts", lambda batch, *a: prompted.extend(batch) or real(batch, *a))
+    served = plain.infer(ctxs)
+    np.testing.assert_allclose(served.ctr, one_pass.ctr, atol=1e-6)
+    np.testing.assert_array_equal(served.exit_layer, one_pass.exit_layer)
+    released = one_pass.exit_layer == 0
+    assert 0 < released.sum() < len(inputs)
+    assert prompted == [x for x, r in zip(inputs, released, strict=True) if not r]  # the released: no prompt
