@@ -218,11 +218,12 @@ class Scorer:
                                 self.card.max_length)
 
     def infer(self, contexts: list[RequestContext]) -> Inference:
-        """Score every candidate of ``contexts``. The rows the layer-0 head releases under the calibrated rule are
-        answered from their features first, without a prompt (:meth:`EarlyExitModel.released_at_layer0`); the
-        rest are prompted, tokenized once, sorted by length and scored in model batches, each under the SLO
-        mode's rule for its most urgent request (:meth:`slo_rule`). The scores are those of scoring every row in
-        one pass: a relaxed rule releases at least what the calibrated one does."""
+        """Score every candidate of ``contexts``. The rows the layer-0 head releases are answered from their
+        features first, without a prompt (:meth:`EarlyExitModel.released_at_layer0`), under the calibrated rule
+        or, when the most urgent request of the micro-batch is near its SLO, under the rule :meth:`slo_rule`
+        relaxes for it (those released only by the relaxation are flagged); the rest are prompted, tokenized
+        once, sorted by length and scored in model batches, each under the SLO rule of its own most urgent
+        request. Without SLO pressure the scores are those of scoring every row in one pass."""
         started = time.perf_counter()
         inputs = [x for ctx in contexts for x in ctx.inputs]
         features = torch.from_numpy(feature_matrix(inputs, self.card.prior, self.card.features, self.embeddings)) \
@@ -232,19 +233,23 @@ class Scorer:
         exit_layer = np.zeros(len(inputs), dtype=np.int64)
         ctr = np.zeros(len(inputs))
         pressed = np.zeros(len(inputs), dtype=bool)
+        options = self.contexts.options
+        due_ms = np.array([np.inf if ctx.enqueued_ms is None or options.latency_slo_ms is None
+                           else ctx.enqueued_ms + options.latency_slo_ms for ctx in contexts for _ in ctx.inputs])
         early = self.model.released_at_layer0(features, self.rule)
+        rule, _, relaxed = self.slo_rule(float(due_ms.min())) if len(due_ms) else (self.rule, None, False)
+        if relaxed:  # under SLO pressure the relaxed rule releases more rows before any prompt is built
+            calibrated, early = early, self.model.released_at_layer0(features, rule)
+            pressed[early & ~calibrated] = True
         if early.any():
             placeholder = torch.zeros((int(early.sum()), 1), dtype=torch.long, device=self.device)
-            result = self.model.predict(placeholder, torch.ones_like(placeholder), self.rule,
+            result = self.model.predict(placeholder, torch.ones_like(placeholder), rule,
                                         features[torch.from_numpy(early)])
             probs[early], exit_layer[early], ctr[early] = result.probs, result.exit_layer, result.ctr
         prompted = np.flatnonzero(~early)
         texts = build_prompts([inputs[r] for r in prompted], self.count_many, self.card.max_length, self.prompt)
         tokens = self.tokenizer(texts, truncation=True, max_length=self.card.max_length)["input_ids"] if texts else []
         order = np.argsort([len(t) for t in tokens], kind="stable")
-        options = self.contexts.options
-        due_ms = np.array([np.inf if ctx.enqueued_ms is None or options.latency_slo_ms is None
-                           else ctx.enqueued_ms + options.latency_slo_ms for ctx in contexts for _ in ctx.inputs])
         for start in range(0, len(texts), options.model_batch_size):
             batch = order[start:start + options.model_batch_size]
             rows = prompted[batch]
