@@ -69,8 +69,13 @@ FEATURE_SETS = (FEATURES, CONTENT_SET, COLLAB_SET, ALL_FEATURES)  # what a check
 STRENGTH = 5.0
 
 
+def smoothed_rate(liked: float, reacted: float, prior: float, strength: float = STRENGTH) -> float:
+    """:math:`r = (s + k p_0)/(m + k)`."""
+    return (liked + strength * prior) / (reacted + strength)
+
+
 def smoothed_logit(liked: float, reacted: float, prior: float, strength: float = STRENGTH) -> float:
-    r = (liked + strength * prior) / (reacted + strength)
+    r = smoothed_rate(liked, reacted, prior, strength)
     r = min(max(r, 1e-4), 1 - 1e-4)
     return float(np.log(r / (1 - r)))
 
@@ -87,7 +92,7 @@ def features(inputs: PromptInputs, prior: float) -> list[float]:
 def like_surprise(reactions: Sequence[tuple[int, int, int]], prior: float) -> float:
     r""":math:`\sum (y - r)/(n + k)` over ``(label, others' likes, others' reactions)``, :math:`r` the smoothed
     rate before the logit."""
-    expected = [(liked + STRENGTH * prior) / (reacted + STRENGTH) for _, liked, reacted in reactions]
+    expected = [smoothed_rate(liked, reacted, prior) for _, liked, reacted in reactions]
     return float(sum(y for y, _, _ in reactions) - sum(expected)) / (len(reactions) + STRENGTH)
 
 
@@ -104,8 +109,8 @@ def brand(inputs: PromptInputs, prior: float) -> list[float]:
     if not reacted:
         return [0.0, 0.0]
     user = inputs.rate or (0, 0)
-    r_u = (user[0] + STRENGTH * prior) / (user[1] + STRENGTH)
-    return [smoothed_logit(liked, reacted, r_u) - smoothed_logit(*user, prior), float(np.log1p(reacted))]
+    return [smoothed_logit(liked, reacted, smoothed_rate(*user, prior)) - smoothed_logit(*user, prior),
+            float(np.log1p(reacted))]
 
 
 def needs_embeddings(names: Sequence[str]) -> bool:

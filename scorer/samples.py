@@ -35,7 +35,7 @@ from tqdm import tqdm
 from graph_updater.datasets import Interactions
 from graph_updater.events import clicks_of
 from graph_updater.graph import ITEM, USER
-from graph_updater.online import PAYLOAD_MAX_ITEMS, GraphUpdater, item_key
+from graph_updater.online import GraphUpdater, latest_keys
 from graph_updater.store import VectorStore
 from schemas.messages import ImpressionRequest
 from scorer.catalogue import BrandIndex
@@ -104,7 +104,7 @@ def build_samples(data: Interactions, rows: np.ndarray, vector_of: Callable[[str
             latest = dict(recent[user])
             sides = [[v for i, y in latest.items() if y == side and (v := vector_of(ITEM, i)) is not None]
                      for side in (1, 0)]
-            keys = [[item_key(i) for i, y in mine.items() if y == side][-PAYLOAD_MAX_ITEMS:] for side in (1, 0)]
+            keys = [latest_keys({i: y for i, y in mine.items() if y == side}) for side in (1, 0)]
             inputs = PromptInputs(item_text(text, item), tuple(history[user]), evidence,
                                   (sum(mine.values()), len(mine)), (sum(item_reactions), len(item_reactions)),
                                   cosine(me, candidate), graph_match(candidate, *map(unit_rows, sides)),
