@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse
 import torch
 
 USER, ITEM = "u", "i"
@@ -195,11 +196,12 @@ class LightGCNGraph:
         nodes = self.hops(touched, radius)
         nbrs_of = [np.fromiter(self.adj[v], dtype=np.int64, count=len(self.adj[v])) for v in nodes]
         nbrs = np.concatenate(nbrs_of) if nbrs_of else np.zeros(0, dtype=np.int64)
-        owner = np.repeat(np.arange(len(nodes)), self.deg[nodes].astype(np.int64))
-        weight = torch.from_numpy((1.0 / np.sqrt(self.deg[nodes][owner] * self.deg[nbrs])).astype(np.float32))
-        owner_t = torch.from_numpy(owner)
+        counts = self.deg[nodes].astype(np.int64)
+        indptr = np.concatenate([[0], np.cumsum(counts)])
+        weight = (1.0 / np.sqrt(np.repeat(self.deg[nodes], counts) * self.deg[nbrs])).astype(np.float32)
+        # the rows of the normalised adjacency for `nodes`: one sparse product per layer reads each neighbour's
+        # cached row once (no (edges x dim) message array)
+        rows = scipy.sparse.csr_matrix((weight, nbrs, indptr), shape=(len(nodes), len(self)))
         for k in range(1, self.num_layers + 1):
-            messages = torch.from_numpy(self.layers[k - 1, nbrs]) * weight[:, None]
-            out = torch.zeros((len(nodes), self.dim)).index_add_(0, owner_t, messages)
-            self.layers[k, nodes] = out.numpy()
+            self.layers[k, nodes] = rows @ self.layers[k - 1, : len(self)]
         return nodes

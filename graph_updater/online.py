@@ -14,7 +14,6 @@ import functools
 import hashlib
 import itertools
 import json
-import zlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,21 +31,37 @@ COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # one encoder, not one p
 
 
 @functools.lru_cache(maxsize=1 << 20)
-def item_key(item_id: str) -> int:
-    """Stable 63-bit integer key of an item id for payload filter fields. Integers, not strings: qdrant-edge
-    converts a payload list element in ~1.6 us as an int and ~5 us as a string (measured), per point write."""
-    return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "big") >> 1
+def item_key(item_id: str) -> str:
+    """Stable key of an item id for the payload's reaction fields: 16 lowercase hex digits (a 64-bit hash).
+
+    Fixed width, so a key occurs in a space-separated key field (:func:`join_keys`) only as a whole token."""
+    return hashlib.blake2b(item_id.encode(), digest_size=8).hexdigest()
 
 
-def latest_keys(reactions: dict[str, int]) -> list[int]:
+def latest_keys(reactions: dict[str, int]) -> list[str]:
     """Item keys of the latest :data:`PAYLOAD_MAX_ITEMS` reactions, oldest first (reads only those, not all)."""
     latest = list(itertools.islice(reversed(reactions), PAYLOAD_MAX_ITEMS))
     return [item_key(i) for i in reversed(latest)]
 
 
+def join_keys(keys: Sequence[str]) -> str:
+    """A payload reaction field: the keys space-separated, one string. One string, not a list of keys: qdrant-edge
+    converts and stores a payload list element by element (~2.8 us to convert and ~1 us to store per element,
+    measured), so a user's 200 keys cost ~0.8 ms per write as lists and ~0.1 ms as two strings with a text index."""
+    return " ".join(keys)
+
+
+def split_keys(field: str | None) -> list[str]:
+    """The keys of a payload reaction field (:func:`join_keys`), oldest first; [] when absent."""
+    return field.split() if field else []
+
+
 def unlinked_vector(key: str, dim: int) -> list[float]:
-    """The stored vector of a node without like edges: N(0, 0.1) seeded by the node key (stable across runs)."""
-    return np.random.default_rng(zlib.crc32(key.encode())).normal(0.0, 0.1, dim).astype(np.float32).tolist()
+    """The stored vector of a node without like edges: ``dim`` values uniform on [-0.1, 0.1] in steps of 1/1275,
+    from the SHAKE-128 digest of the node key (stable across runs and processes; ~6 us, where seeding a numpy
+    generator per node took ~20 us and took a lock)."""
+    digest = np.frombuffer(hashlib.shake_128(key.encode()).digest(dim), dtype=np.uint8)
+    return ((digest.astype(np.float32) - 127.5) / 1275.0).tolist()
 
 
 def parse_click(key: bytes | None, value: bytes | None) -> Click:
@@ -93,20 +108,21 @@ class UserHistory:
         self.recent.append((event_id, item_id, label, ts))
         return True
 
-    def reaction_keys(self, label: int) -> list[int]:
-        """:func:`latest_keys` of the liked (1) or disliked (0) items, from the cache when it is current."""
+    def reaction_field(self, label: int) -> str:
+        """The payload field (:func:`join_keys`) of the liked (1) or disliked (0) items' :func:`latest_keys`,
+        from the cache when it is current."""
         keys = self.latest[label]
         if keys is None:
             keys = self.latest[label] = latest_keys(self.liked if label == 1 else self.disliked)
-        return list(keys)
+        return join_keys(keys)
 
     def payload(self, user_id: str, recent_n: int) -> dict:
         """The vector-store payload of a user (contract in :mod:`graph_updater.store`)."""
         recent = list(self.recent)[-recent_n:]
         return {
             "user_id": user_id,
-            "liked_keys": self.reaction_keys(1),
-            "disliked_keys": self.reaction_keys(0),
+            "liked_keys": self.reaction_field(1),
+            "disliked_keys": self.reaction_field(0),
             "n_liked": len(self.liked),
             "n_disliked": len(self.disliked),
             "recent": COMPACT_JSON.encode([[r[1], r[2], r[3]] for r in recent]),

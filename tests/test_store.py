@@ -32,7 +32,7 @@ def test_upsert_get_count_and_overwrite(store):
     np.testing.assert_allclose(vec, [0, 1, 0, 0], atol=1e-6)  # cosine collections store unit vectors
     store.upsert([user("a", [0, 0, 3, 0], disliked=["y"])])
     vec, payload = store.get(USER, "a")
-    assert store.count(USER) == 1 and payload["disliked_keys"] == [item_key("y")] and payload["liked_keys"] == []
+    assert store.count(USER) == 1 and payload["disliked_keys"] == item_key("y") and payload["liked_keys"] == ""
     assert json.loads(payload["recent"]) == [["y", 0, 900_000_000_000]]
     np.testing.assert_allclose(vec, [0, 0, 1, 0], atol=1e-6)
     assert store.get(USER, "nobody") is None
