@@ -147,19 +147,27 @@ class LightGCNGraph:
         """Add/remove edges (registering new nodes); return the nodes whose edge sets changed."""
         touched: set[int] = set()
         for ch in changes:
-            u = self.ensure_node(USER, ch.user_id)
-            i = self.ensure_node(ITEM, ch.item_id)
-            if ch.present and i not in self.adj[u]:
-                self.adj[u].add(i)
-                self.adj[i].add(u)
-                self.deg[[u, i]] += 1
-                touched.update((u, i))
-            elif not ch.present and i in self.adj[u]:
-                self.adj[u].discard(i)
-                self.adj[i].discard(u)
-                self.deg[[u, i]] -= 1
+            u, i = self.ensure_node(USER, ch.user_id), self.ensure_node(ITEM, ch.item_id)
+            if self.link(u, i, ch.present):
                 touched.update((u, i))
         return touched
+
+    def link(self, u: int, i: int, present: bool) -> bool:
+        """Make the edge between nodes ``u`` and ``i`` present or absent; True if that changed it."""
+        nbrs = self.adj[u]
+        if present == (i in nbrs):
+            return False
+        if present:
+            nbrs.add(i)
+            self.adj[i].add(u)
+            step = 1
+        else:
+            nbrs.discard(i)
+            self.adj[i].discard(u)
+            step = -1
+        self.deg[u] += step
+        self.deg[i] += step
+        return True
 
     def hops(self, nodes: Iterable[int], radius: int) -> np.ndarray:
         """All nodes within ``radius`` hops of ``nodes`` (sorted)."""

@@ -9,15 +9,12 @@ Two collections, ``<prefix>_users`` and ``<prefix>_items``, cosine distance. A p
 external id (Qdrant ids must be integers or UUIDs); the external id is kept in the payload.
 
 User payload: ``user_id``; ``liked_keys`` / ``disliked_keys``, the :func:`~graph_updater.online.item_key` of the
-user's latest 100 liked / disliked items, oldest first, space-separated in one string
-(:func:`~graph_updater.online.join_keys`; read with :func:`~graph_updater.online.split_keys`), full-text indexed;
-``n_liked``, ``n_disliked`` (totals); ``recent``, a JSON string of the latest ``[item_id, label, ts]`` reactions
-(for prompts); ``last_ts``. Item payload: ``item_id``, ``n_liked`` and ``n_disliked`` (every reaction the item
-received so far: the item's like rate, rewritten on each reaction).
+user's latest 100 liked / disliked items; ``n_liked``, ``n_disliked`` (totals); ``recent``, a JSON string of the
+latest ``[item_id, label, ts]`` reactions (for prompts); ``last_ts``. Item payload: ``item_id``, ``n_liked`` and
+``n_disliked`` (every reaction the item received so far: the item's like rate, rewritten on each reaction).
 Both carry ``linked``: false for a node with reactions but no like edge yet (its vector is a placeholder, not a
 graph position: :meth:`graph_updater.online.GraphUpdater.records`).
-"Has reacted to item X" is the filter "``liked_keys`` or ``disliked_keys`` has the token key(X)" (a full-text match
-on a whitespace-tokenized index; keys are fixed-width, so a match is a whole key).
+"Has reacted to item X" is the filter ``liked_keys ∋ key(X) or disliked_keys ∋ key(X)``.
 
 qdrant-client's local mode runs Qdrant's query logic in Python inside this process; a URL talks to a Qdrant
 server (docker-compose). Both go through the same client API, so code and tests are shared.
@@ -38,11 +35,11 @@ import qdrant_edge as edge
 from qdrant_client import QdrantClient, models
 
 from graph_updater.graph import ITEM, USER
-from graph_updater.online import GraphUpdater, VectorRecord, item_key, split_keys
+from graph_updater.online import GraphUpdater, VectorRecord, item_key
 
 NAMESPACE = uuid.UUID("6f1c7c9e-7a58-4f59-9d0e-6f8f3b6d2a11")
 REACTION_FIELDS = ("liked_keys", "disliked_keys")
-USER_INDEXES = {"user_id": "KEYWORD", "liked_keys": "TEXT", "disliked_keys": "TEXT"}
+USER_INDEXES = {"user_id": "KEYWORD", "liked_keys": "INTEGER", "disliked_keys": "INTEGER"}
 ITEM_INDEXES = {"item_id": "KEYWORD"}
 
 
@@ -62,9 +59,9 @@ class Neighbour:
     def reaction_to(self, item_id: str) -> int | None:
         """1 if this user recently liked ``item_id``, 0 if disliked, None if no recent reaction."""
         key = item_key(item_id)
-        if key in split_keys(self.payload.get("liked_keys")):
+        if key in self.payload.get("liked_keys", ()):
             return 1
-        if key in split_keys(self.payload.get("disliked_keys")):
+        if key in self.payload.get("disliked_keys", ()):
             return 0
         return None
 
@@ -137,9 +134,7 @@ class QdrantStore(VectorStore):
                 with warnings.catch_warnings():  # local mode warns that it has no payload indexes: known
                     warnings.simplefilter("ignore", UserWarning)
                     for field, schema in fields.items():
-                        self.client.create_payload_index(name, field, models.TextIndexParams(
-                            type=models.TextIndexType.TEXT, tokenizer=models.TokenizerType.WHITESPACE,
-                            lowercase=False) if schema == "TEXT" else getattr(models.PayloadSchemaType, schema))
+                        self.client.create_payload_index(name, field, getattr(models.PayloadSchemaType, schema))
 
     def upsert(self, records: list[VectorRecord], batch: int = 1024) -> int:
         by_kind: dict[str, list[models.PointStruct]] = {USER: [], ITEM: []}
@@ -168,7 +163,7 @@ class QdrantStore(VectorStore):
         must_not = [models.HasIdCondition(has_id=[point_id(USER, exclude_user)])] if exclude_user else None
         should = None
         if interacted_with is not None:
-            should = [models.FieldCondition(key=f, match=models.MatchText(text=item_key(interacted_with)))
+            should = [models.FieldCondition(key=f, match=models.MatchValue(value=item_key(interacted_with)))
                       for f in REACTION_FIELDS]
         query_filter = models.Filter(must_not=must_not, should=should) if (must_not or should) else None
         hits = self.client.query_points(self.collections[USER], query=vector, limit=k, query_filter=query_filter,
@@ -205,9 +200,8 @@ class EdgeStore(VectorStore):
                 vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine),
                 hnsw_config=edge.HnswIndexConfig(**self.hnsw) if self.hnsw else None))
             for field, schema in (USER_INDEXES if kind == USER else ITEM_INDEXES).items():
-                shard.update(edge.UpdateOperation.create_field_index(field, edge.TextIndexParams(
-                    tokenizer=edge.TokenizerType.Whitespace, lowercase=False) if schema == "TEXT"
-                    else getattr(edge.PayloadSchemaType, schema.title())))
+                shard.update(edge.UpdateOperation.create_field_index(field, getattr(edge.PayloadSchemaType,
+                                                                                    schema.title())))
             self.shards[kind] = shard
 
     def upsert(self, records: list[VectorRecord], batch: int = 4096) -> int:
@@ -237,7 +231,7 @@ class EdgeStore(VectorStore):
         must_not = [edge.HasIdCondition({point_id(USER, exclude_user)})] if exclude_user else None
         should = None
         if interacted_with is not None:
-            should = [edge.FieldCondition(key=f, match=edge.MatchText(item_key(interacted_with)))
+            should = [edge.FieldCondition(key=f, match=edge.MatchValue(item_key(interacted_with)))
                       for f in REACTION_FIELDS]
         query_filter = edge.Filter(must_not=must_not, should=should) if (must_not or should) else None
         hits = self.shards[USER].query(edge.QueryRequest(limit=k, query=edge.Query.Nearest(vector),

@@ -52,10 +52,10 @@ class BrandIndex:
         else:
             self.by_key[item_key(item_id)] = brand
 
-    def reactions(self, brand: str | None, liked_keys: Sequence[str], disliked_keys: Sequence[str]
+    def reactions(self, brand: str | None, liked_keys: Sequence[int], disliked_keys: Sequence[int]
                   ) -> tuple[int, int] | None:
         """(liked, reacted): how many of the items behind ``liked_keys`` and ``disliked_keys`` (a user payload's
-        latest reactions, :func:`graph_updater.online.split_keys`) are of ``brand``; None when it is unknown."""
+        latest reactions, :func:`graph_updater.online.latest_keys`) are of ``brand``; None when it is unknown."""
         if brand is None:
             return None
         liked = sum(self.by_key.get(k) == brand for k in liked_keys)

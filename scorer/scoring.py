@@ -28,7 +28,6 @@ import structlog
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from graph_updater.online import split_keys
 from schemas.messages import CandidateExit, CtrScore, DegradedFlag, ExitTelemetry, ImpressionRequest
 from scorer.catalogue import LiveCatalogue
 from scorer.checkpoint import ModelCard
@@ -111,7 +110,7 @@ class ContextBuilder:
                 ctx.degraded.add(DegradedFlag.DEADLINE)
             budget_ms = min(budget_ms, remaining)
         user, history, rate, surprise, reacted = None, (), None, None, (np.zeros((0, 0)), np.zeros((0, 0)))
-        keys: tuple[list[str], list[str]] = ([], [])
+        keys: tuple[list[int], list[int]] = ([], [])
         if DegradedFlag.DEADLINE not in ctx.degraded:
             try:
                 user = self.retriever.user(request.user_id)
@@ -121,7 +120,7 @@ class ContextBuilder:
                     history = history_from_payload(user.payload, self.text_of, self.options.history_len)
                     rate = rate_from_payload(user.payload)
                     reacted, surprise = self.reaction_evidence(recent_reactions(user.payload))
-                    keys = (split_keys(user.payload.get("liked_keys")), split_keys(user.payload.get("disliked_keys")))
+                    keys = (user.payload.get("liked_keys") or [], user.payload.get("disliked_keys") or [])
             except Exception as exc:  # store unreachable or failing: score without it, say so
                 ctx.degraded.add(DegradedFlag.NO_RETRIEVAL)
                 log.warning("retrieval_failed", request_id=request.request_id, error=repr(exc)[:300])

@@ -88,5 +88,5 @@ def test_qdrant_server_store_round_trip():
                       VectorRecord(USER, "b", [0.9, 0.1, 0, 0], UserHistory().payload("b", 20))])
         vec, payload = store.get(USER, "a")
         np.testing.assert_allclose(vec, [1, 0, 0, 0], atol=1e-6)
-        assert payload["liked_keys"] == item_key("x")
+        assert payload["liked_keys"] == [item_key("x")]
         assert [n.user_id for n in store.similar_users([1, 0, 0, 0], k=5, interacted_with="x")] == ["a"]

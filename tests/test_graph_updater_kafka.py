@@ -15,7 +15,7 @@ from graph_updater import checkpoint
 from graph_updater.agent import updater_group
 from graph_updater.events import clicks_of
 from graph_updater.graph import ITEM, USER
-from graph_updater.online import item_key, split_keys
+from graph_updater.online import item_key
 from graph_updater.recovery import committed_offsets
 from graph_updater.service import prepare
 from schemas.codec import decode
@@ -98,7 +98,7 @@ async def test_replay_updates_vectors_and_dead_letters_bad_messages(settings, sp
     assert found is not None
     vector, payload = found
     assert np.linalg.norm(vector) > 0
-    assert set(split_keys(payload["liked_keys"])) == {item_key(i) for i in ref.histories[new_user].liked}
+    assert set(payload["liked_keys"]) == {item_key(i) for i in ref.histories[new_user].liked}
     assert payload["n_liked"] == len(ref.histories[new_user].liked)
     node = service.updater.graph.node(USER, new_user)
     expected = service.updater.graph.final(np.array([node]))[0]

@@ -141,22 +141,22 @@ def test_refine_moves_vectors_and_reports_them():
 
 
 def test_payload_keeps_the_latest_reactions_oldest_first():
-    from graph_updater.online import PAYLOAD_MAX_ITEMS, UserHistory, item_key, split_keys
+    from graph_updater.online import PAYLOAD_MAX_ITEMS, UserHistory, item_key
 
     h = UserHistory()
     for k in range(PAYLOAD_MAX_ITEMS + 50):
         h.record(f"e{k}", f"i{k}", 1, TS + k)
     h.record("late", "i0", 0, TS + 999)  # i0 moves from liked to disliked
     payload = h.payload("u", recent_n=3)
-    assert split_keys(payload["liked_keys"]) == [item_key(f"i{k}") for k in range(50, PAYLOAD_MAX_ITEMS + 50)]
-    assert payload["disliked_keys"] == item_key("i0")
+    assert payload["liked_keys"] == [item_key(f"i{k}") for k in range(50, PAYLOAD_MAX_ITEMS + 50)]
+    assert payload["disliked_keys"] == [item_key("i0")]
     assert (payload["n_liked"], payload["n_disliked"]) == (PAYLOAD_MAX_ITEMS + 49, 1)
     assert json.loads(payload["recent"])[-1] == ["i0", 0, TS + 999] and payload["last_ts"] == TS + 999
 
 
 def test_payload_key_lists_kept_up_to_date_equal_the_ones_computed_from_the_reactions():
     """The key lists follow each reaction instead of being rebuilt from up to 100 items per payload."""
-    from graph_updater.online import PAYLOAD_MAX_ITEMS, UserHistory, latest_keys, split_keys
+    from graph_updater.online import PAYLOAD_MAX_ITEMS, UserHistory, latest_keys
 
     rng = np.random.default_rng(3)
     h = UserHistory()
@@ -164,8 +164,8 @@ def test_payload_key_lists_kept_up_to_date_equal_the_ones_computed_from_the_reac
         h.record(f"e{k}", f"i{int(rng.integers(0, 2 * PAYLOAD_MAX_ITEMS))}", int(rng.random() < 0.7), TS + k)
         if k % 7 == 0:
             payload = h.payload("u", recent_n=5)
-            assert split_keys(payload["liked_keys"]) == latest_keys(h.liked)
-            assert split_keys(payload["disliked_keys"]) == latest_keys(h.disliked)
+            assert payload["liked_keys"] == latest_keys(h.liked)
+            assert payload["disliked_keys"] == latest_keys(h.disliked)
 
 
 def test_epoch_selection_keeps_the_embeddings_of_the_best_validation_score():

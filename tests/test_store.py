@@ -32,7 +32,7 @@ def test_upsert_get_count_and_overwrite(store):
     np.testing.assert_allclose(vec, [0, 1, 0, 0], atol=1e-6)  # cosine collections store unit vectors
     store.upsert([user("a", [0, 0, 3, 0], disliked=["y"])])
     vec, payload = store.get(USER, "a")
-    assert store.count(USER) == 1 and payload["disliked_keys"] == item_key("y") and payload["liked_keys"] == ""
+    assert store.count(USER) == 1 and payload["disliked_keys"] == [item_key("y")] and payload["liked_keys"] == []
     assert json.loads(payload["recent"]) == [["y", 0, 900_000_000_000]]
     np.testing.assert_allclose(vec, [0, 0, 1, 0], atol=1e-6)
     assert store.get(USER, "nobody") is None
@@ -53,3 +53,16 @@ def test_similar_users_ranking_exclusion_and_item_filter(store):
     assert [n.user_id for n in reacted] == ["mid", "far"]  # liked or disliked x, nearest first
     assert [n.reaction_to("x") for n in reacted] == [0, 1]
     assert ranked[0].reaction_to("x") is None
+
+
+def test_item_filter_sees_the_latest_100_reactions(store):
+    """A filter hits a key anywhere in a user's key lists, but only among the latest 100 per polarity (older
+    reactions leave the payload)."""
+    store.upsert([user("many", [1, 0, 0, 0], liked=[f"m{k}" for k in range(150)], disliked=["d"]),
+                  user("other", [0.9, 0.1, 0, 0], liked=["o"])])
+    store.optimize()
+    assert [n.user_id for n in store.similar_users([1, 0, 0, 0], k=5, interacted_with="m120")] == ["many"]
+    assert [n.user_id for n in store.similar_users([1, 0, 0, 0], k=5, interacted_with="d")] == ["many"]
+    assert store.similar_users([1, 0, 0, 0], k=5, interacted_with="m10") == []  # pushed out by 100 newer likes
+    (many,) = store.similar_users([1, 0, 0, 0], k=1)
+    assert [many.reaction_to(i) for i in ("m149", "m50", "d", "m10", "o")] == [1, 1, 0, None, None]
