@@ -54,6 +54,7 @@ from infra.runtime.app import create_topics
 from infra.runtime.logging import configure_logging
 from infra.runtime.settings import REPO_ROOT, Settings
 from scorer import quality
+from scorer.service import catalogue_embeddings_ready
 from worker.analytics import TopicReader, follow
 from worker.demo import ensure_checkpoint, ensure_model
 from worker.metrics import ScoreJoin, percentile
@@ -285,6 +286,10 @@ async def main_async(args) -> dict:
         "text_index_users": args.text_index_users, "retrieval_budget_ms": args.retrieval_budget_ms})
     work = base.cache_dir / "bench" / "e2e"
     work.mkdir(parents=True, exist_ok=True)
+    embedded = catalogue_embeddings_ready(base, args.dataset)  # no request pays a first-sight text embedding
+    if args.reference_checkpoint:
+        catalogue_embeddings_ready(base.model_copy(update={"scorer_checkpoint": args.reference_checkpoint}),
+                                   args.dataset)
     info = broker.start(work / "kafka")
     base = base.model_copy(update={"kafka_bootstrap": info.bootstrap})
     configs = {}
@@ -313,7 +318,7 @@ async def main_async(args) -> dict:
             "retrieval_budget_ms": args.retrieval_budget_ms, "candidates_per_request": 1,
             "warm_clicks": len(split.stream),
             "model": str(base.scorer_checkpoint),
-            "precision": precision, "quantization": precision,
+            "precision": precision, "quantization": precision, "catalogue_embeddings_saved": embedded,
             "configs": configs,
             **baseline_on_accuracy_rows(data, split, args.accuracy), **offline_auc(base, data, split, args.accuracy)}
 

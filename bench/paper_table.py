@@ -48,6 +48,7 @@ from infra.kafka import broker
 from infra.runtime.logging import configure_logging
 from infra.runtime.settings import Settings
 from scorer import quality
+from scorer.service import catalogue_embeddings_ready
 from worker.demo import ensure_checkpoint
 from worker.metrics import ScoreJoin, percentile
 from worker.prequential import PrequentialRun, clicks_by_request, run_prequential, run_waves
@@ -171,6 +172,7 @@ async def run_dataset(dataset: str, base: Settings, args, work: Path, kept: dict
         if name in LAYER_LR_DECAY and dataset not in args.dlr_datasets.split(","):
             continue
         model = paper_model(base, dataset, name, args)
+        catalogue_embeddings_ready(base.model_copy(update={"scorer_checkpoint": model}), dataset)
         print(f"{dataset} {name} ...", flush=True)
         entry["configs"][name] = await run_config(name, base.model_copy(update={"scorer_checkpoint": model}), split,
                                                   args, work)

@@ -44,9 +44,13 @@ class SentenceEncoder:
         self.model = AutoModel.from_pretrained(str(folder)).to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
         self.max_length = max_length
+        self.identity = self.identity_of(folder, max_length)
+
+    @staticmethod
+    def identity_of(folder: Path, max_length: int = 128) -> str:
+        """What a saved embedding is only valid for: the weights' config and the token limit."""
         config = (Path(folder) / "config.json").read_bytes()
-        # what a saved embedding is only valid for: these weights' config and the token limit
-        self.identity = f"{hashlib.sha256(config).hexdigest()[:12]}-{max_length}"
+        return f"{hashlib.sha256(config).hexdigest()[:12]}-{max_length}"
 
     @property
     def dim(self) -> int:
@@ -122,6 +126,8 @@ def content_match(inputs: PromptInputs, embeddings: TextEmbeddings) -> list[floa
     return [lm, dm, lm - dm if liked and disliked else 0.0, float(bool(liked)), float(bool(disliked))]
 
 
-def catalogue_embeddings_path(cache_dir: Path, catalogue: str, encoder: SentenceEncoder) -> Path:
-    """Where ``exitrec embed-catalogue`` keeps a catalogue's item-text embeddings for ``encoder``."""
-    return Path(cache_dir) / "embeddings" / f"{catalogue}-{encoder.identity}.npz"
+def catalogue_embeddings_path(cache_dir: Path, catalogue: str, encoder: SentenceEncoder | str) -> Path:
+    """Where ``exitrec embed-catalogue`` keeps a catalogue's item-text embeddings for ``encoder`` (or an
+    encoder's :meth:`SentenceEncoder.identity_of`)."""
+    identity = encoder if isinstance(encoder, str) else encoder.identity
+    return Path(cache_dir) / "embeddings" / f"{catalogue}-{identity}.npz"

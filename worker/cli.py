@@ -410,27 +410,9 @@ def eval_model(folder: Path, dataset: str, csv: Path | None, n_test: int) -> Non
 def embed_catalogue(dataset: str, csv: Path | None) -> None:
     """Embed the text of every item the dataset's interactions name, once, into <cache>/embeddings/: a scorer
     whose heads read content-match features starts from it instead of embedding each item on first sight."""
-    import time
+    from scorer.service import embed_catalogue as embed
 
-    from tqdm import tqdm
-
-    from graph_updater.datasets import dataset_key, load
-    from scorer import backbones
-    from scorer.content import SentenceEncoder, TextEmbeddings, catalogue_embeddings_path
-    from scorer.context import item_text
-
-    settings = _settings()
-    dataset = dataset_of(dataset, csv)
-    data = load(dataset, settings.data_dir)
-    embeddings = TextEmbeddings(SentenceEncoder(backbones.resolve("minilm", settings.cache_dir)))
-    texts = list(dict.fromkeys(item_text(data.item_text, str(item)) for item in dict.fromkeys(data.items)))
-    started = time.perf_counter()
-    for start in tqdm(range(0, len(texts), 4096), desc="embedding item texts", unit="x4096"):
-        embeddings.ensure(texts[start:start + 4096])
-    seconds = time.perf_counter() - started
-    path = embeddings.save(catalogue_embeddings_path(settings.cache_dir, dataset_key(dataset), embeddings.encoder))
-    click.echo(json.dumps({"path": str(path), "texts": len(texts), "seconds": round(seconds, 1),
-                           "texts_per_s": round(len(texts) / seconds, 1)}, indent=2))
+    click.echo(json.dumps(embed(_settings(), dataset_of(dataset, csv)), indent=2))
 
 
 @main.command("demo")
