@@ -4,7 +4,9 @@ Per micro-batch (up to ``scorer_batch_size`` requests, or what arrived within ``
 1. decode each record; an invalid one (or one whose key is not its user id) is dead-lettered to
    ``impressions.dlq`` with the reason and its original bytes;
 2. retrieval for every request (:meth:`Scorer.context`), on the event loop;
-3. the model scores all candidates in a worker thread (the loop keeps heartbeating to the group coordinator);
+3. the model scores all candidates in a worker thread (the loop keeps heartbeating to the group coordinator)
+   while the loop polls the next micro-batch and runs its retrieval (step 2), so retrieval and inference
+   overlap on two cores; batches still infer, publish and commit in order, one at most in flight;
 4. one ``ctr-scores`` message per candidate (key = user id) and one ``exit-telemetry`` message per request
    (key = request id) are sent and their delivery awaited;
 5. only then are the offsets committed: a scorer that dies mid-batch leaves the batch uncommitted and whoever
@@ -32,7 +34,7 @@ from infra.runtime.monitoring import WorkerMetrics
 from infra.runtime.settings import Settings
 from schemas.codec import decode_keyed, encode
 from schemas.messages import ExitTelemetry, ImpressionRequest
-from scorer.scoring import Scorer, now_ms
+from scorer.scoring import RequestContext, Scorer, now_ms
 
 log = structlog.get_logger("scorer")
 
@@ -82,23 +84,46 @@ class ImpressionLoop:
         self.topics, self.scorer, self.settings, self.stats = topics, scorer, settings, stats
         self.metrics = metrics or WorkerMetrics()
         self.metrics.serving(scorer.model_version)
+        self.last: asyncio.Task | None = None  # the latest batch's infer-and-publish task
 
     async def dead_letter(self, record: ConsumerRecord, err: Exception) -> None:
         await send_dead_letter(self.topics.impressions_dlq, record, err, "impression_dead_lettered")
         self.stats.dead_letters += 1
         self.metrics.dead_letters.labels(self.topics.impressions_dlq.get_topic_name()).inc()
 
-    async def process(self, records: Sequence[ConsumerRecord]) -> None:
-        """Dead-letter the invalid records, answer the valid ones. If answering the batch raises (a request that
-        passes validation but breaks scoring), the requests are retried one by one and those that still fail are
-        dead-lettered as ``ScoringError``: one poison request neither stops the worker nor takes its batch down."""
+    async def process(self, records: Sequence[ConsumerRecord]) -> asyncio.Task | None:
+        """Dead-letter the invalid records; build the valid ones' contexts (retrieval, on the event loop) and
+        return the task that infers and publishes them once the previous batch's task is done. Inference runs in
+        a thread, so :func:`~infra.runtime.batches.run_batches` polls the next batch and builds its contexts
+        meanwhile (the two cores overlap retrieval with the model). If answering the batch raises (a request
+        that passes validation but breaks scoring), the requests are retried one by one and those that still
+        fail are dead-lettered as ``ScoringError``: one poison request neither stops the worker nor takes its
+        batch down."""
         requests, bad = split_valid(records, parse_request)
         for record, err in bad:
             await self.dead_letter(record, err)
         if not requests:
-            return
+            return None
+        scorer = self.scorer  # one model per batch: a hot reload meanwhile takes effect from the next batch
+        taken = now_ms()
         try:
-            await self.answer(requests)
+            contexts: list[RequestContext] | Exception = [scorer.context(request, float(record.timestamp), taken)
+                                                          for request, record in requests]
+        except Exception as exc:
+            contexts = exc
+        self.last = asyncio.ensure_future(self.complete(scorer, requests, contexts, self.last))
+        return self.last
+
+    async def complete(self, scorer: Scorer, requests: list[tuple[ImpressionRequest, ConsumerRecord]],
+                       contexts: list[RequestContext] | Exception, previous: asyncio.Task | None) -> None:
+        """After ``previous`` (batches infer and publish in order): infer and publish ``contexts``, or, when
+        building them or answering failed, answer the requests one by one (see :meth:`process`)."""
+        if previous is not None:
+            await previous  # never raises: failures are handled below, in its own call
+        try:
+            if isinstance(contexts, Exception):
+                raise contexts
+            await self.publish(scorer, requests, contexts)
         except Exception as exc:
             log.error("impression_batch_failed", error=repr(exc)[:500], requests=len(requests))
             for one in requests:
@@ -108,9 +133,15 @@ class ImpressionLoop:
                     await self.dead_letter(one[1], ScoringError(repr(err)[:2000]))
 
     async def answer(self, requests: list[tuple[ImpressionRequest, ConsumerRecord]]) -> None:
-        scorer = self.scorer  # one model per batch: a hot reload meanwhile takes effect from the next batch
+        """Build the contexts of ``requests`` and publish their answers (one go, no pipelining)."""
+        scorer = self.scorer
         taken = now_ms()
-        contexts = [scorer.context(request, float(record.timestamp), taken) for request, record in requests]
+        await self.publish(scorer, requests, [scorer.context(request, float(record.timestamp), taken)
+                                              for request, record in requests])
+
+    async def publish(self, scorer: Scorer, requests: list[tuple[ImpressionRequest, ConsumerRecord]],
+                      contexts: list[RequestContext]) -> None:
+        """Infer (in a worker thread), produce every score and telemetry record and await their delivery."""
         inference = await asyncio.to_thread(scorer.infer, contexts)
         produced = now_ms()
         pending, answered = [], []

@@ -16,6 +16,7 @@ for ``getmany`` + commit (``bench/results/graph.json``, ``consume_*`` keys).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
@@ -66,12 +67,19 @@ async def partition_lags(consumer: AIOKafkaConsumer) -> dict[tuple[str, int], in
 
 
 async def run_batches(settings: Settings, topic: str, group: str, batch_size: int, wait_ms: int,
-                      process: Callable[[list[ConsumerRecord]], Awaitable[None]], name: str,
+                      process: Callable[[list[ConsumerRecord]], Awaitable[Awaitable[None] | None]], name: str,
                       listener: ConsumerRebalanceListener | None = None, metrics: WorkerMetrics | None = None
                       ) -> None:
     """Consume ``topic`` in group ``group`` batch by batch until cancelled (see the module docstring); ``name``
     prefixes the log events and labels the loop's series in ``metrics`` (lag per partition after every poll,
-    records and batch sizes)."""
+    records and batch sizes).
+
+    ``process(records)`` either finishes the batch (returns None) or starts it and returns an awaitable that
+    completes when the batch's outputs exist (a two-stage pipeline: the impression loop builds the contexts of
+    batch n+1 while batch n is in inference). While batch n is in flight the loop polls for the next records: if
+    they come first, batch n+1 is started and only then is batch n awaited; if batch n's outputs come first, it
+    is committed at once. So at most two batches are started and uncommitted, batches commit in order, and a
+    committed offset still never runs ahead of the outputs."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False,
         auto_offset_reset="earliest", max_poll_records=batch_size,
@@ -79,22 +87,43 @@ async def run_batches(settings: Settings, topic: str, group: str, batch_size: in
         heartbeat_interval_ms=max(500, int(settings.session_timeout_s * 250)))
     consumer.subscribe([topic], listener=listener)
     await consumer.start()
+    in_flight: tuple[asyncio.Future, dict[TopicPartition, int], int] | None = None
+    poll: asyncio.Future | None = None
+
+    async def commit(offsets: dict[TopicPartition, int], n: int) -> None:
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:  # partitions moved to another member
+            log.warning(f"{name}_commit_skipped", error=repr(exc)[:300], records=n)
+        if metrics is not None:
+            metrics.batch(name, n)
+
     try:
         while True:
-            batches = await consumer.getmany(timeout_ms=wait_ms, max_records=batch_size)
+            poll = asyncio.ensure_future(consumer.getmany(timeout_ms=wait_ms, max_records=batch_size))
+            if in_flight is not None:  # whichever comes first: the next records or the in-flight batch's outputs
+                await asyncio.wait({poll, in_flight[0]}, return_when=asyncio.FIRST_COMPLETED)
+                if in_flight[0].done():
+                    await in_flight[0]
+                    await commit(*in_flight[1:])
+                    in_flight = None
+            batches = await poll
             records = [r for part in batches.values() for r in part]
-            if not records:
-                if metrics is not None:
-                    metrics.partitions(name, await partition_lags(consumer))
-                continue
-            await process(records)
-            try:
-                await consumer.commit({TopicPartition(tp.topic, tp.partition): part[-1].offset + 1
-                                       for tp, part in batches.items() if part})
-            except (CommitFailedError, IllegalStateError) as exc:  # partitions moved to another member
-                log.warning(f"{name}_commit_skipped", error=repr(exc)[:300], records=len(records))
+            started = await process(records) if records else None
+            if in_flight is not None and records:  # the next batch is started: now wait for this one
+                await in_flight[0]
+                await commit(*in_flight[1:])
+                in_flight = None
+            if records:
+                offsets = {TopicPartition(tp.topic, tp.partition): part[-1].offset + 1
+                           for tp, part in batches.items() if part}
+                if started is None:
+                    await commit(offsets, len(records))
+                else:
+                    in_flight = (asyncio.ensure_future(started), offsets, len(records))
             if metrics is not None:
-                metrics.batch(name, len(records))
                 metrics.partitions(name, await partition_lags(consumer))
     finally:
+        if poll is not None:
+            poll.cancel()
         await consumer.stop()

@@ -1,0 +1,61 @@
+"""run_batches on the real broker: a pipelined batch is committed only once its outputs exist, in order, while
+the next batch is already being processed."""
+
+import asyncio
+
+from aiokafka import AIOKafkaProducer
+
+from graph_updater.recovery import committed_offsets
+from infra.runtime.app import create_topics
+from infra.runtime.batches import run_batches
+from tests.kafka_io import wait_for
+
+
+async def test_a_pipelined_batch_commits_after_its_outputs_and_in_order(settings):
+    settings = settings.model_copy(update={"topic_partitions": 1})
+    await create_topics(settings)
+    topic, group = settings.topic("impressions"), f"{settings.consumer_group}.batches"
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+
+    async def produce(values: range) -> None:
+        for v in values:
+            await producer.send_and_wait(topic, str(v).encode())
+
+    started: list[list[int]] = []
+    outputs: list[asyncio.Future] = []
+
+    async def process(records):
+        started.append([int(r.value) for r in records])
+        outputs.append(asyncio.get_running_loop().create_future())
+        return outputs[-1]
+
+    async def committed() -> int:
+        return (await committed_offsets(settings.kafka_bootstrap, group, topic)).get(0, 0)
+
+    await produce(range(3))
+    loop = asyncio.create_task(run_batches(settings, topic, group, 3, 50, process, "test"))
+    try:
+        await wait_for(lambda: len(started) == 1, 60, "the first batch")
+        await produce(range(3, 6))
+        await wait_for(lambda: len(started) == 2, 60, "a second batch, started while the first is in flight")
+        seen = [v for batch in started for v in batch]
+        assert seen == list(range(len(seen)))
+        await asyncio.sleep(1.0)
+        assert await committed() == 0  # the first batch's outputs do not exist yet: nothing committed
+        outputs[1].set_result(None)  # the second finishes first: still nothing, commits go in batch order
+        await asyncio.sleep(1.0)
+        assert await committed() == 0 and len(started) == 2  # and no third batch while the first is pending
+        outputs[0].set_result(None)
+        for _ in range(100):
+            for out in outputs:  # later batches (if the broker split the records differently) finish at once
+                if not out.done():
+                    out.set_result(None)
+            if await committed() == 6:
+                break
+            await asyncio.sleep(0.1)
+        assert await committed() == 6 and [v for batch in started for v in batch] == list(range(6))
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+        await producer.stop()
