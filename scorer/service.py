@@ -112,6 +112,7 @@ def embed_catalogue(settings: Settings, dataset: str, progress: bool = True) -> 
     data = load(dataset, settings.data_dir)
     embeddings = TextEmbeddings(SentenceEncoder(backbones.resolve("minilm", settings.cache_dir)))
     texts = list(dict.fromkeys(item_text(data.item_text, str(item)) for item in dict.fromkeys(data.items)))
+    texts.sort(key=len)  # encoder batches of similar lengths: little padding
     started = time.perf_counter()
     for start in tqdm(range(0, len(texts), 4096), desc="embedding item texts", unit="x4096", disable=not progress):
         embeddings.ensure(texts[start:start + 4096])
