@@ -20,10 +20,9 @@ import json
 import time
 from pathlib import Path
 
+from bench.graph_bench import bookcrossing_checkpoint, bookcrossing_stream
 from bench.machine import machine
 from graph_updater import checkpoint
-from graph_updater.datasets import load, time_split
-from graph_updater.events import clicks_of
 from graph_updater.online import parse_click
 from graph_updater.store import EdgeStore
 from infra.runtime.settings import Settings
@@ -39,15 +38,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "click_path.json")
     args = parser.parse_args()
     settings = Settings()
-    folder = settings.cache_dir / "bench" / "bookcrossing-85"
+    folder = bookcrossing_checkpoint(settings.cache_dir)
     if not (folder / "config.json").exists():
         raise SystemExit(f"no Book-Crossing graph checkpoint at {folder}: run python -m bench.graph_bench "
                          "--only ranking")
     if not settings.data_dir.exists():
         raise SystemExit(f"data directory not found: {settings.data_dir} (set EXITREC_DATA_DIR)")
     updater, _ = checkpoint.load(folder)
-    split = time_split(load("bookcrossing", settings.data_dir), train=0.85, stream=0.0)
-    records = [(c.user_id.encode(), encode(c)) for c in clicks_of(split.test, first_row=len(split.train))[:args.clicks]]
+    records = [(c.user_id.encode(), encode(c)) for c in bookcrossing_stream(settings.data_dir)[:args.clicks]]
     store = EdgeStore()
     store.ensure_collections(updater.graph.dim)
     store.upsert(updater.all_records())

@@ -44,6 +44,7 @@ from graph_updater.train import train_offline
 from infra.kafka import broker
 from infra.runtime.logging import configure_logging
 from infra.runtime.settings import Settings
+from schemas.messages import Click
 from worker.replay import publish
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -187,9 +188,20 @@ async def run_updater(settings: Settings, ckpt: Path, clicks, rate: float | None
             "freshness_ms": list(service.stats.freshness_ms), "upserts": service.stats.upserts}
 
 
-def streaming(base: Settings, ckpt: Path, data_dir: Path, quick: bool) -> tuple[dict, dict]:
+def bookcrossing_checkpoint(cache_dir: Path, quick: bool = False) -> Path:
+    """Where ``--only ranking`` saves the LightGCN trained on Book-Crossing's first 85% (the click-path parts
+    and ``bench.click_path`` start from it)."""
+    return cache_dir / "bench" / f"bookcrossing-85{'-quick' if quick else ''}"
+
+
+def bookcrossing_stream(data_dir: Path) -> list[Click]:
+    """The clicks of Book-Crossing's last 15%, after the checkpoint's history, in time order."""
     split = time_split(load("bookcrossing", data_dir), train=0.85, stream=0.0)
-    stream = clicks_of(split.test, first_row=len(split.train))
+    return clicks_of(split.test, first_row=len(split.train))
+
+
+def streaming(base: Settings, ckpt: Path, data_dir: Path, quick: bool) -> tuple[dict, dict]:
+    stream = bookcrossing_stream(data_dir)
     rate = 1000.0
     n_fresh = int(rate * (10 if quick else 60))
     tag = f"bench{int(time.time())}"
@@ -428,7 +440,7 @@ def main() -> None:
         raise DatasetError(f"data directory not found: {base.data_dir}")
     work = base.cache_dir / "bench" / f"graph-{int(time.time())}"
     work.mkdir(parents=True, exist_ok=True)
-    bx_ckpt = base.cache_dir / "bench" / f"bookcrossing-85{'-quick' if args.quick else ''}"
+    bx_ckpt = bookcrossing_checkpoint(base.cache_dir, args.quick)
     result: dict = json.loads(args.out.read_text()) if args.out.exists() and parts != set(PARTS) else {}
     result.update({"machine": machine(), "quick": args.quick, "command": "python -m bench.graph_bench"
                    + (" --quick" if args.quick else "") + ("" if parts == set(PARTS) else f" --only {args.only}")})

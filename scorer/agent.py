@@ -62,6 +62,12 @@ def parse_request(key: bytes | None, value: bytes | None) -> ImpressionRequest:
     return decode_keyed(ImpressionRequest, key, value)
 
 
+def contexts_of(scorer: Scorer, requests: list[tuple[ImpressionRequest, ConsumerRecord]]) -> list[RequestContext]:
+    """Every request's retrieval context, all taken at one instant, each enqueued at its record's timestamp."""
+    taken = now_ms()
+    return [scorer.context(request, float(record.timestamp), taken) for request, record in requests]
+
+
 class PartitionLog(ConsumerRebalanceListener):
     """Logs every assignment change: ops see which replica owns which partitions after a rebalance."""
 
@@ -105,10 +111,8 @@ class ImpressionLoop:
         if not requests:
             return None
         scorer = self.scorer  # one model per batch: a hot reload meanwhile takes effect from the next batch
-        taken = now_ms()
         try:
-            contexts: list[RequestContext] | Exception = [scorer.context(request, float(record.timestamp), taken)
-                                                          for request, record in requests]
+            contexts: list[RequestContext] | Exception = contexts_of(scorer, requests)
         except Exception as exc:
             contexts = exc
         self.last = asyncio.ensure_future(self.complete(scorer, requests, contexts, self.last))
@@ -135,9 +139,7 @@ class ImpressionLoop:
     async def answer(self, requests: list[tuple[ImpressionRequest, ConsumerRecord]]) -> None:
         """Build the contexts of ``requests`` and publish their answers (one go, no pipelining)."""
         scorer = self.scorer
-        taken = now_ms()
-        await self.publish(scorer, requests, [scorer.context(request, float(record.timestamp), taken)
-                                              for request, record in requests])
+        await self.publish(scorer, requests, contexts_of(scorer, requests))
 
     async def publish(self, scorer: Scorer, requests: list[tuple[ImpressionRequest, ConsumerRecord]],
                       contexts: list[RequestContext]) -> None:

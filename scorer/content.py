@@ -126,8 +126,7 @@ def content_match(inputs: PromptInputs, embeddings: TextEmbeddings) -> list[floa
     return [lm, dm, lm - dm if liked and disliked else 0.0, float(bool(liked)), float(bool(disliked))]
 
 
-def catalogue_embeddings_path(cache_dir: Path, catalogue: str, encoder: SentenceEncoder | str) -> Path:
-    """Where ``exitrec embed-catalogue`` keeps a catalogue's item-text embeddings for ``encoder`` (or an
-    encoder's :meth:`SentenceEncoder.identity_of`)."""
-    identity = encoder if isinstance(encoder, str) else encoder.identity
+def catalogue_embeddings_path(cache_dir: Path, catalogue: str, identity: str) -> Path:
+    """Where ``exitrec embed-catalogue`` keeps a catalogue's item-text embeddings for the encoder of ``identity``
+    (:meth:`SentenceEncoder.identity_of`)."""
     return Path(cache_dir) / "embeddings" / f"{catalogue}-{identity}.npz"

@@ -17,11 +17,13 @@ import asyncio
 import functools
 import json
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import faust
 import structlog
+from tqdm import tqdm
 
 from graph_updater.agent import UpdaterStats, register_updater
 from graph_updater.datasets import dataset_key, load
@@ -102,22 +104,19 @@ def load_scorer(settings: Settings, store: VectorStore) -> Scorer:
     return scorer
 
 
-def embed_catalogue(settings: Settings, dataset: str, progress: bool = True) -> dict:
+def embed_catalogue(settings: Settings, dataset: str) -> dict:
     """Embed the text of every item ``dataset``'s interactions name, once, into ``<cache>/embeddings/`` (what
     :func:`cached_embeddings` starts from); returns the path, the number of texts and the seconds it took."""
-    import time
-
-    from tqdm import tqdm
-
     data = load(dataset, settings.data_dir)
     embeddings = TextEmbeddings(SentenceEncoder(backbones.resolve("minilm", settings.cache_dir)))
     texts = list(dict.fromkeys(item_text(data.item_text, str(item)) for item in dict.fromkeys(data.items)))
     texts.sort(key=len)  # encoder batches of similar lengths: little padding
     started = time.perf_counter()
-    for start in tqdm(range(0, len(texts), 4096), desc="embedding item texts", unit="x4096", disable=not progress):
+    for start in tqdm(range(0, len(texts), 4096), desc="embedding item texts", unit="x4096"):
         embeddings.ensure(texts[start:start + 4096])
     seconds = time.perf_counter() - started
-    path = embeddings.save(catalogue_embeddings_path(settings.cache_dir, dataset_key(dataset), embeddings.encoder))
+    path = embeddings.save(catalogue_embeddings_path(settings.cache_dir, dataset_key(dataset),
+                                                     embeddings.encoder.identity))
     return {"path": str(path), "texts": len(texts), "seconds": round(seconds, 1),
             "texts_per_s": round(len(texts) / max(seconds, 1e-9), 1)}
 
@@ -142,7 +141,7 @@ def cached_embeddings(settings: Settings, encoder: SentenceEncoder) -> TextEmbed
     ``exitrec embed-catalogue`` wrote them (else every item text is embedded on first sight, on the request path:
     most of a fresh Book-Crossing worker's scoring time)."""
     embeddings = TextEmbeddings(encoder)
-    path = catalogue_embeddings_path(settings.cache_dir, dataset_key(settings.catalogue), encoder) \
+    path = catalogue_embeddings_path(settings.cache_dir, dataset_key(settings.catalogue), encoder.identity) \
         if settings.catalogue else None
     if path is not None and path.exists():
         log.info("catalogue_embeddings_loaded", texts=embeddings.load(path), path=str(path))

@@ -98,22 +98,26 @@ async def run_batches(settings: Settings, topic: str, group: str, batch_size: in
         if metrics is not None:
             metrics.batch(name, n)
 
+    async def settle() -> None:
+        """Wait for the in-flight batch's outputs, then commit it."""
+        nonlocal in_flight
+        outputs, offsets, n = in_flight
+        in_flight = None
+        await outputs
+        await commit(offsets, n)
+
     try:
         while True:
             poll = asyncio.ensure_future(consumer.getmany(timeout_ms=wait_ms, max_records=batch_size))
             if in_flight is not None:  # whichever comes first: the next records or the in-flight batch's outputs
                 await asyncio.wait({poll, in_flight[0]}, return_when=asyncio.FIRST_COMPLETED)
                 if in_flight[0].done():
-                    await in_flight[0]
-                    await commit(*in_flight[1:])
-                    in_flight = None
+                    await settle()
             batches = await poll
             records = [r for part in batches.values() for r in part]
             started = await process(records) if records else None
             if in_flight is not None and records:  # the next batch is started: now wait for this one
-                await in_flight[0]
-                await commit(*in_flight[1:])
-                in_flight = None
+                await settle()
             if records:
                 offsets = {TopicPartition(tp.topic, tp.partition): part[-1].offset + 1
                            for tp, part in batches.items() if part}
