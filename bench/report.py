@@ -102,8 +102,17 @@ def accuracy_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def versus(c: dict) -> str:
+    """``; +0.012 (−0.004 .. +0.027)``: the served AUC minus the baseline's on the same rows, with its interval."""
+    if "auc_minus_baseline" not in c:
+        return ""
+    low, high = c["auc_minus_baseline_ci95"]
+    return f"; {c['auc_minus_baseline']:+.3f} ({low:+.3f} .. {high:+.3f})"
+
+
 def e2e_table(results: list[dict]) -> str:
-    head = ("| dataset | configuration | requests/s (capacity) | p50 / p99 ms at offered rate | AUC (join) | "
+    head = ("| dataset | configuration | requests/s (capacity) | p50 / p99 ms at offered rate | AUC (join); "
+            "− baseline, 95% paired interval | "
             "log loss | ECE | retrieval p50 ms | mean exit layer | degraded (accuracy phase) |")
     lines = [head, "|" + "---|" * 10]
     for d in results:
@@ -119,7 +128,7 @@ def e2e_table(results: list[dict]) -> str:
             latency = f"{fmt(c['p50_ms'], 0)} / {fmt(c['p99_ms'], 0)} at {fmt(d['rate'], 0)}/s" + "".join(
                 f"; p99 {fmt(v, 0)} at {k.removeprefix('p99_ms_at_').removesuffix('rps')}/s" for k, v in high)
             lines.append(
-                f"| {d['dataset']} | `{name}` | {fmt(c['rps'], 1)} | {latency} | {fmt(c['auc'])} | "
+                f"| {d['dataset']} | `{name}` | {fmt(c['rps'], 1)} | {latency} | {fmt(c['auc'])}{versus(c)} | "
                 f"{fmt(c.get('logloss'))} | {fmt(c.get('ece'))} | {fmt(c['retrieval_p50_ms'], 2)} | "
                 f"{fmt(c['mean_exit_layer'], 2)} | {degraded} |")
             if "auc_fp32" in c:  # the same configuration served with the fp32 model, same rows
@@ -131,7 +140,7 @@ def e2e_table(results: list[dict]) -> str:
                 f"| {d['dataset']} | `gcn_exit` + SLO {fmt(slo['slo_ms'], 0)} ms, {fmt(slo['offered_rps'], 0)}/s "
                 f"offered (2× capacity) | {fmt(slo['answered_rps'], 1)} answered/s, {slo['answered']:,} / "
                 f"{slo['sent']:,} | {fmt(slo['p50_ms'], 0)} / {fmt(slo['p99_ms'], 0)} | {fmt(slo['auc'])} (baseline "
-                f"{fmt(slo['baseline_auc_same_rows'])}) | {fmt(slo.get('logloss'))} | — | — | "
+                f"{fmt(slo['baseline_auc_same_rows'])}){versus(slo)} | {fmt(slo.get('logloss'))} | — | — | "
                 f"{fmt(slo['mean_exit_layer'], 2)} | slo {slo['slo_flagged']:,} |")
     return "\n".join(lines)
 

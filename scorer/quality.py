@@ -6,9 +6,12 @@ r"""CTR quality metrics (pure numpy / scikit-learn): ranking, probability qualit
 - Expected calibration error over ``bins`` equal-width probability bins :math:`B_b`:
   :math:`\mathrm{ECE} = \sum_b \frac{|B_b|}{n}\,\bigl|\bar y_{B_b} - \bar p_{B_b}\bigr|` (0 = a ``ctr`` of 0.3
   means 30% clicks in every bin).
-- :func:`auc_drop_bound`: a one-sided paired bootstrap bound on :math:`\mathrm{AUC}(a) - \mathrm{AUC}(b)` for two
-  scores of the same rows: the ``level`` quantile of the difference over ``rounds`` resamples of the rows. Two
-  scores of one model differ on few rows, so the paired difference is far less noisy than either AUC.
+- :func:`paired_auc_differences`: :math:`\mathrm{AUC}(a) - \mathrm{AUC}(b)` for two scores of the same rows over
+  ``rounds`` bootstrap resamples of the rows. Both scores see the same resample, so the row-sampling noise they
+  share cancels: two scores of one model differ on few rows, and a model and a baseline of one test set are
+  compared on the rows, not on two draws of them.
+- :func:`auc_drop_bound`: the one-sided ``level`` quantile of those differences;
+  :func:`auc_difference_interval`: the two-sided ``level`` interval.
 """
 
 from __future__ import annotations
@@ -51,15 +54,33 @@ def report(labels: np.ndarray, p: np.ndarray) -> dict[str, float]:
             "n": len(labels)}
 
 
+def paired_auc_differences(labels: np.ndarray, a: np.ndarray, b: np.ndarray, rounds: int = 200, seed: int = 0
+                           ) -> np.ndarray:
+    """``AUC(a) - AUC(b)`` on each of ``rounds`` bootstrap resamples of the rows (resamples with one class only are
+    skipped)."""
+    labels, a, b = np.asarray(labels), np.asarray(a), np.asarray(b)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(rounds):
+        rows = rng.integers(0, len(labels), len(labels))
+        if len(np.unique(labels[rows])) == 2:
+            out.append(roc_auc_score(labels[rows], a[rows]) - roc_auc_score(labels[rows], b[rows]))
+    return np.array(out)
+
+
 def auc_drop_bound(labels: np.ndarray, reference: np.ndarray, candidate: np.ndarray, level: float = 0.95,
                    rounds: int = 200, seed: int = 0) -> float:
     """Upper ``level`` bound of ``AUC(reference) - AUC(candidate)`` by a paired bootstrap over the rows."""
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    drops = []
-    for _ in range(rounds):
-        rows = rng.integers(0, len(labels), len(labels))
-        if len(np.unique(labels[rows])) < 2:
-            continue
-        drops.append(roc_auc_score(labels[rows], reference[rows]) - roc_auc_score(labels[rows], candidate[rows]))
-    return float(np.quantile(drops, level)) if drops else float("inf")
+    drops = paired_auc_differences(labels, reference, candidate, rounds, seed)
+    return float(np.quantile(drops, level)) if len(drops) else float("inf")
+
+
+def auc_difference_interval(labels: np.ndarray, a: np.ndarray, b: np.ndarray, level: float = 0.95,
+                            rounds: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Two-sided ``level`` interval of ``AUC(a) - AUC(b)`` by a paired bootstrap over the rows (NaNs when no
+    resample has both classes)."""
+    diffs = paired_auc_differences(labels, a, b, rounds, seed)
+    if not len(diffs):
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2
+    return float(np.quantile(diffs, tail)), float(np.quantile(diffs, 1 - tail))
