@@ -32,7 +32,10 @@ Configurations (ablations):
 - ``default_bf16``: the default with the backbone in bf16 (AVX512-BF16 here): its states cached again, heads,
   calibration and exit rule fitted on them (``exitrec train-model --precision bf16``); ``precision`` in the
   JSON puts its AUC and requests/s beside fp32's, measured back to back;
-- ``default_int8``: the same with PyTorch's dynamic int8 Linear layers (``--precision int8``).
+- ``default_int8``: the same with PyTorch's dynamic int8 Linear layers (``--precision int8``);
+- ``graph_token``: the default plus a graph token (collaborative path "a", :mod:`scorer.model`: the user's and the
+  candidate's LightGCN vectors projected into the first input embedding), trained after the same heads through the
+  frozen backbone on the latest ``--graph-token-rows`` training rows (``exitrec train-model --graph-token-epochs``).
 
 The default configuration's seed-0 model is saved as a checkpoint (``--save-default``, by default
 ``<cache>/models/early-exit-<dataset>-minilm``, where ``exitrec train-model`` writes and the worker and the
@@ -63,9 +66,9 @@ from scorer import checkpoint, experiment, quality
 from scorer.calibration import HeadCalibration
 from scorer.checkpoint import with_precision
 from scorer.exit_rules import ExitRule, exit_points
-from scorer.features import ALL_FEATURES, COLLAB_SET, CONTENT_SET, FEATURES
+from scorer.features import ALL_FEATURES, COLLAB_SET, CONTENT_SET, FEATURES, graph_pairs
 from scorer.model import EarlyExitModel
-from scorer.train import Cached, cached_probabilities, calibrate, fit_heads, pooled_states
+from scorer.train import Cached, cached_probabilities, calibrate, fit_heads, head_probabilities, pooled_states, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # configuration: (prompt view, the features its heads read, backbone precision)
@@ -73,7 +76,9 @@ CONFIGS = {"text_only": ("text_only", (), "fp32"), "item_evidence": ("default", 
            "features": ("default", FEATURES, "fp32"), "content": ("default", CONTENT_SET, "fp32"),
            "collaborative": ("default", COLLAB_SET, "fp32"), "brand": ("default", ALL_FEATURES, "fp32"),
            "norag": ("norag", ALL_FEATURES, "fp32"),
-           "default_bf16": ("default", ALL_FEATURES, "bf16"), "default_int8": ("default", ALL_FEATURES, "int8")}
+           "default_bf16": ("default", ALL_FEATURES, "bf16"), "default_int8": ("default", ALL_FEATURES, "int8"),
+           "graph_token": ("default", ALL_FEATURES, "fp32")}
+GRAPH_TOKEN = "graph_token"  # the default plus a trained graph token (collaborative path "a")
 DEFAULT = "brand"
 LOWER_PRECISIONS = ("bf16", "int8")  # ``default_<p>``: the default's model at that backbone precision
 
@@ -112,17 +117,20 @@ def prompts_digest(enc) -> str:
     return h.hexdigest()
 
 
-def heads_model(backbone, features: tuple[str, ...], layers: list[int]) -> EarlyExitModel:
+def heads_model(backbone, features: tuple[str, ...], layers: list[int], graph_dim: int = 0) -> EarlyExitModel:
     return EarlyExitModel(backbone, layers if features else [x for x in layers if x > 0],
-                          n_features=len(features)).eval()
+                          n_features=len(features), graph_dim=graph_dim).eval()
 
 
-def with_features(data: dict[str, tuple], n: int) -> dict[str, tuple]:
-    """The view's splits with only the first ``n`` feature columns (none for ``n = 0``)."""
+def with_features(data: dict[str, tuple], n: int, sets=None, graph_dim: int = 0) -> dict[str, tuple]:
+    """The view's splits with only the first ``n`` feature columns (none for ``n = 0``) and, with ``graph_dim``,
+    the LightGCN pairs of ``sets``' samples (a graph-token model's input)."""
     out = {}
     for split, (enc, cached) in data.items():
         feats = enc.features[:, :n] if n else None
-        out[split] = (experiment.Encoded(enc.ids, enc.mask, enc.labels, feats),
+        graph = torch.from_numpy(graph_pairs([s.inputs for s in getattr(sets, split)], graph_dim)) \
+            if graph_dim else None
+        out[split] = (experiment.Encoded(enc.ids, enc.mask, enc.labels, feats, graph),
                       Cached(cached.pooled, feats, cached.labels))
     return out
 
@@ -131,13 +139,37 @@ def run_config(model: EarlyExitModel, data: dict, seed: int, args) -> tuple[dict
     """Train heads, calibrate, choose the exit rule; test metrics (full depth and exit) and test probabilities."""
     started = time.perf_counter()
     fit_heads(model, data["train"][1], data["val"][1], epochs=args.head_epochs, seed=seed, progress=False)
-    train_s = time.perf_counter() - started
+    return evaluate(model, data, cached_probabilities(model, data["val"][1]),
+                    cached_probabilities(model, data["test"][1]), time.perf_counter() - started, args)
+
+
+def run_graph_token(model: EarlyExitModel, data: dict, seed: int, args) -> tuple[dict, np.ndarray, ExitRule]:
+    """The same heads as :func:`run_config` (same seed, same cached states: a fresh graph token adds zero), then
+    the graph token and heads trained through the frozen backbone on the latest ``--graph-token-rows`` training
+    rows for up to ``--graph-token-epochs`` epochs, early stopping on validation AUC (the heads-only model is
+    epoch 0); then calibration, exit rule and test as :func:`run_config`."""
+    started = time.perf_counter()
+    fit_heads(model, data["train"][1], data["val"][1], epochs=args.head_epochs, seed=seed, progress=False)
+    train_enc, val_enc, test_enc = (data[split][0] for split in ("train", "val", "test"))
+    rows = slice(max(0, len(train_enc.ids) - args.graph_token_rows), None)
+    train(model, train_enc.ids[rows], train_enc.mask[rows], train_enc.labels[rows], train_enc.features[rows],
+          regime="graph_token", epochs=args.graph_token_epochs, lr=args.graph_token_lr, seed=seed,
+          val=(val_enc.ids, val_enc.mask, val_enc.features, val_enc.labels, val_enc.graph),
+          graph=train_enc.graph[rows], progress=True)
+    raw_val = head_probabilities(model, val_enc.ids, val_enc.mask, val_enc.features, graph=val_enc.graph)
+    raw_test = head_probabilities(model, test_enc.ids, test_enc.mask, test_enc.features, graph=test_enc.graph)
+    return evaluate(model, data, raw_val, raw_test, time.perf_counter() - started, args)
+
+
+def evaluate(model: EarlyExitModel, data: dict, raw_val: np.ndarray, raw_test: np.ndarray, train_s: float, args
+             ) -> tuple[dict, np.ndarray, ExitRule]:
+    """From the heads' raw validation and test probabilities: per-head Platt calibration and the exit rule on the
+    validation rows, test metrics at full depth and with early exit."""
     y_val = data["val"][1].labels.numpy()
-    raw_val = cached_probabilities(model, data["val"][1])
     model.calibration = HeadCalibration.fit(raw_val, y_val)
     val_probs = model.calibration.apply_all(raw_val)
     rule, curve = calibrate(val_probs, y_val, model.head_layers, args.rule, args.budget)
-    test_probs = model.calibration.apply_all(cached_probabilities(model, data["test"][1]))
+    test_probs = model.calibration.apply_all(raw_test)
     exits = exit_points(test_probs, rule)
     layers = np.array(model.head_layers)
     return {"exit": test_probs[np.arange(len(test_probs)), exits], "full": test_probs[:, -1],
@@ -147,11 +179,8 @@ def run_config(model: EarlyExitModel, data: dict, seed: int, args) -> tuple[dict
 
 
 def rps(model: EarlyExitModel, enc, rule: ExitRule, rows: int) -> float:
-    part = experiment.Encoded(enc.ids[:rows], enc.mask[:rows], enc.labels[:rows],
-                              None if enc.features is None else enc.features[:rows])
-    experiment.throughput(model, experiment.Encoded(part.ids[:32], part.mask[:32], part.labels[:32],
-                                                    None if part.features is None else part.features[:32]), rule)
-    return experiment.throughput(model, part, rule)[0]
+    experiment.throughput(model, enc.head(32), rule)
+    return experiment.throughput(model, enc.head(rows), rule)[0]
 
 
 def summarize(per_seed: list[dict], y: np.ndarray, warm: np.ndarray) -> dict:
@@ -254,6 +283,11 @@ def main() -> None:
     parser.add_argument("--rule", default="max_prob")
     parser.add_argument("--budget", type=float, default=0.002)
     parser.add_argument("--rps-rows", type=int, default=512)
+    parser.add_argument("--graph-token-rows", type=int, default=3000,
+                        help="graph_token: the latest training rows its token trains on (back-propagation through "
+                             "the backbone costs ~3 forward passes per row)")
+    parser.add_argument("--graph-token-epochs", type=int, default=2)
+    parser.add_argument("--graph-token-lr", type=float, default=1e-3)
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset of " + ",".join(CONFIGS))
     parser.add_argument("--merge", action="store_true",
                         help="keep the configurations of the existing accuracy_<dataset>.json that this run does not "
@@ -295,14 +329,16 @@ def main() -> None:
                          **{f"{split}_{part}": getattr(views[key][split][0], part).numpy()
                             for split in ("train", "val", "test") for part in ("features", "labels")})
         per_seed, models = [], []
+        graph_dim = experiment.graph_dim_of(sets.train) if name == GRAPH_TOKEN else 0
+        data = with_features(views[key], len(features), sets, graph_dim)
         for seed in range(args.seeds):
-            model = heads_model(backbones[precision].backbone, features, layers)
-            result, test_probs, rule = run_config(model, with_features(views[key], len(features)), seed, args)
+            model = heads_model(backbones[precision].backbone, features, layers, graph_dim)
+            result, test_probs, rule = (run_graph_token if graph_dim else run_config)(model, data, seed, args)
             per_seed.append(result)
             models.append((model, rule, test_probs))
         configs[name] = summarize(per_seed, y, warm)
         model, rule, test_probs = models[0]
-        enc = with_features(views[key], len(features))["test"][0]
+        enc = data["test"][0]
         configs[name]["rps"] = rps(model, enc, rule, args.rps_rows)
         configs[name]["rps_full"] = rps(model, enc, ExitRule(), args.rps_rows)
         configs[name]["speedup"] = configs[name]["rps"] / configs[name]["rps_full"]

@@ -57,7 +57,7 @@ def export(args) -> None:
                                   args.rows)
     embeddings = experiment.content_embeddings(settings.cache_dir) if needs_embeddings(card.features) else None
     enc = experiment.encode(tokenizer, sets.test, card.max_length, card.prior, embeddings=embeddings,
-                            names=card.features)
+                            names=card.features, graph_dim=card.graph_dim)
     _, cpu = experiment.throughput(model, enc, rule, batch_size=32)
     shutil.rmtree(INPUTS, ignore_errors=True)
     INPUTS.mkdir(parents=True)

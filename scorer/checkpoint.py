@@ -3,7 +3,8 @@
 Layout: ``config.json`` (base model reference, kind, head layers, pooling, max prompt tokens, whether the
 backbone was fine-tuned, the numeric features the heads read and the prior they are smoothed with, the chosen
 exit rule, the validation curve, metrics), ``heads.safetensors`` (heads and feature scale),
-``calibration.json`` (per-head probability maps, :mod:`scorer.calibration`), ``tokenizer/``, and ``backbone/``
+``calibration.json`` (per-head probability maps, :mod:`scorer.calibration`), ``tokenizer/``,
+``graph_token.safetensors`` only for a model with a graph token (``graph_dim`` > 0), and ``backbone/``
 (``save_pretrained``) only when the backbone was fine-tuned — a frozen backbone is re-resolved from its
 reference. Loading rebuilds the same modules, so outputs are identical; a folder lacking one of its files fails
 with a message naming it.
@@ -43,14 +44,17 @@ class ModelCard:
     features: list[str] = field(default_factory=list)  # scorer.features.FEATURES, or [] (text-only heads)
     prior: float = 0.5  # the positive rate the features' rates are smoothed towards
     precision: str = "fp32"  # backbone weights and activations at inference: fp32, bf16 or int8 (PRECISIONS)
+    graph_dim: int = 0  # LightGCN dimension a graph token reads (0: none; scorer.model.GraphToken)
     digest: str = ""  # of the trained files, set by :func:`load` (not stored): tells two trainings apart
 
     @property
     def version(self) -> str:
         features = f"+f{len(self.features)}" if self.features else ""
         precision = "" if self.precision == "fp32" else f"+{self.precision}"
+        graph = f"+g{self.graph_dim}" if self.graph_dim else ""
         digest = f"#{self.digest}" if self.digest else ""
-        return f"{Path(self.base_model).name}@{'-'.join(map(str, self.head_layers))}{features}{precision}{digest}"
+        return (f"{Path(self.base_model).name}@{'-'.join(map(str, self.head_layers))}{features}{graph}{precision}"
+                f"{digest}")
 
 
 CASTS = {"fp32": torch.float32, "bf16": torch.bfloat16}  # precisions that are a weight dtype
@@ -108,17 +112,18 @@ def content_digest(folder: Path) -> str:
     for key in WALL_CLOCK_METRICS:
         config.get("metrics", {}).pop(key, None)
     h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-    for name in (HEADS, calibration.FILE):
+    for name in (HEADS, calibration.FILE) + ((GRAPH_TOKEN,) if config.get("graph_dim") else ()):
         h.update((Path(folder) / name).read_bytes())
     return h.hexdigest()[:8]
 
 
 HEADS = "heads.safetensors"
+GRAPH_TOKEN = "graph_token.safetensors"  # the graph token's projection, when the model has one
 
 
 def readout_state(model: EarlyExitModel) -> dict[str, torch.Tensor]:
-    """Everything but the backbone: heads and feature scale."""
-    return {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.")}
+    """Heads and feature scale (neither the backbone nor the graph token)."""
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(("backbone.", "graph_token."))}
 
 
 def save(folder: Path, model: EarlyExitModel, tokenizer: PreTrainedTokenizerBase, card: ModelCard) -> Path:
@@ -128,6 +133,8 @@ def save(folder: Path, model: EarlyExitModel, tokenizer: PreTrainedTokenizerBase
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in readout_state(model).items()}, str(folder / HEADS))
+    if model.graph_token is not None:
+        save_file({k: v.contiguous() for k, v in model.graph_token.state_dict().items()}, str(folder / GRAPH_TOKEN))
     model.calibration.save(folder)
     tokenizer.save_pretrained(str(folder / "tokenizer"))
     if card.fine_tuned:
@@ -146,17 +153,20 @@ def load(folder: Path, cache_dir: Path, device: torch.device | str = "cpu"
     raw.pop("kind", None)
     raw.pop("digest", None)
     card = ModelCard(**raw)
-    for needed in (HEADS, calibration.FILE, "tokenizer") + (("backbone",) if card.fine_tuned else ()):
+    for needed in (HEADS, calibration.FILE, "tokenizer") + (("backbone",) if card.fine_tuned else ()) + \
+            ((GRAPH_TOKEN,) if card.graph_dim else ()):
         if not (folder / needed).exists():
             raise FileNotFoundError(f"{folder / needed} is missing: the checkpoint is incomplete; re-run "
                                     "exitrec train-model")
     source = folder / "backbone" if card.fine_tuned else backbones.resolve(card.base_model, cache_dir)
     backbone = AutoModel.from_pretrained(str(source), dtype=torch.float32)
-    model = EarlyExitModel(backbone, card.head_layers, card.pooling, len(card.features))
+    model = EarlyExitModel(backbone, card.head_layers, card.pooling, len(card.features), card.graph_dim)
     missing, unexpected = model.load_state_dict(load_file(str(folder / HEADS)), strict=False)
-    missing = [k for k in missing if not k.startswith("backbone.")]
+    missing = [k for k in missing if not k.startswith(("backbone.", "graph_token."))]
     if missing or unexpected:
         raise ValueError(f"{folder / HEADS} does not fit config.json: missing {missing}, unexpected {unexpected}")
+    if model.graph_token is not None:
+        model.graph_token.load_state_dict(load_file(str(folder / GRAPH_TOKEN)))
     model.calibration = calibration.HeadCalibration.load(folder)
     if len(model.calibration.platt) != len(card.head_layers):
         raise ValueError(f"{folder / calibration.FILE} has {len(model.calibration.platt)} head maps; the model "

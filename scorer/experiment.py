@@ -34,7 +34,7 @@ from scorer.catalogue import LiveCatalogue
 from scorer.content import SentenceEncoder, TextEmbeddings
 from scorer.context import item_text
 from scorer.exit_rules import ExitRule, FixedHeadRule
-from scorer.features import ALL_FEATURES, FEATURES, feature_matrix, smoothed_logit
+from scorer.features import ALL_FEATURES, FEATURES, feature_matrix, graph_pairs, smoothed_logit
 from scorer.model import EarlyExitModel
 from scorer.prompt import PromptInputs, build_prompt, build_prompts
 from scorer.quality import auc, logloss
@@ -56,6 +56,12 @@ class Encoded:
     mask: torch.Tensor
     labels: torch.Tensor
     features: torch.Tensor | None = None
+    graph: torch.Tensor | None = None  # LightGCN pairs (scorer.features.graph_pairs), for a graph-token model
+
+    def head(self, n: int) -> Encoded:
+        """The first ``n`` rows."""
+        return Encoded(*(None if t is None else t[:n] for t in (self.ids, self.mask, self.labels, self.features,
+                                                                 self.graph)))
 
 
 @dataclass
@@ -185,10 +191,10 @@ def view(sample: CtrSample, name: str) -> PromptInputs:
 
 def encode(tokenizer, samples: list[CtrSample], max_length: int, prior: float | None = None,
            view_name: str = "default", embeddings: TextEmbeddings | None = None,
-           names: Sequence[str] | None = None) -> Encoded:
+           names: Sequence[str] | None = None, graph_dim: int = 0) -> Encoded:
     """Prompts within ``max_length`` tokens (truncation order of :mod:`scorer.prompt`), tokenized and padded,
     and the numeric features ``names`` (:mod:`scorer.features`; default: all of them with ``embeddings``, the
-    first eight without) when ``prior`` is given."""
+    first eight without) when ``prior`` is given; with ``graph_dim`` the LightGCN pairs of a graph token."""
     def count(text: str) -> int:
         return len(tokenizer(text).input_ids)
 
@@ -200,14 +206,26 @@ def encode(tokenizer, samples: list[CtrSample], max_length: int, prior: float | 
     enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     names = names if names is not None else ALL_FEATURES if embeddings is not None else FEATURES
     features = None if prior is None else torch.from_numpy(feature_matrix(inputs, prior, names, embeddings))
-    return Encoded(enc["input_ids"], enc["attention_mask"], torch.tensor([s.label for s in samples]), features)
+    graph = torch.from_numpy(graph_pairs(inputs, graph_dim)) if graph_dim else None
+    return Encoded(enc["input_ids"], enc["attention_mask"], torch.tensor([s.label for s in samples]), features,
+                   graph)
+
+
+def graph_dim_of(samples: Sequence[CtrSample]) -> int:
+    """The LightGCN dimension of the samples' vectors (0 when none has one)."""
+    for s in samples:
+        for v in s.inputs.graph_vectors or ():
+            if v is not None:
+                return len(v)
+    return 0
 
 
 def new_model(reference: str, cache_dir: Path, head_layers: list[int] | None = None,
               device: torch.device | None = None, seed: int = 0, n_features: int = len(ALL_FEATURES),
-              precision: str = "fp32"):
-    """Backbone + freshly initialised heads (seeded, so runs do not depend on what consumed the RNG before); on
-    CPU the backbone runs at ``precision`` (:data:`scorer.checkpoint.PRECISIONS`), on a GPU in bf16."""
+              precision: str = "fp32", graph_dim: int = 0):
+    """Backbone + freshly initialised heads (seeded, so runs do not depend on what consumed the RNG before) and,
+    with ``graph_dim``, a graph token (zero at the start); on CPU the backbone runs at ``precision``
+    (:data:`scorer.checkpoint.PRECISIONS`), on a GPU in bf16."""
     from scorer.checkpoint import with_precision
 
     folder = backbones.resolve(reference, cache_dir)
@@ -219,7 +237,7 @@ def new_model(reference: str, cache_dir: Path, head_layers: list[int] | None = N
     if not n_features:
         layers = [layer for layer in layers if layer > 0]
     torch.manual_seed(seed)
-    model = EarlyExitModel(backbone, layers, n_features=n_features).to(device)
+    model = EarlyExitModel(backbone, layers, n_features=n_features, graph_dim=graph_dim).to(device)
     return (with_precision(model, precision) if device.type == "cpu" else model), tokenizer
 
 
@@ -228,7 +246,8 @@ def throughput(model: EarlyExitModel, data: Encoded, rule: ExitRule, batch_size:
     device = next(model.parameters()).device
     started = time.perf_counter()
     results = [model.predict(data.ids[s:s + batch_size].to(device), data.mask[s:s + batch_size].to(device), rule,
-                             None if data.features is None else data.features[s:s + batch_size])
+                             None if data.features is None else data.features[s:s + batch_size],
+                             graph=None if data.graph is None else data.graph[s:s + batch_size])
                for s in range(0, len(data.ids), batch_size)]
     elapsed = time.perf_counter() - started
     merged = type(results[0])(*(np.concatenate([getattr(r, f) for r in results])
@@ -244,8 +263,9 @@ def latencies_ms(model: EarlyExitModel, data: Encoded, rule: ExitRule, n: int) -
         length = int(data.mask[r].sum())
         ids, mask = data.ids[r:r + 1, :length].to(device), data.mask[r:r + 1, :length].to(device)
         features = None if data.features is None else data.features[r:r + 1]
+        graph = None if data.graph is None else data.graph[r:r + 1]
         started = time.perf_counter()
-        model.predict(ids, mask, rule, features)
+        model.predict(ids, mask, rule, features, graph=graph)
         out.append((time.perf_counter() - started) * 1000)
     return np.array(out)
 
@@ -273,14 +293,17 @@ def train_checkpoint(data_dir: Path, cache_dir: Path, dataset: str, backbone: st
                      n_val: int = 500, max_length: int = 128, head_layers: list[int] | None = None, epochs: int = 1,
                      head_epochs: int = 40, rule: str = "max_prob", budget: float = 0.002,
                      regime: str | None = None, precision: str = "auto", decay: float = 0.8,
-                     retriever: str = "gcn", text_index_users: int = 10_000) -> ExitRule:
+                     retriever: str = "gcn", text_index_users: int = 10_000, graph_token_epochs: int = 0,
+                     graph_token_lr: float = 1e-3) -> ExitRule:
     """Train on prequential RAG prompts and features (early stopping on validation AUC), fit each head's
     calibration and the exit rule on the validation rows (after the training rows in time), save the checkpoint
     at ``out`` (what ``exitrec train-model`` and the demo's first run do); return the chosen rule. ``decay``: the
     depth-aware learning rate's factor per block (:func:`scorer.train.depth_aware_groups`; full regime only).
     ``retriever``: the ``EXITREC_RETRIEVER`` the model will be served with; its prompts and features are what it
     trains on (a model trained on GCN neighbours and served without any sees inputs it never saw), recorded in
-    the card's metrics."""
+    the card's metrics. ``graph_token_epochs > 0``: the model gets a graph token (the collaborative path "a",
+    :mod:`scorer.model`), trained for up to that many epochs at ``graph_token_lr`` after the heads (regime
+    ``graph_token`` of :func:`scorer.train.train`; fp32 backbone)."""
     from scorer import checkpoint
     from scorer.train import calibrate, head_probabilities, train
 
@@ -290,27 +313,33 @@ def train_checkpoint(data_dir: Path, cache_dir: Path, dataset: str, backbone: st
     view_name = "norag" if retriever == "none" else "default"
     regime = regime or BACKBONE_DEFAULTS.get(backbone, {}).get("regime", "frozen")
     if precision == "auto":
-        precision = default_precision(regime)
-    if precision != "fp32" and regime != "frozen":
+        precision = "fp32" if graph_token_epochs else default_precision(regime)
+    if precision != "fp32" and (regime != "frozen" or graph_token_epochs):
         raise ValueError(f"precision {precision} serves a frozen backbone's heads; fine-tuning (regime full) "
-                         "trains in fp32")
-    model, tokenizer = new_model(backbone, cache_dir, head_layers, precision=precision)
+                         "and a graph token train through the backbone in fp32")
+    graph_dim = graph_dim_of(sets.train) if graph_token_epochs else 0
+    model, tokenizer = new_model(backbone, cache_dir, head_layers, precision=precision, graph_dim=graph_dim)
     embeddings = content_embeddings(cache_dir)
-    train_set = encode(tokenizer, sets.train, max_length, sets.prior, view_name, embeddings)
-    val = encode(tokenizer, sets.val, max_length, sets.prior, view_name, embeddings)
+    train_set = encode(tokenizer, sets.train, max_length, sets.prior, view_name, embeddings, graph_dim=graph_dim)
+    val = encode(tokenizer, sets.val, max_length, sets.prior, view_name, embeddings, graph_dim=graph_dim)
+    val_rows = (val.ids, val.mask, val.features, val.labels, val.graph)
     train(model, train_set.ids, train_set.mask, train_set.labels, train_set.features, regime=regime,
-          epochs=epochs if regime == "full" else head_epochs, decay=decay,
-          val=(val.ids, val.mask, val.features, val.labels))
-    raw = head_probabilities(model, val.ids, val.mask, val.features)
+          epochs=epochs if regime == "full" else head_epochs, decay=decay, val=val_rows, graph=train_set.graph)
+    if graph_token_epochs:
+        train(model, train_set.ids, train_set.mask, train_set.labels, train_set.features, regime="graph_token",
+              epochs=graph_token_epochs, lr=graph_token_lr, val=val_rows, graph=train_set.graph)
+    raw = head_probabilities(model, val.ids, val.mask, val.features, graph=val.graph)
     y_val = val.labels.numpy()
     model.calibration = HeadCalibration.fit(raw, y_val)
     val_probs = model.calibration.apply_all(raw)
     chosen, curve = calibrate(val_probs, y_val, model.head_layers, rule, budget)
     metrics = {"dataset": dataset, "n_train": len(sets.train), "n_val": len(sets.val), "regime": regime,
                "layer_lr_decay": decay if regime == "full" else None, "retriever": retriever,
+               "graph_token_epochs": graph_token_epochs,
                "val_heads": [quality.report(y_val, val_probs[:, j]) for j in range(val_probs.shape[1])],
                "train_seconds": round(time.perf_counter() - started, 1)}
     card = checkpoint.ModelCard(backbone, model.head_layers, model.pooling, max_length, regime == "full",
-                                chosen.to_dict(), curve, metrics, list(ALL_FEATURES), sets.prior, precision)
+                                chosen.to_dict(), curve, metrics, list(ALL_FEATURES), sets.prior, precision,
+                                graph_dim=graph_dim)
     checkpoint.save(out, model, tokenizer, card)
     return chosen

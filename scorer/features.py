@@ -44,6 +44,9 @@ rate, :math:`r_b = (s_b + k r_u)/(m_b + k)`:
 ``brand_count``             :math:`\ln(1+m_b)`
 ==========================  =================================================================================
 
+A model with a graph token (:mod:`scorer.model`) also reads :func:`graph_pairs`: per pair the user's and the
+candidate's LightGCN vectors scaled to unit length and concatenated, zeros for a missing one (a cold user or item).
+
 Feature sets are prefixes of :data:`ALL_FEATURES` (:data:`FEATURE_SETS`), so a checkpoint's list says which columns
 its heads read and older checkpoints keep working. Missing evidence (cold user, unknown item, no retrieval) is the
 prior and a zero count, never an error.
@@ -141,3 +144,15 @@ def feature_matrix(inputs: Sequence[PromptInputs], prior: float, names: Sequence
             row += brand(x, prior)
         rows.append(row)
     return np.array(rows, dtype=np.float32).reshape(len(inputs), len(names))
+
+
+def graph_pairs(inputs: Sequence[PromptInputs], dim: int) -> np.ndarray:
+    """``(n, 2·dim)`` float32: per pair ``[u/|u|; v/|v|]`` of the user's and the candidate's LightGCN vectors, zeros
+    for a missing one or one of another length (a graph checkpoint of another dimension)."""
+    out = np.zeros((len(inputs), 2 * dim), dtype=np.float32)
+    for row, x in enumerate(inputs):
+        for side, vector in enumerate(x.graph_vectors or (None, None)):
+            if vector is not None and len(vector) == dim:
+                v = np.asarray(vector, dtype=np.float64)
+                out[row, side * dim:(side + 1) * dim] = v / (np.linalg.norm(v) + 1e-12)
+    return out

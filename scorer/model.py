@@ -10,7 +10,17 @@ evidence :math:`x` (:mod:`scorer.features`, standardized with the training rows'
     \qquad P(\text{click}) = \mathrm{softmax}(z)_1
 
 so the cheapest exit costs no transformer block at all, and every deeper head starts from the classical
-evidence and adds what the text carries. Inference runs the blocks one at a time; after a block that carries a
+evidence and adds what the text carries.
+
+**Graph token** (the collaborative path "a", CoLLM-style; ``graph_dim > 0``): the user's and the candidate's
+LightGCN vectors, unit-scaled and concatenated (:func:`scorer.features.graph_pairs`, zeros for a missing one),
+are projected by a trained linear map into the backbone's input embedding space and added to the first token's
+input embedding, :math:`e_0 \leftarrow e_0 + P\,[\hat u;\ \hat v] + c`, so every block can attend to the
+collaborative signal beside the text. :math:`P` and :math:`c` start at zero: a model with a fresh graph token
+scores exactly as the same model without one, and training (backbone frozen, gradients through it) moves it only
+where validation AUC gains (:func:`scorer.train.train`, regime ``graph_token``).
+
+Inference runs the blocks one at a time; after a block that carries a
 head, the head scores the still-active samples, the calibration map of that head (:mod:`scorer.calibration`,
 when set) turns its probability into a frequency, the exit rule (:mod:`scorer.exit_rules`) picks the samples
 that stop, and the batch shrinks to the rest (FastBERT-style). Blocks past the last head are never run. Because
@@ -103,9 +113,24 @@ class ExitHead(nn.Module):
         return self.linear(torch.cat(parts, dim=-1))
 
 
+class GraphToken(nn.Module):
+    """``Linear(2·graph_dim -> hidden)``, zero at the start: what the pair's LightGCN vectors add to the first
+    token's input embedding."""
+
+    def __init__(self, graph_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.graph_dim = graph_dim
+        self.project = nn.Linear(2 * graph_dim, hidden)
+        nn.init.zeros_(self.project.weight)
+        nn.init.zeros_(self.project.bias)
+
+    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        return self.project(pairs.float())
+
+
 class EarlyExitModel(nn.Module):
     def __init__(self, backbone: PreTrainedModel, head_layers: list[int], pooling: str | None = None,
-                 n_features: int = 0) -> None:
+                 n_features: int = 0, graph_dim: int = 0) -> None:
         super().__init__()
         self.backbone = backbone
         self.kind = backbone_kind(backbone)
@@ -124,6 +149,7 @@ class EarlyExitModel(nn.Module):
         self.heads = nn.ModuleList(ExitHead(hidden if layer else 0, n_features) for layer in head_layers)
         self.register_buffer("feature_mean", torch.zeros(n_features))
         self.register_buffer("feature_std", torch.ones(n_features))
+        self.graph_token = GraphToken(graph_dim, hidden) if graph_dim else None
         self.calibration: HeadCalibration | None = None  # raw head probabilities until calibrated
 
     def set_feature_scale(self, features: torch.Tensor) -> None:
@@ -140,6 +166,20 @@ class EarlyExitModel(nn.Module):
         return (features.to(self.feature_mean.device).float() - self.feature_mean) / self.feature_std
 
     @property
+    def graph_dim(self) -> int:
+        return self.graph_token.graph_dim if self.graph_token is not None else 0
+
+    def with_graph_token(self, hidden: torch.Tensor, graph: torch.Tensor | None) -> torch.Tensor:
+        """Input embeddings with the graph token added to the first position (unchanged without one)."""
+        if self.graph_token is None:
+            return hidden
+        if graph is None or graph.shape[-1] != 2 * self.graph_dim or len(graph) != len(hidden):
+            raise ValueError(f"this model reads a graph pair of {2 * self.graph_dim} numbers per row; got "
+                             f"{None if graph is None else tuple(graph.shape)}")
+        token = self.graph_token(graph.to(hidden.device)).to(hidden.dtype)
+        return torch.cat([hidden[:, :1] + token.unsqueeze(1), hidden[:, 1:]], dim=1)
+
+    @property
     def block_heads(self) -> list[int]:
         """Indices of the heads that sit on a transformer block (every head but a layer-0 one)."""
         return [j for j, layer in enumerate(self.head_layers) if layer > 0]
@@ -153,13 +193,16 @@ class EarlyExitModel(nn.Module):
         return self.backbone.config.num_hidden_layers
 
     # ---- layer-by-layer execution ------------------------------------------------------------------------------
-    def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> LayerState:
+    def start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, graph: torch.Tensor | None = None
+              ) -> LayerState:
+        """The state before the first block: input embeddings (with the graph token when the model has one)."""
         config = self.backbone.config
         if self.kind == ENCODER:
-            hidden = self.backbone.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))
+            hidden = self.with_graph_token(
+                self.backbone.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids)), graph)
             block_mask = create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=attention_mask)
             return LayerState(hidden, attention_mask, block_mask)
-        hidden = self.backbone.embed_tokens(input_ids)
+        hidden = self.with_graph_token(self.backbone.embed_tokens(input_ids), graph)
         position_ids = torch.arange(hidden.shape[1], device=hidden.device).unsqueeze(0)
         block_mask = create_causal_mask(config=config, inputs_embeds=hidden, attention_mask=attention_mask,
                                         past_key_values=None, position_ids=position_ids)
@@ -194,10 +237,11 @@ class EarlyExitModel(nn.Module):
         return self.heads[j](pooled, scaled)
 
     # ---- training and full-depth scoring ---------------------------------------------------------------------
-    def pooled_per_head(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+    def pooled_per_head(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        graph: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Pooled hidden state at every block head's layer (no exit): the input of :meth:`forward` and of
         cached training (a layer-0 head has none)."""
-        state = self.start(input_ids, attention_mask)
+        state = self.start(input_ids, attention_mask, graph)
         pooled = []
         for layer in range(self.head_layers[-1]):
             state = self.step(state, layer)
@@ -213,9 +257,9 @@ class EarlyExitModel(nn.Module):
                             for j, layer in enumerate(self.head_layers)])
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                features: torch.Tensor | None = None) -> torch.Tensor:
+                features: torch.Tensor | None = None, graph: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of every head, ``(heads, n, 2)`` (full depth; training and evaluation)."""
-        return self.logits_from(self.pooled_per_head(input_ids, attention_mask), features)
+        return self.logits_from(self.pooled_per_head(input_ids, attention_mask, graph), features)
 
     def head_probability(self, j: int, logits: torch.Tensor) -> np.ndarray:
         """Click probability of head ``j`` from its logits, calibrated when the model has a calibration."""
@@ -225,9 +269,11 @@ class EarlyExitModel(nn.Module):
     # ---- early-exit inference --------------------------------------------------------------------------------
     @torch.inference_mode()
     def predict(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rule: ExitRule,
-                features: torch.Tensor | None = None, deadline: float | None = None) -> ExitResult:
+                features: torch.Tensor | None = None, deadline: float | None = None,
+                graph: torch.Tensor | None = None) -> ExitResult:
         """Score a batch with early exit: after each head, rows the rule releases leave the batch. A layer-0
-        head decides before any block runs; rows it releases never enter the backbone.
+        head decides before any block runs; rows it releases never enter the backbone. ``graph``: the rows'
+        LightGCN pairs, for a model with a graph token.
 
         ``deadline`` (a :func:`time.monotonic` instant) makes the answer anytime: at the first head reached at or
         after it, every row still active exits there, from the deepest head computed so far (``cut``)."""
@@ -258,7 +304,8 @@ class EarlyExitModel(nn.Module):
             if not keep.any():
                 return self._result(probs, exit_head, cut)
             input_ids, attention_mask, scaled = input_ids[keep], attention_mask[keep], scaled[keep]
-        state = self.start(input_ids, attention_mask)
+            graph = None if graph is None else graph[keep]
+        state = self.start(input_ids, attention_mask, graph)
         for layer in range(self.head_layers[-1]):
             state = self.step(state, layer)
             if layer + 1 != self.head_layers[j]:

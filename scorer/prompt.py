@@ -22,7 +22,9 @@ cold or not: a user with no history still gets item-level evidence; an item nobo
 could not be read) omits the line.
 
 ``affinity`` (the cosine of the user's and the candidate's LightGCN vectors), ``graph_match``, ``surprise`` and
-``brand_rate`` are not rendered: they reach the model as numbers (:mod:`scorer.features`), as do the counts above.
+``brand_rate`` are not rendered: they reach the model as numbers (:mod:`scorer.features`), as do the counts above;
+``graph_vectors`` (the two LightGCN vectors themselves) reach a model with a graph token as its input
+(:mod:`scorer.model`).
 
 Truncation order when the text exceeds ``budget`` tokens: (1) history lines are dropped oldest first, down to
 none; (2) the candidate's text is cut (by words, from the end) down to one word; (3) if the fixed lines alone
@@ -69,6 +71,8 @@ class PromptInputs:
     surprise: tuple[tuple[int, int, int], ...] | None = None
     # (liked, reacted) of the user's latest reactions to items of the candidate's brand (None: brand unknown)
     brand_rate: tuple[int, int] | None = None
+    # the user's and the candidate's LightGCN vectors (None: it has none), for a model's graph token
+    graph_vectors: tuple[Sequence[float] | None, Sequence[float] | None] | None = field(default=None, compare=False)
 
 
 def neighbour_line(evidence: NeighbourEvidence) -> str:

@@ -110,7 +110,7 @@ def build_samples(data: Interactions, rows: np.ndarray, vector_of: Callable[[str
                                   cosine(me, candidate), graph_match(candidate, *map(unit_rows, sides)),
                                   tuple(others_counts(y, sum(r for _, r in reactors[i]), len(reactors[i]))
                                         for i, y in latest.items()) if reactions[user] else None,
-                                  brands.reactions(brands.of(item), *keys))
+                                  brands.reactions(brands.of(item), *keys), (me, candidate))
             out[t] = CtrSample(user, item, label, inputs)
         recent[user].append((item, label))
         history[user].append((item_text(text, item), label))

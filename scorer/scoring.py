@@ -45,7 +45,7 @@ from scorer.context import (
     unit_rows,
 )
 from scorer.exit_rules import ExitRule
-from scorer.features import FEATURE_SETS, feature_matrix, needs_embeddings
+from scorer.features import FEATURE_SETS, feature_matrix, graph_pairs, needs_embeddings
 from scorer.model import EarlyExitModel
 from scorer.prompt import NeighbourEvidence, PromptInputs, PromptTooLong, build_prompt, build_prompts
 from scorer.retrievers import Retriever, UserView
@@ -127,7 +127,8 @@ class ContextBuilder:
         brands = self.catalogue.brands if isinstance(self.catalogue, LiveCatalogue) else None
         for item in request.item_ids:
             inputs = PromptInputs(self.text_of(item), history, None, rate, surprise=surprise,
-                                  brand_rate=None if brands is None else brands.reactions(brands.of(item), *keys))
+                                  brand_rate=None if brands is None else brands.reactions(brands.of(item), *keys),
+                                  graph_vectors=(None if user is None else user.graph_vector, None))
             if not ctx.degraded & {DegradedFlag.DEADLINE, DegradedFlag.NO_RETRIEVAL}:
                 inputs = self._candidate(ctx, inputs, user, item, started, budget_ms, reacted)
             ctx.inputs.append(inputs)
@@ -165,7 +166,8 @@ class ContextBuilder:
             else:
                 inputs = replace(inputs, item_rate=item_rate_from_payload(found.payload),
                                  affinity=cosine(user.graph_vector, found.vector) if user is not None else None,
-                                 graph_match=graph_match(found.vector, *reacted))
+                                 graph_match=graph_match(found.vector, *reacted),
+                                 graph_vectors=(None if user is None else user.graph_vector, found.vector))
             if user is None or user.vector is None or not self.options.n_neighbours:
                 return inputs
             if found is None:
@@ -228,6 +230,7 @@ class Scorer:
         inputs = [x for ctx in contexts for x in ctx.inputs]
         features = torch.from_numpy(feature_matrix(inputs, self.card.prior, self.card.features, self.embeddings)) \
             if self.card.features else None
+        graph = torch.from_numpy(graph_pairs(inputs, self.model.graph_dim)) if self.model.graph_dim else None
         n_heads = len(self.model.head_layers)
         probs = np.full((len(inputs), n_heads), np.nan)
         exit_layer = np.zeros(len(inputs), dtype=np.int64)
@@ -244,7 +247,8 @@ class Scorer:
         if early.any():
             placeholder = torch.zeros((int(early.sum()), 1), dtype=torch.long, device=self.device)
             result = self.model.predict(placeholder, torch.ones_like(placeholder), rule,
-                                        features[torch.from_numpy(early)])
+                                        features[torch.from_numpy(early)],
+                                        graph=None if graph is None else graph[torch.from_numpy(early)])
             probs[early], exit_layer[early], ctr[early] = result.probs, result.exit_layer, result.ctr
         prompted = np.flatnonzero(~early)
         texts = build_prompts([inputs[r] for r in prompted], self.count_many, self.card.max_length, self.prompt)
@@ -257,7 +261,8 @@ class Scorer:
             rule, deadline, relaxed = self.slo_rule(float(due_ms[rows].min()))
             begun = time.perf_counter()
             result = self.model.predict(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device),
-                                        rule, None if features is None else features[rows], deadline)
+                                        rule, None if features is None else features[rows], deadline,
+                                        None if graph is None else graph[rows])
             if options.latency_slo_ms is not None:
                 self.batch_ms = 0.8 * self.batch_ms + 0.2 * (time.perf_counter() - begun) * 1000.0 \
                     if self.batch_ms else (time.perf_counter() - begun) * 1000.0

@@ -7,12 +7,15 @@ Depth-aware learning rates (shallower layers higher): block :math:`l` (0-based) 
 :math:`\eta_l = \eta\,\gamma^{l}` with :math:`0 < \gamma \le 1`, the embeddings at :math:`\eta`, the heads at
 their own rate. Early heads must become decisive from few layers, so their layers move more.
 
-Two regimes: ``full`` fine-tunes backbone and heads (small encoders, with a GPU or patience); ``frozen`` keeps
+Three regimes: ``full`` fine-tunes backbone and heads (small encoders, with a GPU or patience); ``frozen`` keeps
 the backbone fixed, caches each head layer's pooled state once (one forward pass per sample), and trains only the
 heads on the cache for many epochs (the default on a CPU). Both start the heads from the logistic regression on
 the features (:func:`evidence_start`; the full regime did not until a 3,000-sample fine-tuning on Book-Crossing
 left its features-only head at validation AUC 0.63 against the frozen regime's 0.72) and stop early on
-validation AUC (mean over heads), the start counted as epoch 0: the state of the best epoch is kept.
+validation AUC (mean over heads), the start counted as epoch 0: the state of the best epoch is kept. The third,
+``graph_token``, trains a model's graph token (:mod:`scorer.model`) and its heads with the backbone frozen but
+back-propagated through, from the heads it has (the frozen regime's), so its epoch 0 is the model without the
+token.
 
 Exit calibration replays an exit rule over validation probabilities of all heads (calibrated probabilities, as
 served) for a grid of thresholds and keeps the one with the fewest expected layers whose AUC drop from full depth
@@ -68,7 +71,7 @@ def batches(n: int, size: int, rng: np.random.Generator | None = None):
 
 @torch.no_grad()
 def pooled_states(model: EarlyExitModel, ids: torch.Tensor, mask: torch.Tensor, batch_size: int = 32,
-                  progress: bool = True) -> list[torch.Tensor]:
+                  progress: bool = True, graph: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Pooled state at each block head's layer for every sample (backbone frozen), on the CPU.
 
     The outputs are allocated once and filled in place: keeping each batch's small result alive between the
@@ -78,7 +81,8 @@ def pooled_states(model: EarlyExitModel, ids: torch.Tensor, mask: torch.Tensor, 
     hidden = model.backbone.config.hidden_size
     out = [torch.empty(len(ids), hidden) for _ in model.block_heads]
     for rows in tqdm(list(batches(len(ids), batch_size)), desc="caching head-layer states", disable=not progress):
-        for j, pooled in enumerate(model.pooled_per_head(ids[rows].to(device), mask[rows].to(device))):
+        pairs = None if graph is None else graph[rows].to(device)
+        for j, pooled in enumerate(model.pooled_per_head(ids[rows].to(device), mask[rows].to(device), pairs)):
             out[j][rows] = pooled.float().cpu()
     return out
 
@@ -177,34 +181,50 @@ def fit_heads(model: EarlyExitModel, train_set: Cached, val_set: Cached | None =
 def train(model: EarlyExitModel, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor,
           features: torch.Tensor | None = None, *, regime: str = "full", epochs: int = 2, batch_size: int = 16,
           lr: float = 5e-5, decay: float = 0.8, head_lr: float = 1e-3, weights: Sequence[float] | None = None,
-          seed: int = 0, val: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None,
+          seed: int = 0, val: tuple | None = None, graph: torch.Tensor | None = None,
           progress: bool = True) -> list[float]:
-    """Train in place on prompts ``ids``/``mask`` with ``features`` (None for a model without them); ``val`` =
-    (ids, mask, features, labels) for early stopping. Returns the per-step losses."""
+    """Train in place on prompts ``ids``/``mask`` with ``features`` (None for a model without them) and, for a
+    model with a graph token, the rows' LightGCN pairs ``graph``; ``val`` = (ids, mask, features, labels[, graph])
+    for early stopping. Returns the per-step losses.
+
+    Regimes: ``frozen`` (heads on cached states), ``full`` (backbone and heads, from the evidence start), and
+    ``graph_token``: the graph token (at ``lr``) and the heads (at ``head_lr``) from the model's current heads
+    (typically fitted by the frozen regime first), the backbone frozen but back-propagated through."""
     labels = labels.long()
     if regime == "frozen":
         model.backbone.requires_grad_(False)
-        train_set = Cached(pooled_states(model, ids, mask, progress=progress), features, labels)
-        val_set = None if val is None else Cached(pooled_states(model, val[0], val[1], progress=progress),
-                                                  val[2], val[3])
+        train_set = Cached(pooled_states(model, ids, mask, progress=progress, graph=graph), features, labels)
+        val_set = None if val is None else Cached(
+            pooled_states(model, val[0], val[1], progress=progress, graph=val[4] if len(val) > 4 else None),
+            val[2], val[3])
         return fit_heads(model, train_set, val_set, epochs=epochs, batch_size=max(batch_size, 64),
                          head_lr=head_lr, weights=weights, seed=seed, progress=progress)
-    if regime != "full":
-        raise ValueError(f"regime must be 'full' or 'frozen', got {regime!r}")
+    if regime not in ("full", "graph_token"):
+        raise ValueError(f"regime must be 'full', 'frozen' or 'graph_token', got {regime!r}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     device = next(model.parameters()).device
-    if features is not None and model.n_features:
-        model.set_feature_scale(features)
-        evidence_start(model, features, labels)
-    opt = torch.optim.AdamW(depth_aware_groups(model, lr, decay, head_lr), weight_decay=0.01)
+    if regime == "graph_token":
+        if model.graph_token is None:
+            raise ValueError("regime graph_token trains a model's graph token: build it with graph_dim > 0")
+        model.backbone.requires_grad_(False)
+        groups = [{"params": list(model.heads.parameters()), "lr": head_lr},
+                  {"params": list(model.graph_token.parameters()), "lr": lr}]
+    else:
+        if features is not None and model.n_features:
+            model.set_feature_scale(features)
+            evidence_start(model, features, labels)
+        groups = depth_aware_groups(model, lr, decay, head_lr)
+        if model.graph_token is not None:
+            groups.append({"params": list(model.graph_token.parameters()), "lr": lr, "name": "graph_token"})
+    opt = torch.optim.AdamW(groups, weight_decay=0.01)
     losses: list[float] = []
     best, best_auc = None, -np.inf
 
     def keep_if_best() -> None:
         nonlocal best, best_auc
         model.eval()
-        probs = head_probabilities(model, *val[:3])
+        probs = head_probabilities(model, *val[:3], graph=val[4] if len(val) > 4 else None)
         score = float(np.mean([auc(val[3].numpy(), probs[:, j]) for j in range(probs.shape[1])]))
         if score > best_auc:
             best, best_auc = {k: v.detach().clone() for k, v in model.state_dict().items()}, score
@@ -213,14 +233,15 @@ def train(model: EarlyExitModel, ids: torch.Tensor, mask: torch.Tensor, labels: 
         keep_if_best()  # the start counts as epoch 0, as in the frozen regime
     for epoch in range(epochs):
         model.train()
-        for rows in tqdm(list(batches(len(labels), batch_size, rng)), desc=f"fine-tuning epoch {epoch + 1}",
+        for rows in tqdm(list(batches(len(labels), batch_size, rng)), desc=f"{regime} epoch {epoch + 1}",
                          disable=not progress):
             feats = None if features is None else features[rows].to(device)
-            loss = joint_loss(model(ids[rows].to(device), mask[rows].to(device), feats), labels[rows].to(device),
-                              weights)
+            pairs = None if graph is None else graph[rows].to(device)
+            loss = joint_loss(model(ids[rows].to(device), mask[rows].to(device), feats, pairs),
+                              labels[rows].to(device), weights)
             opt.zero_grad()
             loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
             opt.step()
             losses.append(loss.item())
         if val is not None:
@@ -233,15 +254,16 @@ def train(model: EarlyExitModel, ids: torch.Tensor, mask: torch.Tensor, labels: 
 
 @torch.no_grad()
 def head_probabilities(model: EarlyExitModel, ids: torch.Tensor, mask: torch.Tensor,
-                       features: torch.Tensor | None = None, batch_size: int = 32, progress: bool = False
-                       ) -> np.ndarray:
+                       features: torch.Tensor | None = None, batch_size: int = 32, progress: bool = False,
+                       graph: torch.Tensor | None = None) -> np.ndarray:
     """Raw (uncalibrated) click probability of every head at full depth, ``(n, heads)`` (filled in place, as
-    :func:`pooled_states` is)."""
+    :func:`pooled_states` is); ``graph``: the rows' LightGCN pairs for a model with a graph token."""
     device = next(model.parameters()).device
     out = np.empty((len(ids), len(model.head_layers)), dtype=np.float64)
     for rows in tqdm(list(batches(len(ids), batch_size)), desc="scoring all heads", disable=not progress):
         feats = None if features is None else features[rows]
-        logits = model(ids[rows].to(device), mask[rows].to(device), feats).float()
+        logits = model(ids[rows].to(device), mask[rows].to(device), feats,
+                       None if graph is None else graph[rows]).float()
         out[rows.numpy()] = torch.softmax(logits, -1)[..., 1].T.cpu().numpy()
     return out
 

@@ -97,11 +97,11 @@ def trained_checkpoint(split, tmp_path_factory) -> Path:
     return checkpoint.save(tmp_path_factory.mktemp("ckpt"), updater, split.train, {"dataset": "ml-100k"})
 
 
-@pytest.fixture(scope="session")
-def tiny_scorer_checkpoint(tmp_path_factory) -> Path:
+def tiny_scorer(folder: Path, graph_dim: int = 0) -> Path:
     """An early-exit checkpoint with a tiny BERT (2 layers, hidden 32, random weights), MiniLM's real tokenizer,
-    the numeric features and a layer-0 head: the whole serving path at a fraction of the cost. ``max_prob`` at
-    0.51 lets some rows exit early and sends the rest to the last head."""
+    the numeric features and a layer-0 head (and, with ``graph_dim``, a graph token with random weights): the whole
+    serving path at a fraction of the cost. ``max_prob`` at 0.51 lets some rows exit early and sends the rest to
+    the last head."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
@@ -115,11 +115,25 @@ def tiny_scorer_checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     backbone = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=128))
-    model = EarlyExitModel(backbone, [0, 1, 2], n_features=len(FEATURES))
+    model = EarlyExitModel(backbone, [0, 1, 2], n_features=len(FEATURES), graph_dim=graph_dim)
+    if graph_dim:
+        torch.nn.init.normal_(model.graph_token.project.weight)
     model.calibration = HeadCalibration.identity(3)
     card = model_checkpoint.ModelCard("tiny-bert", [0, 1, 2], model.pooling, 80, True,
-                                      {"rule": "max_prob", "threshold": 0.51}, features=list(FEATURES), prior=0.55)
-    return model_checkpoint.save(tmp_path_factory.mktemp("tiny-scorer"), model, tokenizer, card)
+                                      {"rule": "max_prob", "threshold": 0.51}, features=list(FEATURES), prior=0.55,
+                                      graph_dim=graph_dim)
+    return model_checkpoint.save(folder, model, tokenizer, card)
+
+
+@pytest.fixture(scope="session")
+def tiny_scorer_checkpoint(tmp_path_factory) -> Path:
+    return tiny_scorer(tmp_path_factory.mktemp("tiny-scorer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_graph_token_checkpoint(tmp_path_factory) -> Path:
+    """:func:`tiny_scorer` with a graph token over ``trained_checkpoint``'s 32-dimensional LightGCN vectors."""
+    return tiny_scorer(tmp_path_factory.mktemp("tiny-graph-token"), graph_dim=32)
 
 
 def isolated_settings(bootstrap: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:

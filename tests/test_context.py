@@ -13,7 +13,7 @@ from graph_updater.graph import ITEM, USER
 from graph_updater.store import embedded_copy
 from schemas.messages import DegradedFlag, ImpressionRequest
 from scorer.context import graph_match, others_counts, recent_reactions
-from scorer.features import FEATURES, features
+from scorer.features import FEATURES, features, graph_pairs
 from scorer.retrievers import GcnRetriever
 from scorer.scoring import ContextBuilder, ScorerOptions
 
@@ -58,6 +58,35 @@ def test_a_cold_user_still_gets_the_candidates_rate_and_a_warm_one_also_its_affi
     assert unknown.item_rate == (0, 0) and unknown.affinity is None and unknown.neighbours.reacted == 0
     named = dict(zip(FEATURES, features(known, 0.55), strict=True))
     assert named["has_affinity"] == 1.0 and named["item_count"] > 0
+
+
+def test_a_graph_token_reads_the_pairs_fresh_vectors_and_zeros_where_the_store_gave_none(state, monkeypatch):
+    """The context carries the user's and the candidate's LightGCN vectors as the store holds them; a graph-token
+    model reads them unit-scaled, and zeros for what is missing: an unknown item, a cold user, or an item read
+    that failed (the request is still scored, flagged)."""
+    updater, store = state
+    user, item = known_pair(updater)
+    (user_vector, _), (item_vector, _) = store.get(USER, user), store.get(ITEM, item)
+    dim = len(user_vector)
+    warm = builder(store).context(request(user, [item, "never-seen-item"]), 0.0, time.time() * 1000)
+    pairs = graph_pairs(warm.inputs, dim)
+    np.testing.assert_allclose(pairs[0], np.concatenate([user_vector / np.linalg.norm(user_vector),
+                                                         item_vector / np.linalg.norm(item_vector)]), atol=1e-6)
+    np.testing.assert_allclose(pairs[1, :dim], pairs[0, :dim])
+    assert not pairs[1, dim:].any()
+    cold = builder(store).context(request("never-seen", [item]), 0.0, time.time() * 1000)
+    assert not graph_pairs(cold.inputs, dim)[0, :dim].any() and graph_pairs(cold.inputs, dim)[0, dim:].any()
+    real_get = store.get
+
+    def items_unreachable(kind, external_id):
+        if kind == ITEM:
+            raise ConnectionError("items shard unreachable")
+        return real_get(kind, external_id)
+
+    monkeypatch.setattr(store, "get", items_unreachable)
+    failed = builder(store).context(request(user, [item]), 0.0, time.time() * 1000)
+    assert failed.degraded == {DegradedFlag.NO_RETRIEVAL}
+    assert graph_pairs(failed.inputs, dim)[0, :dim].any() and not graph_pairs(failed.inputs, dim)[0, dim:].any()
 
 
 def test_deadlines_in_the_future_short_and_past(state):

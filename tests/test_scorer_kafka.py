@@ -198,9 +198,11 @@ async def test_every_request_is_scored_and_bad_ones_dead_lettered(settings, spli
     assert len(join.total.latency_ms) == len(requests)
 
 
-async def test_store_failure_scores_without_neighbours(settings, split, trained_checkpoint, tiny_scorer_checkpoint):
-    """The vector store raising on every read: requests are still answered, flagged ``no_retrieval``."""
-    settings = worker_settings(settings, trained_checkpoint, tiny_scorer_checkpoint, metrics_port=0)
+@pytest.mark.parametrize("model", ["tiny_scorer_checkpoint", "tiny_graph_token_checkpoint"])
+async def test_store_failure_scores_without_neighbours(settings, split, trained_checkpoint, model, request):
+    """The vector store raising on every read: requests are still answered, flagged ``no_retrieval`` (a model
+    with a graph token reads zeros for the vectors it could not get)."""
+    settings = worker_settings(settings, trained_checkpoint, request.getfixturevalue(model), metrics_port=0)
     service = await prepare_worker(settings)
 
     def unreachable(*args, **kwargs):

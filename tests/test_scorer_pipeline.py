@@ -147,6 +147,23 @@ def test_platt_calibration_turns_scores_into_frequencies():
     assert quality.auc(y, fixed) == pytest.approx(quality.auc(y, squeezed))
 
 
+def test_paired_interval_separates_what_two_unpaired_aucs_cannot():
+    """Two scores of the same 400 rows that differ on a few rows: each AUC alone moves by several hundredths
+    between row draws, the paired interval of their difference is narrow, contains the point difference and
+    excludes 0; a score against itself gives exactly 0."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 400)
+    base = y + rng.normal(0, 1.2, 400)
+    better = base.copy()
+    better[:80] = y[:80] + rng.normal(0, 0.3, 80)  # sharper on a fifth of the rows
+    point = quality.auc(y, better) - quality.auc(y, base)
+    low, high = quality.auc_difference_interval(y, better, base)
+    assert 0 < low < point < high
+    single = quality.paired_auc_differences(y, base, np.zeros_like(base))  # AUC(base) - 0.5 per resample
+    assert high - low < np.quantile(single, 0.975) - np.quantile(single, 0.025)
+    assert quality.auc_difference_interval(y, base, base) == (0.0, 0.0)
+
+
 def test_frozen_regime_trains_only_the_heads(samples, tokenizer):
     ids, mask, labels, _ = encode(tokenizer, samples[:96])
     torch.manual_seed(0)
@@ -159,6 +176,51 @@ def test_frozen_regime_trains_only_the_heads(samples, tokenizer):
     assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in backbone_before.items())
     assert any(not torch.equal(v, model.heads.state_dict()[k]) for k, v in heads_before.items())
     assert model.predict(ids, mask, ExitRule()).ctr.shape == (96,)
+
+
+def test_graph_token_starts_as_no_token_trains_through_the_frozen_backbone_and_round_trips(samples, tokenizer,
+                                                                                        tmp_path):
+    """A fresh graph token adds zero (same scores as the model without one); the graph_token regime moves the
+    token and the heads, never the backbone, and feeds each row's own LightGCN pair (shuffling the pairs changes
+    the scores); early exit scores a row as alone; the checkpoint round-trips, names the token in its version,
+    and fails at load naming the token file when it is missing."""
+    dim = experiment.graph_dim_of(samples)
+    assert dim == 16
+    data = experiment.encode(tokenizer, samples, max_length=96, prior=PRIOR, graph_dim=dim)
+    assert data.graph.shape == (len(samples), 32) and (data.graph.abs().sum(1) > 0).float().mean() > 0.5
+    plain, model = tiny_bert(tokenizer.vocab_size), tiny_bert(tokenizer.vocab_size)
+    model = EarlyExitModel(plain.backbone, plain.head_layers, n_features=len(FEATURES), graph_dim=dim)
+    model.heads.load_state_dict(plain.heads.state_dict())
+    plain.eval(), model.eval()
+    args = (data.ids[:64], data.mask[:64], data.features[:64])
+    torch.testing.assert_close(model(*args, data.graph[:64]), plain(*args))
+    with pytest.raises(ValueError, match="graph pair"):
+        model(*args)
+    backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    val = (data.ids[200:], data.mask[200:], data.features[200:], data.labels[200:], data.graph[200:])
+    train(model, data.ids[:200], data.mask[:200], data.labels[:200], data.features[:200], regime="graph_token",
+          epochs=2, batch_size=32, lr=1e-2, graph=data.graph[:200], progress=False)  # no early stopping: it moves
+    assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in backbone_before.items())
+    assert model.graph_token.project.weight.abs().sum() > 0
+    shuffled = data.graph[:64][torch.randperm(64, generator=torch.Generator().manual_seed(0))]
+    assert not torch.allclose(model(*args, data.graph[:64]), model(*args, shuffled))
+    raw = head_probabilities(model, *val[:3], graph=val[4])
+    model.calibration = HeadCalibration.fit(raw, val[3].numpy())
+    rule = MaxProbRule(float(np.median(np.maximum(raw[:, 1], 1 - raw[:, 1]))))
+    together = model.predict(val[0], val[1], rule, val[2], graph=val[4])
+    for r in (0, 7, 42):
+        n = int(val[1][r].sum())
+        alone = model.predict(val[0][r:r + 1, :n], val[1][r:r + 1, :n], rule, val[2][r:r + 1], graph=val[4][r:r + 1])
+        np.testing.assert_allclose(alone.ctr[0], together.ctr[r], atol=1e-5)
+    card = checkpoint.ModelCard("tiny", model.head_layers, model.pooling, 96, fine_tuned=True, rule=rule.to_dict(),
+                                features=list(FEATURES), prior=PRIOR, graph_dim=dim)
+    checkpoint.save(tmp_path / "ckpt", model, tokenizer, card)
+    again, _, card2, _ = checkpoint.load(tmp_path / "ckpt", cache_dir=tmp_path)
+    assert "+f8+g16#" in card2.version
+    np.testing.assert_array_equal(again.predict(val[0], val[1], rule, val[2], graph=val[4]).ctr, together.ctr)
+    (tmp_path / "ckpt" / checkpoint.GRAPH_TOKEN).unlink()
+    with pytest.raises(FileNotFoundError, match=checkpoint.GRAPH_TOKEN):
+        checkpoint.load(tmp_path / "ckpt", cache_dir=tmp_path)
 
 
 def test_validation_rows_come_after_every_training_row():

@@ -347,13 +347,16 @@ def analytics(from_beginning: bool, duration: float | None, window: float, png: 
               help="backbone precision at inference; auto = bf16 for the frozen regime on a CPU with AVX512-BF16 "
                    "(same AUC, ~2x requests/s measured), else fp32; int8 = dynamic int8 Linear layers (CPU). Heads, "
                    "calibration and exit rule are fitted on it, the checkpoint records it (model_version +int8)")
+@click.option("--graph-token-epochs", default=0, show_default=True,
+              help="> 0: add a graph token (the user's and candidate's LightGCN vectors projected into the first "
+                   "input embedding) and train it, backbone frozen, for up to this many epochs after the heads (fp32)")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="checkpoint folder (default <cache>/models/early-exit-<dataset>-<backbone>)")
 @from_topic_options
 def train_model(dataset: str, csv: Path | None, backbone: str, n_train: int, n_val: int, max_length: int,
                 head_layers: str | None, regime: str | None, epochs: int, head_epochs: int, layer_lr_decay: float,
-                retriever: str, rule: str, budget: float, precision: str, out: Path | None, from_topic: bool,
-                until: int | None) -> None:
+                retriever: str, rule: str, budget: float, precision: str, graph_token_epochs: int, out: Path | None,
+                from_topic: bool, until: int | None) -> None:
     """Train the early-exit model on prequential RAG prompts and features, calibrate each head's probabilities and
     the exit rule on later validation rows, save a checkpoint."""
     from graph_updater.datasets import dataset_key
@@ -367,7 +370,7 @@ def train_model(dataset: str, csv: Path | None, backbone: str, n_train: int, n_v
                               n_val=n_val, max_length=max_length, head_layers=layers, epochs=epochs,
                               head_epochs=head_epochs, rule=rule, budget=budget, regime=regime, precision=precision,
                               decay=layer_lr_decay, retriever=retriever,
-                              text_index_users=settings.text_index_users)
+                              text_index_users=settings.text_index_users, graph_token_epochs=graph_token_epochs)
     click.echo(json.dumps({"checkpoint": str(out), "rule": chosen.to_dict()}, indent=2))
 
 
@@ -391,7 +394,7 @@ def eval_model(folder: Path, dataset: str, csv: Path | None, n_test: int) -> Non
     sets = experiment.sample_sets(dataset, settings.data_dir, settings.cache_dir, 1000, 0, n_test)  # baseline fit
     embeddings = experiment.content_embeddings(settings.cache_dir) if needs_embeddings(card.features) else None
     test = experiment.encode(tokenizer, sets.test, card.max_length, card.prior if card.features else None,
-                             embeddings=embeddings, names=card.features)
+                             embeddings=embeddings, names=card.features, graph_dim=card.graph_dim)
     y = test.labels.numpy()
     rps_full, full = experiment.throughput(model, test, ExitRule())
     rps_exit, exited = experiment.throughput(model, test, rule)
