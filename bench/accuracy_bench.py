@@ -158,7 +158,10 @@ def run_graph_token(model: EarlyExitModel, data: dict, seed: int, args) -> tuple
           graph=train_enc.graph[rows], progress=True)
     raw_val = head_probabilities(model, val_enc.ids, val_enc.mask, val_enc.features, graph=val_enc.graph)
     raw_test = head_probabilities(model, test_enc.ids, test_enc.mask, test_enc.features, graph=test_enc.graph)
-    return evaluate(model, data, raw_val, raw_test, time.perf_counter() - started, args)
+    result, test_probs, rule = evaluate(model, data, raw_val, raw_test, time.perf_counter() - started, args)
+    # 0 = early stopping kept the heads-only start: no epoch of the token beat it on validation AUC
+    result["graph_token_norm"] = float(model.graph_token.project.weight.norm())
+    return result, test_probs, rule
 
 
 def evaluate(model: EarlyExitModel, data: dict, raw_val: np.ndarray, raw_test: np.ndarray, train_s: float, args
@@ -204,6 +207,8 @@ def summarize(per_seed: list[dict], y: np.ndarray, warm: np.ndarray) -> dict:
             "mean_exit_layer": float(np.mean([r["mean_exit_layer"] for r in per_seed])),
             "heads_auc": np.mean([r["heads_auc"] for r in per_seed], axis=0).tolist(),
             "rules": [r["rule"] for r in per_seed], "train_s": mean(per_seed, "train_s"),
+            **({"graph_token_norms": [r["graph_token_norm"] for r in per_seed]} if "graph_token_norm" in per_seed[0]
+               else {}),
             "val_curve_seed0": per_seed[0]["val_curve"]}
 
 

@@ -233,6 +233,8 @@ def train(model: EarlyExitModel, ids: torch.Tensor, mask: torch.Tensor, labels: 
         keep_if_best()  # the start counts as epoch 0, as in the frozen regime
     for epoch in range(epochs):
         model.train()
+        if regime == "graph_token":  # a frozen backbone runs as it serves (no dropout): the heads were fitted so
+            model.backbone.eval()
         for rows in tqdm(list(batches(len(labels), batch_size, rng)), desc=f"{regime} epoch {epoch + 1}",
                          disable=not progress):
             feats = None if features is None else features[rows].to(device)

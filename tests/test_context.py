@@ -36,6 +36,18 @@ def known_pair(updater) -> tuple[str, str]:
     return user, item
 
 
+def fail_item_reads(store, monkeypatch) -> None:
+    """Every item read of ``store`` raises (an items shard unreachable); user reads still work."""
+    real_get = store.get
+
+    def items_unreachable(kind, external_id):
+        if kind == ITEM:
+            raise ConnectionError("items shard unreachable")
+        return real_get(kind, external_id)
+
+    monkeypatch.setattr(store, "get", items_unreachable)
+
+
 def request(user: str, items: list[str], **extra) -> ImpressionRequest:
     return ImpressionRequest(request_id="r", user_id=user, item_ids=items, ts=int(time.time() * 1000), **extra)
 
@@ -76,14 +88,7 @@ def test_a_graph_token_reads_the_pairs_fresh_vectors_and_zeros_where_the_store_g
     assert not pairs[1, dim:].any()
     cold = builder(store).context(request("never-seen", [item]), 0.0, time.time() * 1000)
     assert not graph_pairs(cold.inputs, dim)[0, :dim].any() and graph_pairs(cold.inputs, dim)[0, dim:].any()
-    real_get = store.get
-
-    def items_unreachable(kind, external_id):
-        if kind == ITEM:
-            raise ConnectionError("items shard unreachable")
-        return real_get(kind, external_id)
-
-    monkeypatch.setattr(store, "get", items_unreachable)
+    fail_item_reads(store, monkeypatch)
     failed = builder(store).context(request(user, [item]), 0.0, time.time() * 1000)
     assert failed.degraded == {DegradedFlag.NO_RETRIEVAL}
     assert graph_pairs(failed.inputs, dim)[0, :dim].any() and not graph_pairs(failed.inputs, dim)[0, dim:].any()
@@ -116,14 +121,7 @@ def test_retrieval_running_out_of_its_own_budget(state):
 def test_a_store_failing_on_item_reads_scores_without_them(state, monkeypatch):
     updater, store = state
     user, item = known_pair(updater)
-    real_get = store.get
-
-    def items_unreachable(kind, external_id):
-        if kind == ITEM:
-            raise ConnectionError("items shard unreachable")
-        return real_get(kind, external_id)
-
-    monkeypatch.setattr(store, "get", items_unreachable)
+    fail_item_reads(store, monkeypatch)
     ctx = builder(store).context(request(user, [item]), 0.0, time.time() * 1000)
     assert ctx.degraded == {DegradedFlag.NO_RETRIEVAL}
     assert ctx.inputs[0].item_rate is None and ctx.inputs[0].neighbours is None and ctx.inputs[0].rate[1] > 0
