@@ -164,10 +164,11 @@ class ContextBuilder:
             if found is None:
                 inputs = replace(inputs, item_rate=(0, 0))
             else:
+                user_vector = inputs.graph_vectors[0]  # the user's LightGCN vector, as read above (None: cold)
                 inputs = replace(inputs, item_rate=item_rate_from_payload(found.payload),
-                                 affinity=cosine(user.graph_vector, found.vector) if user is not None else None,
+                                 affinity=cosine(user_vector, found.vector),
                                  graph_match=graph_match(found.vector, *reacted),
-                                 graph_vectors=(None if user is None else user.graph_vector, found.vector))
+                                 graph_vectors=(user_vector, found.vector))
             if user is None or user.vector is None or not self.options.n_neighbours:
                 return inputs
             if found is None:

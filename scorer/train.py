@@ -191,11 +191,12 @@ def train(model: EarlyExitModel, ids: torch.Tensor, mask: torch.Tensor, labels: 
     ``graph_token``: the graph token (at ``lr``) and the heads (at ``head_lr``) from the model's current heads
     (typically fitted by the frozen regime first), the backbone frozen but back-propagated through."""
     labels = labels.long()
+    val_graph = val[4] if val is not None and len(val) > 4 else None
     if regime == "frozen":
         model.backbone.requires_grad_(False)
         train_set = Cached(pooled_states(model, ids, mask, progress=progress, graph=graph), features, labels)
         val_set = None if val is None else Cached(
-            pooled_states(model, val[0], val[1], progress=progress, graph=val[4] if len(val) > 4 else None),
+            pooled_states(model, val[0], val[1], progress=progress, graph=val_graph),
             val[2], val[3])
         return fit_heads(model, train_set, val_set, epochs=epochs, batch_size=max(batch_size, 64),
                          head_lr=head_lr, weights=weights, seed=seed, progress=progress)
@@ -224,7 +225,7 @@ def train(model: EarlyExitModel, ids: torch.Tensor, mask: torch.Tensor, labels: 
     def keep_if_best() -> None:
         nonlocal best, best_auc
         model.eval()
-        probs = head_probabilities(model, *val[:3], graph=val[4] if len(val) > 4 else None)
+        probs = head_probabilities(model, *val[:3], graph=val_graph)
         score = float(np.mean([auc(val[3].numpy(), probs[:, j]) for j in range(probs.shape[1])]))
         if score > best_auc:
             best, best_auc = {k: v.detach().clone() for k, v in model.state_dict().items()}, score

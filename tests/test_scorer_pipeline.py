@@ -188,7 +188,7 @@ def test_graph_token_starts_as_no_token_trains_through_the_frozen_backbone_and_r
     assert dim == 16
     data = experiment.encode(tokenizer, samples, max_length=96, prior=PRIOR, graph_dim=dim)
     assert data.graph.shape == (len(samples), 32) and (data.graph.abs().sum(1) > 0).float().mean() > 0.5
-    plain, model = tiny_bert(tokenizer.vocab_size), tiny_bert(tokenizer.vocab_size)
+    plain = tiny_bert(tokenizer.vocab_size)
     model = EarlyExitModel(plain.backbone, plain.head_layers, n_features=len(FEATURES), graph_dim=dim)
     model.heads.load_state_dict(plain.heads.state_dict())
     plain.eval(), model.eval()
