@@ -7,6 +7,7 @@ import base64
 import itertools
 import json
 import os
+import re
 import signal
 import time
 from collections import Counter
@@ -306,6 +307,9 @@ async def test_two_replicas_share_partitions_and_a_killed_one_loses_nothing(sett
     a_runs, b_runs = assignments(logs["a"]), assignments(logs["b"])
     assert any(len(p) == 4 for p in b_runs), "after the kill, the survivor took over every partition"
     assert len(a_runs) >= 2 and a_runs[-1] and b_runs[-1], "the restarted replica rejoined: both own partitions"
+    text_lines = [line for path in logs.values() for line in path.read_text(errors="replace").splitlines()
+                  if re.match(r"\[\d{4}-\d\d-\d\d ", line)]
+    assert not text_lines, f"faust and aiokafka log through the JSON handler, not mode's text format: {text_lines[:3]}"
 
 
 async def test_strict_prequential_replay_waits_for_each_wave_to_be_folded_in(settings, split, trained_checkpoint,

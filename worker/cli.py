@@ -13,6 +13,17 @@ from infra.runtime.logging import configure_logging
 from infra.runtime.settings import Settings, get_settings
 
 
+def serve(app, settings: Settings) -> None:
+    """Run ``app`` under a faust worker until interrupted, keeping the logging :func:`configure_logging` set up:
+    by default mode's worker replaces the root handler with its own coloured text format and, at WARNING or
+    above, sets the root logger to DEBUG for its terminal spinner, so that every debug call of faust and aiokafka
+    builds a log record (~10% of the event loop under load, measured with py-spy)."""
+    import faust
+
+    faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, override_logging=False
+                 ).execute_from_commandline()
+
+
 def _settings() -> Settings:
     settings = get_settings()
     configure_logging(settings.log_level)
@@ -245,20 +256,16 @@ def replay(dataset: str, csv: Path | None, part: str, rate: float | None, limit:
 @main.command("graph-updater")
 def graph_updater() -> None:
     """Run the click loop (in a faust worker) until interrupted: clicks -> LightGCN fold-in -> vector store."""
-    import faust
-
     from graph_updater.service import build, rebuild
 
     settings = _settings()
     state = asyncio.run(rebuild(settings))
     asyncio.set_event_loop(asyncio.new_event_loop())
     service = build(settings, *state)
-    faust.Worker(service.app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
+    serve(service.app, settings)
 
 
 def _run_worker(settings: Settings, follow_clicks: bool) -> None:
-    import faust
-
     from infra.runtime.monitoring import port_free
     from scorer.service import build_worker, rebuild_worker
 
@@ -269,7 +276,7 @@ def _run_worker(settings: Settings, follow_clicks: bool) -> None:
     state = asyncio.run(rebuild_worker(settings, follow_clicks))
     asyncio.set_event_loop(asyncio.new_event_loop())
     service = build_worker(settings, *state)
-    faust.Worker(service.app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
+    serve(service.app, settings)
 
 
 @main.command("worker")
