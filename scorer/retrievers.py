@@ -8,7 +8,8 @@
   and again, with a fresh embedding and payload, each time they are the requester.
 
 Both read the same user payload (history for prompts, reaction keys for the filter) and return
-:class:`~graph_updater.store.Neighbour` lists, so everything downstream is shared.
+:meth:`~graph_updater.store.VectorStore.neighbour_reactions` (the neighbours' reactions to the candidate, read
+without their payloads on qdrant-edge), so everything downstream is shared.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tqdm import tqdm
 
 from graph_updater.graph import ITEM, USER
 from graph_updater.online import VectorRecord
-from graph_updater.store import Neighbour, VectorStore
+from graph_updater.store import VectorStore
 from scorer.content import SentenceEncoder
 from scorer.context import history_from_payload
 
@@ -80,8 +81,9 @@ class Retriever(Protocol):
     def items(self, item_ids: list[str]) -> dict[str, ItemView]:
         """:meth:`item` of several items at once (the user's recent reactions), absent ones left out."""
 
-    def neighbours(self, user: UserView, item_id: str, k: int) -> list[Neighbour]:
-        """Top-``k`` users most similar to ``user`` among those who reacted to ``item_id``."""
+    def neighbour_reactions(self, user: UserView, item_id: str, k: int) -> list[int]:
+        """The reactions (1 liked, 0 disliked) to ``item_id`` of the top-``k`` users most similar to ``user``
+        among those who reacted to it, most similar first."""
 
 
 class GcnRetriever:
@@ -103,8 +105,8 @@ class GcnRetriever:
     def items(self, item_ids: list[str]) -> dict[str, ItemView]:
         return item_views(self.store, item_ids)
 
-    def neighbours(self, user: UserView, item_id: str, k: int) -> list[Neighbour]:
-        return self.store.similar_users(user.vector, k=k, exclude_user=user.user_id, interacted_with=item_id)
+    def neighbour_reactions(self, user: UserView, item_id: str, k: int) -> list[int]:
+        return self.store.neighbour_reactions(user.vector, item_id, k, exclude_user=user.user_id)
 
 
 def history_text(payload: dict, text_of, history_len: int) -> str:
@@ -150,8 +152,8 @@ class TextRetriever:
     def items(self, item_ids: list[str]) -> dict[str, ItemView]:
         return item_views(self.store, item_ids)
 
-    def neighbours(self, user: UserView, item_id: str, k: int) -> list[Neighbour]:
-        return self.text_store.similar_users(user.vector, k=k, exclude_user=user.user_id, interacted_with=item_id)
+    def neighbour_reactions(self, user: UserView, item_id: str, k: int) -> list[int]:
+        return self.text_store.neighbour_reactions(user.vector, item_id, k, exclude_user=user.user_id)
 
 
 def index_most_active(retriever: TextRetriever, histories: Mapping, limit: int, progress: bool = True) -> int:

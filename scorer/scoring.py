@@ -173,13 +173,13 @@ class ContextBuilder:
                 return inputs
             if found is None:
                 return replace(inputs, neighbours=evidence_from(()))
-            neighbours = self.retriever.neighbours(user, item, self.options.n_neighbours)
+            reactions = self.retriever.neighbour_reactions(user, item, self.options.n_neighbours)
         except Exception as exc:
             ctx.degraded.add(DegradedFlag.NO_RETRIEVAL)
             log.warning("retrieval_failed", request_id=ctx.request.request_id, error=repr(exc)[:300])
             return inputs
-        ctx.neighbours_used += len(neighbours)
-        return replace(inputs, neighbours=evidence_from(n.reaction_to(item) for n in neighbours))
+        ctx.neighbours_used += len(reactions)
+        return replace(inputs, neighbours=evidence_from(reactions))
 
 
 class Scorer:

@@ -211,6 +211,7 @@ async def test_store_failure_scores_without_neighbours(settings, split, trained_
 
     service.store.get = unreachable
     service.store.similar_users = unreachable
+    service.store.neighbour_reactions = unreachable
     service.store.count = unreachable
     requests = impressions_of(split.stream.take(slice(0, 20)), first_row=len(split.train), max_candidates=2)
     await service.app.start()

@@ -7,7 +7,7 @@ import pytest
 
 from graph_updater.graph import ITEM, USER
 from graph_updater.online import UserHistory, VectorRecord, item_key
-from graph_updater.store import open_store
+from graph_updater.store import VectorStore, open_store
 
 
 @pytest.fixture(params=["qdrant", "edge"])
@@ -53,6 +53,10 @@ def test_similar_users_ranking_exclusion_and_item_filter(store):
     assert [n.user_id for n in reacted] == ["mid", "far"]  # liked or disliked x, nearest first
     assert [n.reaction_to("x") for n in reacted] == [0, 1]
     assert ranked[0].reaction_to("x") is None
+    assert store.neighbour_reactions([1, 0, 0, 0], "x", k=5, exclude_user="me") == [0, 1]
+    assert store.neighbour_reactions([1, 0, 0, 0], "x", k=1, exclude_user="me") == [0]
+    assert store.neighbour_reactions([1, 0, 0, 0], "x", k=5) == [1, 0, 1]
+    assert store.neighbour_reactions([1, 0, 0, 0], "nobody-reacted", k=5) == []
 
 
 def test_item_filter_sees_the_latest_100_reactions(store):
@@ -64,5 +68,24 @@ def test_item_filter_sees_the_latest_100_reactions(store):
     assert [n.user_id for n in store.similar_users([1, 0, 0, 0], k=5, interacted_with="m120")] == ["many"]
     assert [n.user_id for n in store.similar_users([1, 0, 0, 0], k=5, interacted_with="d")] == ["many"]
     assert store.similar_users([1, 0, 0, 0], k=5, interacted_with="m10") == []  # pushed out by 100 newer likes
+    assert [store.neighbour_reactions([1, 0, 0, 0], i, k=5) for i in ("m120", "d", "m10")] == [[1], [0], []]
     (many,) = store.similar_users([1, 0, 0, 0], k=1)
     assert [many.reaction_to(i) for i in ("m149", "m50", "d", "m10", "o")] == [1, 1, 0, None, None]
+
+
+def test_neighbour_reactions_read_without_payloads_equal_the_payload_reading(store):
+    """The backend's own neighbour-reaction read (qdrant-edge: two payload-free queries) gives what reading the
+    neighbours' whole payloads gives, on 300 random users, items and queries."""
+    rng = np.random.default_rng(7)
+    records = []
+    for u in range(300):
+        items = rng.choice(40, size=rng.integers(1, 12), replace=False)
+        split = rng.integers(0, len(items) + 1)
+        records.append(user(f"u{u}", rng.normal(size=4), liked=[f"i{i}" for i in items[:split]],
+                            disliked=[f"i{i}" for i in items[split:]]))
+    store.upsert(records)
+    store.optimize()
+    read = [(rng.normal(size=4).tolist(), f"i{rng.integers(0, 40)}", f"u{rng.integers(0, 300)}") for _ in range(60)]
+    by_payload = [VectorStore.neighbour_reactions(store, v, item, 10, exclude_user=me) for v, item, me in read]
+    assert [store.neighbour_reactions(v, item, 10, exclude_user=me) for v, item, me in read] == by_payload
+    assert sum(map(len, by_payload)) > 300 and {r for rs in by_payload for r in rs} == {0, 1}
