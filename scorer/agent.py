@@ -8,7 +8,7 @@ Per micro-batch (up to ``scorer_batch_size`` requests, or what arrived within ``
    while the loop polls the next micro-batch and runs its retrieval (step 2), so retrieval and inference
    overlap on two cores; batches still infer, publish and commit in order, one at most in flight;
 4. one ``ctr-scores`` message per candidate (key = user id) and one ``exit-telemetry`` message per request
-   (key = request id) are sent and their delivery awaited;
+   (key = request id) are sent (:class:`~infra.runtime.outputs.OutputProducer`) and their delivery awaited;
 5. only then are the offsets committed: a scorer that dies mid-batch leaves the batch uncommitted and whoever
    owns the partitions next scores it again. Outputs carry the request id (and item id), so a consumer drops
    re-delivered duplicates by ``(request_id, item_id)`` / ``request_id``.
@@ -31,6 +31,7 @@ from aiokafka import ConsumerRebalanceListener, ConsumerRecord
 from infra.runtime.app import Topics
 from infra.runtime.batches import run_batches, send_dead_letter, split_valid
 from infra.runtime.monitoring import WorkerMetrics
+from infra.runtime.outputs import OutputProducer
 from infra.runtime.settings import Settings
 from schemas.codec import decode_keyed, encode
 from schemas.messages import ExitTelemetry, ImpressionRequest
@@ -91,6 +92,7 @@ class ImpressionLoop:
         self.metrics = metrics or WorkerMetrics()
         self.metrics.serving(scorer.model_version)
         self.last: asyncio.Task | None = None  # the latest batch's infer-and-publish task
+        self.outputs = OutputProducer(settings)  # started and stopped by run()
 
     async def dead_letter(self, record: ConsumerRecord, err: Exception) -> None:
         await send_dead_letter(self.topics.impressions_dlq, record, err, "impression_dead_lettered")
@@ -146,17 +148,16 @@ class ImpressionLoop:
         """Infer (in a worker thread), produce every score and telemetry record and await their delivery."""
         inference = await asyncio.to_thread(scorer.infer, contexts)
         produced = now_ms()
-        pending, answered = [], []
+        records, answered = [], []
+        scores_topic, telemetry_topic = self.topics.scores.get_topic_name(), self.topics.telemetry.get_topic_name()
         for (scores, telemetry), (_, record) in zip(scorer.outputs(contexts, inference, produced), requests,
                                                     strict=True):
             answered.append((telemetry, float(record.timestamp)))
-            for score in scores:
-                pending.append(await self.topics.scores.send(key=score.user_id.encode(), value=encode(score)))
-            pending.append(await self.topics.telemetry.send(key=telemetry.request_id.encode(),
-                                                            value=encode(telemetry)))
-            self.stats.requests += 1
-            self.stats.candidates += len(scores)
-        await asyncio.gather(*pending)
+            records += [(scores_topic, score.user_id.encode(), encode(score)) for score in scores]
+            records.append((telemetry_topic, telemetry.request_id.encode(), encode(telemetry)))
+        await self.outputs.send_all(records)
+        self.stats.requests += len(answered)
+        self.stats.candidates += sum(len(t.candidates) for t, _ in answered)
         self.observe(answered, inference.inference_ms, now_ms())
         self.stats.batches += 1
         log.debug("impression_batch", requests=len(requests), request_ids=[r.request_id for r, _ in requests[:5]],
@@ -176,8 +177,13 @@ class ImpressionLoop:
 
     async def run(self) -> None:
         s = self.settings
-        await run_batches(s, s.topic("impressions"), scorer_group(s), s.scorer_batch_size, s.scorer_batch_wait_ms,
-                          self.process, "impression", PartitionLog(s.replica_id), self.metrics)
+        await self.outputs.start()
+        try:
+            await run_batches(s, s.topic("impressions"), scorer_group(s), s.scorer_batch_size,
+                              s.scorer_batch_wait_ms, self.process, "impression", PartitionLog(s.replica_id),
+                              self.metrics)
+        finally:
+            await self.outputs.stop()
 
 
 def register_scorer(app: faust.App, topics: Topics, scorer: Scorer, settings: Settings,
