@@ -106,7 +106,7 @@ class DegradedFlag(StrEnum):
     COLD_USER = "cold_user"  # user has no LightGCN vector yet (never liked anything)
     COLD_ITEM = "cold_item"  # item has no LightGCN vector yet (never liked)
     DEADLINE = "deadline"  # deadline already passed when the request was taken
-    SLO = "slo"  # scored under latency-SLO pressure: exit rule relaxed, or answered from the deepest head so far
+    SLO = "slo"  # under latency-SLO pressure: retrieval shed, exit rule relaxed, or the deepest head so far
 
 
 class CandidateExit(BaseModel):

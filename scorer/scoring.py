@@ -59,7 +59,10 @@ class ScorerOptions:
     history_len: int = 10
     model_batch_size: int = 32
     retrieval_budget_ms: float = 50.0
-    latency_slo_ms: float | None = None  # SLO mode (see Scorer.infer); None = off
+    latency_slo_ms: float | None = None  # SLO mode (see Scorer.infer and ContextBuilder.context); None = off
+
+
+SHED_AFTER = 0.5  # SLO mode: a request taken after this share of its SLO has its retrieval shed
 
 
 @dataclass
@@ -101,7 +104,15 @@ class ContextBuilder:
         return item_text(self.catalogue, item_id)
 
     def context(self, request: ImpressionRequest, enqueued_ms: float, taken_ms: float) -> RequestContext:
+        """In SLO mode, a request that waited :data:`SHED_AFTER` of its SLO or more before it was taken has its
+        retrieval shed (flag ``slo``): the user's and each candidate's own payload and vector are read (rates,
+        counts, affinity, history, brand), the neighbour queries and the recent reactions' item reads (neighbour
+        rate, collaborative match, like surprise) are not: a backlog drains at the cheaper path's rate."""
         ctx = RequestContext(request, max(0.0, taken_ms - enqueued_ms), enqueued_ms)
+        slo = self.options.latency_slo_ms
+        shed = slo is not None and ctx.queue_ms >= SHED_AFTER * slo
+        if shed:
+            ctx.degraded.add(DegradedFlag.SLO)
         started = time.perf_counter()
         budget_ms = self.options.retrieval_budget_ms
         if request.deadline_ms is not None:
@@ -119,7 +130,8 @@ class ContextBuilder:
                 if user is not None:
                     history = history_from_payload(user.payload, self.text_of, self.options.history_len)
                     rate = rate_from_payload(user.payload)
-                    reacted, surprise = self.reaction_evidence(recent_reactions(user.payload))
+                    if not shed:
+                        reacted, surprise = self.reaction_evidence(recent_reactions(user.payload))
                     keys = (user.payload.get("liked_keys") or [], user.payload.get("disliked_keys") or [])
             except Exception as exc:  # store unreachable or failing: score without it, say so
                 ctx.degraded.add(DegradedFlag.NO_RETRIEVAL)
@@ -130,7 +142,7 @@ class ContextBuilder:
                                   brand_rate=None if brands is None else brands.reactions(brands.of(item), *keys),
                                   graph_vectors=(None if user is None else user.graph_vector, None))
             if not ctx.degraded & {DegradedFlag.DEADLINE, DegradedFlag.NO_RETRIEVAL}:
-                inputs = self._candidate(ctx, inputs, user, item, started, budget_ms, reacted)
+                inputs = self._candidate(ctx, inputs, user, item, started, budget_ms, reacted, shed)
             ctx.inputs.append(inputs)
         ctx.retrieval_ms = (time.perf_counter() - started) * 1000.0
         return ctx
@@ -151,9 +163,10 @@ class ContextBuilder:
         return (unit_rows(sides[1]), unit_rows(sides[0])), tuple(counts)
 
     def _candidate(self, ctx: RequestContext, inputs: PromptInputs, user: UserView | None, item: str,
-                   started: float, budget_ms: float, reacted: tuple[np.ndarray, np.ndarray]) -> PromptInputs:
+                   started: float, budget_ms: float, reacted: tuple[np.ndarray, np.ndarray],
+                   shed: bool = False) -> PromptInputs:
         """The candidate's own evidence (rate, affinity, match with the user's reactions), then the neighbours'
-        reactions to it."""
+        reactions to it (not when ``shed``)."""
         if (time.perf_counter() - started) * 1000.0 >= budget_ms:
             ctx.degraded.add(DegradedFlag.NO_RETRIEVAL)
             return inputs
@@ -169,7 +182,7 @@ class ContextBuilder:
                                  affinity=cosine(user_vector, found.vector),
                                  graph_match=graph_match(found.vector, *reacted),
                                  graph_vectors=(user_vector, found.vector))
-            if user is None or user.vector is None or not self.options.n_neighbours:
+            if shed or user is None or user.vector is None or not self.options.n_neighbours:
                 return inputs
             if found is None:
                 return replace(inputs, neighbours=evidence_from(()))

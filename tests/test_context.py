@@ -108,6 +108,24 @@ def test_deadlines_in_the_future_short_and_past(state):
     assert past.degraded == {DegradedFlag.DEADLINE} and past.inputs[0].rate is None
 
 
+def test_slo_mode_sheds_the_retrieval_of_a_request_that_waited_half_its_slo(state):
+    """SLO 100 ms: a request taken 40 ms after it was produced gets everything; one taken 60 ms after keeps the
+    user's and the candidate's own evidence and is flagged ``slo``, without neighbour or recent-reaction reads."""
+    updater, store = state
+    user, item = known_pair(updater)
+    slo = ContextBuilder(GcnRetriever(store), {}, ScorerOptions(retrieval_budget_ms=1e9, latency_slo_ms=100.0))
+    now = time.time() * 1000
+    fresh, late = (slo.context(request(user, [item]), now - waited, now) for waited in (40.0, 60.0))
+    full = builder(store).context(request(user, [item]), now - 60.0, now)
+    assert fresh.degraded == full.degraded == set() and fresh.inputs == full.inputs
+    assert late.degraded == {DegradedFlag.SLO} and late.neighbours_used == 0
+    cheap, whole = late.inputs[0], full.inputs[0]
+    assert (cheap.rate, cheap.item_rate, cheap.affinity, cheap.history) == (whole.rate, whole.item_rate,
+                                                                            whole.affinity, whole.history)
+    assert whole.neighbours.reacted > 0 and whole.surprise and whole.graph_match[0] is not None
+    assert cheap.neighbours is None and cheap.surprise is None and cheap.graph_match == (None, None)
+
+
 def test_retrieval_running_out_of_its_own_budget(state):
     updater, store = state
     user, _ = known_pair(updater)
