@@ -6,8 +6,7 @@ Per micro-batch (up to ``scorer_batch_size`` requests, or what arrived within ``
 2. retrieval for every request (:meth:`Scorer.context`), on the event loop;
 3. the model scores all candidates in a worker thread (the loop keeps heartbeating to the group coordinator)
    while the loop polls the next micro-batch and runs its retrieval (step 2), so retrieval and inference
-   overlap on two cores; what arrives meanwhile joins that next micro-batch (up to ``scorer_batch_size``)
-   until this one is answered; batches still infer, publish and commit in order, one at most in flight;
+   overlap on two cores; batches still infer, publish and commit in order, one at most in flight;
 4. one ``ctr-scores`` message per candidate (key = user id) and one ``exit-telemetry`` message per request
    (key = request id) are sent (:class:`~infra.runtime.outputs.OutputProducer`) and their delivery awaited;
 5. only then are the offsets committed: a scorer that dies mid-batch leaves the batch uncommitted and whoever
@@ -47,17 +46,6 @@ class ScoringError(RuntimeError):
 
 def scorer_group(settings: Settings) -> str:
     return f"{settings.consumer_group}.scorer"
-
-
-@dataclass
-class OpenBatch:
-    """A started micro-batch: the model answering it, its requests and their contexts (or the error building
-    them raised); ``sealed`` once its task begins answering, after which no request may join it."""
-
-    scorer: Scorer
-    requests: list[tuple[ImpressionRequest, ConsumerRecord]]
-    contexts: list[RequestContext] | Exception
-    sealed: bool = False
 
 
 @dataclass
@@ -104,7 +92,6 @@ class ImpressionLoop:
         self.metrics = metrics or WorkerMetrics()
         self.metrics.serving(scorer.model_version)
         self.last: asyncio.Task | None = None  # the latest batch's infer-and-publish task
-        self.open: OpenBatch | None = None  # the latest started batch (records join it until it is sealed)
         self.outputs = OutputProducer(settings)  # started and stopped by run()
 
     async def dead_letter(self, record: ConsumerRecord, err: Exception) -> None:
@@ -115,11 +102,10 @@ class ImpressionLoop:
     async def process(self, records: Sequence[ConsumerRecord]) -> asyncio.Task | None:
         """Dead-letter the invalid records; build the valid ones' contexts (retrieval, on the event loop) and
         return the task that infers and publishes them once the previous batch's task is done. Inference runs in
-        a thread, so :func:`~infra.runtime.batches.run_batches` polls meanwhile and the records it gets join this
-        batch (:meth:`extend`) until the previous batch is answered (the two cores overlap retrieval with the
-        model, and a batch holds what arrived during its predecessor's inference). If answering the batch raises
-        (a request that passes validation but breaks scoring), the requests are retried one by one and those that
-        still fail are dead-lettered as ``ScoringError``: one poison request neither stops the worker nor takes its
+        a thread, so :func:`~infra.runtime.batches.run_batches` polls the next batch and builds its contexts
+        meanwhile (the two cores overlap retrieval with the model). If answering the batch raises (a request
+        that passes validation but breaks scoring), the requests are retried one by one and those that still
+        fail are dead-lettered as ``ScoringError``: one poison request neither stops the worker nor takes its
         batch down."""
         requests, bad = split_valid(records, parse_request)
         for record, err in bad:
@@ -131,40 +117,19 @@ class ImpressionLoop:
             contexts: list[RequestContext] | Exception = contexts_of(scorer, requests)
         except Exception as exc:
             contexts = exc
-        self.open = OpenBatch(scorer, requests, contexts)
-        self.last = asyncio.ensure_future(self.complete(self.open, self.last))
+        self.last = asyncio.ensure_future(self.complete(scorer, requests, contexts, self.last))
         return self.last
 
-    async def extend(self, records: Sequence[ConsumerRecord]) -> bool:
-        """Add ``records`` to the latest started batch if it has not begun answering (True), dead-lettering the
-        invalid ones; False, with nothing done, when it has (or its contexts failed). Nothing is awaited between
-        the check and the append, so a batch never gains requests after its inference took them."""
-        batch = self.open
-        if batch is None or batch.sealed or isinstance(batch.contexts, Exception):
-            return False
-        requests, bad = split_valid(records, parse_request)
-        try:
-            contexts = contexts_of(batch.scorer, requests)
-        except Exception:
-            return False  # process() builds them again and handles the failure
-        batch.requests += requests
-        batch.contexts += contexts
-        for record, err in bad:
-            await self.dead_letter(record, err)
-        return True
-
-    async def complete(self, batch: OpenBatch, previous: asyncio.Task | None) -> None:
-        """After ``previous`` (batches infer and publish in order): seal ``batch`` and infer and publish its
-        contexts, or, when building them or answering failed, answer its requests one by one (see
-        :meth:`process`)."""
+    async def complete(self, scorer: Scorer, requests: list[tuple[ImpressionRequest, ConsumerRecord]],
+                       contexts: list[RequestContext] | Exception, previous: asyncio.Task | None) -> None:
+        """After ``previous`` (batches infer and publish in order): infer and publish ``contexts``, or, when
+        building them or answering failed, answer the requests one by one (see :meth:`process`)."""
         if previous is not None:
             await previous  # never raises: failures are handled below, in its own call
-        batch.sealed = True
-        requests, contexts = batch.requests, batch.contexts
         try:
             if isinstance(contexts, Exception):
                 raise contexts
-            await self.publish(batch.scorer, requests, contexts)
+            await self.publish(scorer, requests, contexts)
         except Exception as exc:
             log.error("impression_batch_failed", error=repr(exc)[:500], requests=len(requests))
             for one in requests:
@@ -216,7 +181,7 @@ class ImpressionLoop:
         try:
             await run_batches(s, s.topic("impressions"), scorer_group(s), s.scorer_batch_size,
                               s.scorer_batch_wait_ms, self.process, "impression", PartitionLog(s.replica_id),
-                              self.metrics, extend=self.extend)
+                              self.metrics)
         finally:
             await self.outputs.stop()
 

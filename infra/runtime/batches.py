@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
 import faust
@@ -67,32 +66,20 @@ async def partition_lags(consumer: AIOKafkaConsumer) -> dict[tuple[str, int], in
     return out
 
 
-@dataclass
-class Started:
-    """A batch whose outputs are on their way: the awaitable they complete, the offsets it covers, its size."""
-
-    outputs: asyncio.Future
-    offsets: dict[TopicPartition, int]
-    n: int
-
-
 async def run_batches(settings: Settings, topic: str, group: str, batch_size: int, wait_ms: int,
                       process: Callable[[list[ConsumerRecord]], Awaitable[Awaitable[None] | None]], name: str,
-                      listener: ConsumerRebalanceListener | None = None, metrics: WorkerMetrics | None = None,
-                      extend: Callable[[list[ConsumerRecord]], Awaitable[bool]] | None = None) -> None:
+                      listener: ConsumerRebalanceListener | None = None, metrics: WorkerMetrics | None = None
+                      ) -> None:
     """Consume ``topic`` in group ``group`` batch by batch until cancelled (see the module docstring); ``name``
     prefixes the log events and labels the loop's series in ``metrics`` (lag per partition after every poll,
     records and batch sizes).
 
     ``process(records)`` either finishes the batch (returns None) or starts it and returns an awaitable that
     completes when the batch's outputs exist (a two-stage pipeline: the impression loop builds the contexts of
-    batch n+1 while batch n is in inference). While batch n is in flight the loop keeps polling: the first records
-    start batch n+1, and, when ``extend`` is given, later ones join it through ``extend(records)`` (True: taken)
-    until it holds ``batch_size`` records or batch n's outputs exist, so a batch gathers what arrived during its
-    predecessor's inference instead of only the first poll's records. When batch n's outputs exist it is
-    committed, and n+1 is the batch in flight. So at most two batches are started and uncommitted, batches commit
-    in order, and a committed offset never runs ahead of the outputs; ``extend`` must refuse records once the
-    batch it would add them to has begun its outputs."""
+    batch n+1 while batch n is in inference). While batch n is in flight the loop polls for the next records: if
+    they come first, batch n+1 is started and only then is batch n awaited; if batch n's outputs come first, it
+    is committed at once. So at most two batches are started and uncommitted, batches commit in order, and a
+    committed offset still never runs ahead of the outputs."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False,
         auto_offset_reset="earliest", max_poll_records=batch_size,
@@ -100,8 +87,7 @@ async def run_batches(settings: Settings, topic: str, group: str, batch_size: in
         heartbeat_interval_ms=max(500, int(settings.session_timeout_s * 250)))
     consumer.subscribe([topic], listener=listener)
     await consumer.start()
-    in_flight: Started | None = None  # the oldest uncommitted batch
-    following: Started | None = None  # the next one, still taking records while ``in_flight`` is pending
+    in_flight: tuple[asyncio.Future, dict[TopicPartition, int], int] | None = None
     poll: asyncio.Future | None = None
 
     async def commit(offsets: dict[TopicPartition, int], n: int) -> None:
@@ -113,45 +99,32 @@ async def run_batches(settings: Settings, topic: str, group: str, batch_size: in
             metrics.batch(name, n)
 
     async def settle() -> None:
-        """Wait for the in-flight batch's outputs and commit it; the following batch moves up."""
-        nonlocal in_flight, following
-        batch, in_flight, following = in_flight, following, None
-        await batch.outputs
-        await commit(batch.offsets, batch.n)
+        """Wait for the in-flight batch's outputs, then commit it."""
+        nonlocal in_flight
+        outputs, offsets, n = in_flight
+        in_flight = None
+        await outputs
+        await commit(offsets, n)
 
     try:
         while True:
-            if following is not None and (extend is None or following.n >= batch_size):
-                await settle()  # the next batch takes no more records: no third batch, wait for the first
-                continue
-            room = batch_size - (following.n if following is not None else 0)
-            poll = asyncio.ensure_future(consumer.getmany(timeout_ms=wait_ms, max_records=room))
+            poll = asyncio.ensure_future(consumer.getmany(timeout_ms=wait_ms, max_records=batch_size))
             if in_flight is not None:  # whichever comes first: the next records or the in-flight batch's outputs
-                await asyncio.wait({poll, in_flight.outputs}, return_when=asyncio.FIRST_COMPLETED)
-                if in_flight.outputs.done():
+                await asyncio.wait({poll, in_flight[0]}, return_when=asyncio.FIRST_COMPLETED)
+                if in_flight[0].done():
                     await settle()
             batches = await poll
             records = [r for part in batches.values() for r in part]
+            started = await process(records) if records else None
+            if in_flight is not None and records:  # the next batch is started: now wait for this one
+                await settle()
             if records:
                 offsets = {TopicPartition(tp.topic, tp.partition): part[-1].offset + 1
                            for tp, part in batches.items() if part}
-                if following is not None and extend is not None and await extend(records):
-                    following.offsets.update(offsets)
-                    following.n += len(records)
+                if started is None:
+                    await commit(offsets, len(records))
                 else:
-                    if following is not None:  # refused: wait for the in-flight batch (already done when the
-                        await settle()             # next one refused because it began its outputs)
-                    started = await process(records)
-                    if started is None:  # finished already: commit once every earlier batch is
-                        while in_flight is not None:
-                            await settle()
-                        await commit(offsets, len(records))
-                    else:
-                        batch = Started(asyncio.ensure_future(started), offsets, len(records))
-                        if in_flight is None:
-                            in_flight = batch
-                        else:
-                            following = batch
+                    in_flight = (asyncio.ensure_future(started), offsets, len(records))
             if metrics is not None:
                 metrics.partitions(name, await partition_lags(consumer))
     finally:
