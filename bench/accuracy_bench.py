@@ -160,7 +160,7 @@ def run_graph_token(model: EarlyExitModel, data: dict, seed: int, args) -> tuple
     raw_test = head_probabilities(model, test_enc.ids, test_enc.mask, test_enc.features, graph=test_enc.graph)
     result, test_probs, rule = evaluate(model, data, raw_val, raw_test, time.perf_counter() - started, args)
     # 0 = early stopping kept the heads-only start: no epoch of the token beat it on validation AUC
-    result["graph_token_norm"] = float(model.graph_token.project.weight.norm())
+    result["graph_token_norm"] = float(model.graph_token.project.weight.detach().norm())
     return result, test_probs, rule
 
 
