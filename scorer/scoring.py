@@ -164,7 +164,7 @@ class ContextBuilder:
 
     def _candidate(self, ctx: RequestContext, inputs: PromptInputs, user: UserView | None, item: str,
                    started: float, budget_ms: float, reacted: tuple[np.ndarray, np.ndarray],
-                   shed: bool = False) -> PromptInputs:
+                   shed: bool) -> PromptInputs:
         """The candidate's own evidence (rate, affinity, match with the user's reactions), then the neighbours'
         reactions to it (not when ``shed``)."""
         if (time.perf_counter() - started) * 1000.0 >= budget_ms:
