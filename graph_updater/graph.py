@@ -23,6 +23,7 @@ A node that joins with no trained base embedding is folded in from its neighbour
 
 from __future__ import annotations
 
+import itertools
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -181,8 +182,8 @@ class LightGCNGraph:
     def fold_in(self, nodes: Iterable[int]) -> None:
         """Give untrained nodes a base embedding: the mean of their trained neighbours' base embeddings, or,
         with no trained neighbour (a cold graph), a small random vector seeded by the node key."""
-        for v in nodes:
-            if not self.trained[v] and self.adj[v]:
+        nodes = np.fromiter(nodes, dtype=np.int64)
+        for v in nodes[~self.trained[nodes] & (self.deg[nodes] > 0)].tolist():
                 nbrs = np.fromiter(self.adj[v], dtype=np.int64)
                 nbrs = nbrs[self.trained[nbrs]]
                 if len(nbrs):
@@ -202,9 +203,9 @@ class LightGCNGraph:
             return np.zeros(0, dtype=np.int64)
         self.fold_in(touched)
         nodes = self.hops(touched, radius)
-        nbrs_of = [np.fromiter(self.adj[v], dtype=np.int64, count=len(self.adj[v])) for v in nodes]
-        nbrs = np.concatenate(nbrs_of) if nbrs_of else np.zeros(0, dtype=np.int64)
         counts = self.deg[nodes].astype(np.int64)
+        nbrs = np.fromiter(itertools.chain.from_iterable(map(self.adj.__getitem__, nodes.tolist())),
+                           dtype=np.int64, count=int(counts.sum()))
         indptr = np.concatenate([[0], np.cumsum(counts)])
         weight = (1.0 / np.sqrt(np.repeat(self.deg[nodes], counts) * self.deg[nbrs])).astype(np.float32)
         # the rows of the normalised adjacency for `nodes`: one sparse product per layer reads each neighbour's

@@ -9,12 +9,18 @@ Two collections, ``<prefix>_users`` and ``<prefix>_items``, cosine distance. A p
 external id (Qdrant ids must be integers or UUIDs); the external id is kept in the payload.
 
 User payload: ``user_id``; ``liked_keys`` / ``disliked_keys``, the :func:`~graph_updater.online.item_key` of the
-user's latest 100 liked / disliked items; ``n_liked``, ``n_disliked`` (totals); ``recent``, a JSON string of the
+user's latest 100 liked / disliked items when the point was last written whole, and ``liked_new`` /
+``disliked_new``, the keys of the reactions since (at most 16 each: the updater patches a user's point instead of
+rewriting its lists, :class:`~graph_updater.online.UserHistory`; :func:`~graph_updater.online.payload_keys`
+reads the latest 100 back); ``n_liked``, ``n_disliked`` (totals); ``recent``, a JSON string of the
 latest ``[item_id, label, ts]`` reactions (for prompts); ``last_ts``. Item payload: ``item_id``, ``n_liked`` and
 ``n_disliked`` (every reaction the item received so far: the item's like rate, rewritten on each reaction).
 Both carry ``linked``: false for a node with reactions but no like edge yet (its vector is a placeholder, not a
 graph position: :meth:`graph_updater.online.GraphUpdater.records`).
-"Has reacted to item X" is the filter ``liked_keys ∋ key(X) or disliked_keys ∋ key(X)``.
+"Has reacted to item X" is the filter ``key(X)`` in any of the four key lists; only those four fields are
+indexed (points are found by id, a UUIDv5 of the external id, never by an id field). A record without payload
+(``VectorRecord.payload is None``: a refinement moved the vector) rewrites the vector alone; a ``merge`` record
+rewrites the vector and sets its payload's fields, keeping the point's others.
 
 qdrant-client's local mode runs Qdrant's query logic in Python inside this process; a URL talks to a Qdrant
 server (docker-compose). Both go through the same client API, so code and tests are shared.
@@ -38,9 +44,10 @@ from graph_updater.graph import ITEM, USER
 from graph_updater.online import GraphUpdater, VectorRecord, item_key
 
 NAMESPACE = uuid.UUID("6f1c7c9e-7a58-4f59-9d0e-6f8f3b6d2a11")
-REACTION_FIELDS = ("liked_keys", "disliked_keys")
-USER_INDEXES = {"user_id": "KEYWORD", "liked_keys": "INTEGER", "disliked_keys": "INTEGER"}
-ITEM_INDEXES = {"item_id": "KEYWORD"}
+LIKED_FIELDS = ("liked_keys", "liked_new")
+REACTION_FIELDS = (*LIKED_FIELDS, "disliked_keys", "disliked_new")
+USER_INDEXES = dict.fromkeys(REACTION_FIELDS, "INTEGER")
+ITEM_INDEXES: dict[str, str] = {}
 
 
 @functools.lru_cache(maxsize=1 << 20)
@@ -59,10 +66,9 @@ class Neighbour:
     def reaction_to(self, item_id: str) -> int | None:
         """1 if this user recently liked ``item_id``, 0 if disliked, None if no recent reaction."""
         key = item_key(item_id)
-        if key in self.payload.get("liked_keys", ()):
-            return 1
-        if key in self.payload.get("disliked_keys", ()):
-            return 0
+        for label, fields in ((1, LIKED_FIELDS), (0, REACTION_FIELDS[2:])):
+            if any(key in (self.payload.get(f) or ()) for f in fields):
+                return label
         return None
 
 
@@ -75,7 +81,9 @@ class VectorStore(ABC):
 
     @abstractmethod
     def upsert(self, records: list[VectorRecord]) -> int:
-        """Write ``records`` so that they are readable on return; return how many were written."""
+        """Write ``records`` so that they are readable on return (a record without payload: its vector only; a
+        ``merge`` record: its vector and its payload's fields, the point keeping its other fields); return how
+        many were written."""
 
     @abstractmethod
     def count(self, kind: str) -> int: ...
@@ -145,13 +153,20 @@ class QdrantStore(VectorStore):
                         self.client.create_payload_index(name, field, getattr(models.PayloadSchemaType, schema))
 
     def upsert(self, records: list[VectorRecord], batch: int = 1024) -> int:
-        by_kind: dict[str, list[models.PointStruct]] = {USER: [], ITEM: []}
-        for r in records:
-            by_kind[r.kind].append(models.PointStruct(id=point_id(r.kind, r.external_id), vector=r.vector,
-                                                      payload=r.payload))
-        for kind, points in by_kind.items():
-            for start in range(0, len(points), batch):
-                self.client.upsert(self.collections[kind], points=points[start:start + batch], wait=True)
+        for kind in (USER, ITEM):
+            mine = [r for r in records if r.kind == kind]
+            whole = [models.PointStruct(id=point_id(kind, r.external_id), vector=r.vector, payload=r.payload)
+                     for r in mine if r.payload is not None and not r.merge]
+            moved = [models.PointVectors(id=point_id(kind, r.external_id), vector=r.vector)
+                     for r in mine if r.payload is None or r.merge]
+            patches = [models.SetPayloadOperation(set_payload=models.SetPayload(
+                payload=r.payload, points=[point_id(kind, r.external_id)])) for r in mine if r.merge]
+            for start in range(0, len(whole), batch):
+                self.client.upsert(self.collections[kind], points=whole[start:start + batch], wait=True)
+            for start in range(0, len(moved), batch):
+                self.client.update_vectors(self.collections[kind], points=moved[start:start + batch], wait=True)
+            for start in range(0, len(patches), batch):
+                self.client.batch_update_points(self.collections[kind], patches[start:start + batch], wait=True)
         return len(records)
 
     def count(self, kind: str) -> int:
@@ -213,12 +228,19 @@ class EdgeStore(VectorStore):
             self.shards[kind] = shard
 
     def upsert(self, records: list[VectorRecord], batch: int = 4096) -> int:
-        by_kind: dict[str, list[edge.Point]] = {USER: [], ITEM: []}
-        for r in records:
-            by_kind[r.kind].append(edge.Point(point_id(r.kind, r.external_id), r.vector, r.payload))
-        for kind, points in by_kind.items():
-            for start in range(0, len(points), batch):
-                self.shards[kind].update(edge.UpdateOperation.upsert_points(points[start:start + batch]))
+        for kind in (USER, ITEM):
+            shard, mine = self.shards[kind], [r for r in records if r.kind == kind]
+            whole = [edge.Point(point_id(kind, r.external_id), r.vector, r.payload)
+                     for r in mine if r.payload is not None and not r.merge]
+            moved = [edge.PointVectors(point_id(kind, r.external_id), r.vector)
+                     for r in mine if r.payload is None or r.merge]
+            for start in range(0, len(whole), batch):
+                shard.update(edge.UpdateOperation.upsert_points(whole[start:start + batch]))
+            for start in range(0, len(moved), batch):
+                shard.update(edge.UpdateOperation.update_vectors(moved[start:start + batch]))
+            for r in mine:
+                if r.merge:  # one operation per point: the engine sets one payload on a list of ids
+                    shard.update(edge.UpdateOperation.set_payload([point_id(kind, r.external_id)], r.payload))
         return len(records)
 
     def count(self, kind: str) -> int:
@@ -263,8 +285,9 @@ class EdgeStore(VectorStore):
                                              filter=self._user_filter(exclude_user, item_id), with_payload=False))
         if not hits:
             return []
-        likers = edge.Filter(must=[edge.HasIdCondition({h.id for h in hits}),
-                                   edge.FieldCondition(key="liked_keys", match=edge.MatchValue(item_key(item_id)))])
+        likers = edge.Filter(must=[edge.HasIdCondition({h.id for h in hits})],
+                             should=[edge.FieldCondition(key=f, match=edge.MatchValue(item_key(item_id)))
+                                     for f in LIKED_FIELDS])
         liked = {p.id for p in shard.scroll(edge.ScrollRequest(limit=k, filter=likers, with_payload=False,
                                                                with_vector=False))[0]}
         return [int(h.id in liked) for h in hits]

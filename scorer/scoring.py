@@ -28,6 +28,7 @@ import structlog
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from graph_updater.online import payload_keys
 from schemas.messages import CandidateExit, CtrScore, DegradedFlag, ExitTelemetry, ImpressionRequest
 from scorer.catalogue import LiveCatalogue
 from scorer.checkpoint import ModelCard
@@ -132,7 +133,7 @@ class ContextBuilder:
                     rate = rate_from_payload(user.payload)
                     if not shed:
                         reacted, surprise = self.reaction_evidence(recent_reactions(user.payload))
-                    keys = (user.payload.get("liked_keys") or [], user.payload.get("disliked_keys") or [])
+                    keys = (payload_keys(user.payload, 1), payload_keys(user.payload, 0))
             except Exception as exc:  # store unreachable or failing: score without it, say so
                 ctx.degraded.add(DegradedFlag.NO_RETRIEVAL)
                 log.warning("retrieval_failed", request_id=request.request_id, error=repr(exc)[:300])

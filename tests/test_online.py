@@ -135,6 +135,7 @@ def test_refine_moves_vectors_and_reports_them():
     updater.apply([click(f"r{k}", f"u{k}", f"i{(k * 7) % 25}") for k in range(20)])
     moved = updater.refine(steps=3, lr=0.05, batch_size=64)
     assert moved and updater.clicks_since_refine == 0
+    assert all(r.payload is None for r in moved)  # no reaction changed: vectors only
     for r in moved[:5]:
         v = updater.graph.node(r.kind, r.external_id)
         np.testing.assert_allclose(r.vector, updater.graph.final(np.array([v]))[0], rtol=1e-6)

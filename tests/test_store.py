@@ -1,13 +1,15 @@
 """Both vector-store backends answer the same calls the same way (real qdrant-client and qdrant-edge)."""
 
+import copy
 import json
 
 import numpy as np
 import pytest
 
-from graph_updater.graph import ITEM, USER
-from graph_updater.online import UserHistory, VectorRecord, item_key
+from graph_updater.graph import ITEM, USER, LightGCNGraph
+from graph_updater.online import GraphUpdater, UserHistory, VectorRecord, item_key, latest_keys, payload_keys
 from graph_updater.store import VectorStore, open_store
+from schemas.messages import Click
 
 
 @pytest.fixture(params=["qdrant", "edge"])
@@ -89,3 +91,32 @@ def test_neighbour_reactions_read_without_payloads_equal_the_payload_reading(sto
     by_payload = [VectorStore.neighbour_reactions(store, v, item, 10, exclude_user=me) for v, item, me in read]
     assert [store.neighbour_reactions(v, item, 10, exclude_user=me) for v, item, me in read] == by_payload
     assert sum(map(len, by_payload)) > 300 and {r for rs in by_payload for r in rs} == {0, 1}
+
+
+def test_patched_user_points_read_like_whole_ones(store):
+    """An updater patches a user's stored point (appended keys, counts, recent) instead of rewriting its key
+    lists; after every batch, each stored user reads as the whole payload would: the latest 100 keys per polarity
+    (:func:`payload_keys`), counts, recent reactions; and the item filter finds what the payloads say. The clicks
+    re-like, flip and overflow the 16 appended keys, and push past 100 likes, so every path is taken."""
+    rng = np.random.default_rng(11)
+    updater, kinds = GraphUpdater(LightGCNGraph(4, 1)), {"merge": 0, "whole": 0}
+    for batch in range(60):
+        clicks = [Click(event_id=f"e{batch}-{k}", user_id=f"u{rng.integers(0, 12)}", item_id=f"i{rng.integers(0, 400)}",
+                        label=int(rng.random() < 0.7), ts=900_000_000_000 + batch * 100 + k) for k in range(60)]
+        records = updater.apply(clicks)
+        for r in records:
+            if r.kind == USER:
+                kinds["merge" if r.merge else "whole"] += 1
+        store.upsert(records)
+        for uid, h in updater.histories.items():
+            _, stored = store.get(USER, uid)
+            whole = copy.deepcopy(h).payload(uid, updater.recent_n)
+            assert payload_keys(stored, 1) == latest_keys(h.liked)
+            assert payload_keys(stored, 0) == latest_keys(h.disliked)
+            assert {k: stored[k] for k in ("user_id", "n_liked", "n_disliked", "recent", "last_ts")} == {
+                k: whole[k] for k in ("user_id", "n_liked", "n_disliked", "recent", "last_ts")}
+    assert kinds["merge"] > 100 and kinds["whole"] > 30 and max(len(h.liked) for h in updater.histories.values()) > 100
+    store.optimize()
+    read = [(rng.normal(size=4).tolist(), f"i{rng.integers(0, 400)}") for _ in range(40)]
+    by_payload = [VectorStore.neighbour_reactions(store, v, item, 5) for v, item in read]
+    assert [store.neighbour_reactions(v, item, 5) for v, item in read] == by_payload and any(by_payload)
