@@ -51,6 +51,14 @@ def payload_keys(payload: dict, label: int) -> list[int]:
     return ((payload.get(f"{side}_keys") or []) + (payload.get(f"{side}_new") or []))[-PAYLOAD_MAX_ITEMS:]
 
 
+def merged_payload(payload: dict) -> dict:
+    """A stored user payload as one whole write of the same history leaves it: the latest keys in
+    ``liked_keys`` / ``disliked_keys`` (:func:`payload_keys`), nothing in ``liked_new`` / ``disliked_new``.
+    Equal for equal histories however the point was patched (what comparisons of stores use)."""
+    return {**payload, "liked_keys": payload_keys(payload, 1), "disliked_keys": payload_keys(payload, 0),
+            "liked_new": [], "disliked_new": []}
+
+
 def unlinked_vector(key: str, dim: int) -> list[float]:
     """The stored vector of a node without like edges: ``dim`` values uniform on [-0.1, 0.1] in steps of 1/1275,
     from the SHAKE-128 digest of the node key (stable across runs and processes; ~6 us, where seeding a numpy
