@@ -28,6 +28,7 @@ from schemas.messages import Click
 
 PAYLOAD_MAX_ITEMS = 100  # latest reactions per polarity kept filterable in the payload
 PAYLOAD_MAX_NEW = 16  # reactions per polarity a payload patch appends before the user's next whole payload
+NOTHING_NEW = ((), ())  # UserHistory.new right after a whole payload: shared, lists only once a key arrives
 COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))  # one encoder, not one per payload
 
 
@@ -99,7 +100,7 @@ class UserHistory:
     # latest_keys() of the disliked [0] and liked [1] items, kept up to date (None: rebuilt at the next payload)
     latest: list = field(default_factory=lambda: [None, None], init=False, repr=False, compare=False)
     # keys of the disliked [0] and liked [1] reactions since the last whole payload; None: the next must be whole
-    new: list | None = field(default=None, init=False, repr=False, compare=False)
+    new: list | tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def record(self, event_id: str, item_id: str, label: int, ts: int) -> bool:
         """Record one reaction; False if ``event_id`` is among the recent events (nothing changes).
@@ -121,10 +122,12 @@ class UserHistory:
             if len(keys) > PAYLOAD_MAX_ITEMS:
                 del keys[0]
         if self.new is not None:
-            if len(self.new[label]) < PAYLOAD_MAX_NEW:
-                self.new[label].append(key)
-            else:
+            if len(self.new[label]) >= PAYLOAD_MAX_NEW:
                 self.new = None
+            else:
+                if self.new is NOTHING_NEW:
+                    self.new = [[], []]
+                self.new[label].append(key)
         self.recent.append((event_id, item_id, label, ts))
         if len(self.recent) > self.window:
             del self.recent[0]
@@ -140,7 +143,7 @@ class UserHistory:
     def payload(self, user_id: str, recent_n: int) -> dict:
         """The whole vector-store payload of a user (contract in :mod:`graph_updater.store`); later
         :meth:`patch` calls are relative to it."""
-        self.new = [[], []]
+        self.new = NOTHING_NEW
         return {"user_id": user_id, "liked_keys": self.reaction_keys(1), "disliked_keys": self.reaction_keys(0),
                 **self.patch(recent_n)}
 
