@@ -322,11 +322,10 @@ def final_state(settings: Settings, folder: Path, clicks: Interactions) -> tuple
         for record in records:
             stored = store.get(record.kind, record.external_id)
             payload = stored[1] if stored else {}
+            expected = record.payload
             if record.kind == USER and payload:  # patched users compare as the whole payload they stand for
-                payload, want = merged_payload(payload), merged_payload(record.payload)
-            else:
-                want = record.payload
-            if payload != want:
+                payload, expected = merged_payload(payload), merged_payload(expected)
+            if payload != expected:
                 mismatches += 1
             if record.kind == USER:
                 want = record.payload["n_liked"] + record.payload["n_disliked"]

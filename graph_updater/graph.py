@@ -184,13 +184,13 @@ class LightGCNGraph:
         with no trained neighbour (a cold graph), a small random vector seeded by the node key."""
         nodes = np.fromiter(nodes, dtype=np.int64)
         for v in nodes[~self.trained[nodes] & (self.deg[nodes] > 0)].tolist():
-                nbrs = np.fromiter(self.adj[v], dtype=np.int64)
-                nbrs = nbrs[self.trained[nbrs]]
-                if len(nbrs):
-                    self.layers[0, v] = self.layers[0, nbrs].mean(axis=0)
-                else:
-                    rng = np.random.default_rng(zlib.crc32(self.keys[v].encode()))
-                    self.layers[0, v] = rng.normal(0.0, 0.1, self.dim)
+            nbrs = np.fromiter(self.adj[v], dtype=np.int64)
+            nbrs = nbrs[self.trained[nbrs]]
+            if len(nbrs):
+                self.layers[0, v] = self.layers[0, nbrs].mean(axis=0)
+            else:
+                rng = np.random.default_rng(zlib.crc32(self.keys[v].encode()))
+                self.layers[0, v] = rng.normal(0.0, 0.1, self.dim)
 
     def refresh(self, touched: Iterable[int], radius: int = 0) -> np.ndarray:
         """Fold in new nodes, recompute layers ``1..K`` near ``touched``; return the nodes recomputed.

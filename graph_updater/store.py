@@ -41,11 +41,10 @@ import qdrant_edge as edge
 from qdrant_client import QdrantClient, models
 
 from graph_updater.graph import ITEM, USER
-from graph_updater.online import GraphUpdater, VectorRecord, item_key
+from graph_updater.online import KEY_FIELDS, GraphUpdater, VectorRecord, item_key
 
 NAMESPACE = uuid.UUID("6f1c7c9e-7a58-4f59-9d0e-6f8f3b6d2a11")
-LIKED_FIELDS = ("liked_keys", "liked_new")
-REACTION_FIELDS = (*LIKED_FIELDS, "disliked_keys", "disliked_new")
+REACTION_FIELDS = (*KEY_FIELDS[1], *KEY_FIELDS[0])
 USER_INDEXES = dict.fromkeys(REACTION_FIELDS, "INTEGER")
 ITEM_INDEXES: dict[str, str] = {}
 
@@ -66,7 +65,7 @@ class Neighbour:
     def reaction_to(self, item_id: str) -> int | None:
         """1 if this user recently liked ``item_id``, 0 if disliked, None if no recent reaction."""
         key = item_key(item_id)
-        for label, fields in ((1, LIKED_FIELDS), (0, REACTION_FIELDS[2:])):
+        for label, fields in KEY_FIELDS.items():
             if any(key in (self.payload.get(f) or ()) for f in fields):
                 return label
         return None
@@ -287,7 +286,7 @@ class EdgeStore(VectorStore):
             return []
         likers = edge.Filter(must=[edge.HasIdCondition({h.id for h in hits})],
                              should=[edge.FieldCondition(key=f, match=edge.MatchValue(item_key(item_id)))
-                                     for f in LIKED_FIELDS])
+                                     for f in KEY_FIELDS[1]])
         liked = {p.id for p in shard.scroll(edge.ScrollRequest(limit=k, filter=likers, with_payload=False,
                                                                with_vector=False))[0]}
         return [int(h.id in liked) for h in hits]
