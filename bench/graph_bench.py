@@ -9,7 +9,9 @@
    Book-Crossing clicks at a fixed rate; per click, time from the producer's timestamp to the moment the
    upsert holding it returned (``wait=True``: readable).
 3. **Max sustained clicks/s**: a backlog of clicks is produced first, then the updater drains it; its drain
-   rate is the most it can hold without lag growing.
+   rate is the most it can hold without lag growing. Parts 2 and 3 run with BPR refinement off; ``refinement``
+   runs the drain and the 1,000 clicks/s freshness again with it on at the worker's defaults (its steps in a
+   thread beside the loop), with each refinement's step time and the merge time the loop waits for.
 4. **Retrieval**: top-20 similar users (cosine, excluding the query user), with and without the filter "has
    reacted to item X", at 10k and 100k users, qdrant-client local mode vs qdrant-edge, on real vectors:
    Book-Crossing's trained users plus its implicit-only users folded in from their items. Then 1M users on
@@ -185,7 +187,9 @@ async def run_updater(settings: Settings, ckpt: Path, clicks, rate: float | None
         producer.join()
     return {"clicks": service.stats.clicks, "timed_clicks": service.stats.clicks - first,
             "seconds": round(elapsed, 2), "batches": service.stats.batches,
-            "freshness_ms": list(service.stats.freshness_ms), "upserts": service.stats.upserts}
+            "freshness_ms": list(service.stats.freshness_ms), "upserts": service.stats.upserts,
+            "refinements": service.stats.refinements, "refine_steps_ms": service.stats.refine_steps_ms,
+            "refine_merge_ms": service.stats.refine_merge_ms}
 
 
 def bookcrossing_checkpoint(cache_dir: Path, quick: bool = False) -> Path:
@@ -227,6 +231,35 @@ def streaming(base: Settings, ckpt: Path, data_dir: Path, quick: bool) -> tuple[
               "updater_dataset": "bookcrossing", "refinement": "off (refine_every_clicks=0)",
               "updater_rss_mb": rss_mb()}  # the whole benchmark process after the drain (broker in its own)
     return result, fresh
+
+
+def refining(base: Settings, ckpt: Path, data_dir: Path, quick: bool) -> dict:
+    """The drain and the 1,000 clicks/s freshness again with BPR refinement on at the worker's defaults (every
+    ``refine_every_clicks``, ``refine_steps`` steps): its steps run in a thread beside the click loop, which
+    waits only for the merge."""
+    defaults = {k: Settings.model_fields[k].default for k in ("refine_every_clicks", "refine_steps",
+                                                               "refine_min_change")}
+    if quick:
+        defaults["refine_every_clicks"] = 5_000
+    stream = bookcrossing_stream(data_dir)
+    tag = f"bench{int(time.time())}"
+    n_max, n_fresh = min(len(stream), 20_000 if quick else 60_000), 10_000 if quick else 60_000
+    drain = asyncio.run(run_updater(base.model_copy(update={"topic_prefix": f"{tag}r.", "consumer_group": f"{tag}r",
+                                                            "updater_batch_size": 4096, **defaults}),
+                                    ckpt, stream[:n_max], None, backlog=True))
+    fresh = asyncio.run(run_updater(base.model_copy(update={"topic_prefix": f"{tag}q.", "consumer_group": f"{tag}q",
+                                                            "updater_batch_wait_ms": 50, **defaults}),
+                                    ckpt, stream[:n_fresh], 1000.0, backlog=False))
+    steps = drain["refine_steps_ms"] + fresh["refine_steps_ms"]
+    merges = drain["refine_merge_ms"] + fresh["refine_merge_ms"]
+    return {"refinement_settings": defaults,
+            "max_sustained_clicks_per_s_refining": round(drain["timed_clicks"] / drain["seconds"], 1),
+            "refinements_in_drain": drain["refinements"],
+            "freshness_p50_ms_refining": pct(fresh["freshness_ms"], 50),
+            "freshness_p99_ms_refining": pct(fresh["freshness_ms"], 99),
+            "freshness_max_ms_refining": round(float(max(fresh["freshness_ms"])), 1),
+            "refinements_at_1000": fresh["refinements"],
+            "refine_steps_ms": [round(x, 1) for x in steps], "refine_merge_ms": [round(x, 1) for x in merges]}
 
 
 async def consume_rates(settings: Settings, n: int) -> dict:
@@ -421,7 +454,7 @@ def plot(result: dict, fresh: dict, out: Path) -> None:
     plt.close(fig)
 
 
-PARTS = ("ranking", "memory", "streaming", "consume", "retrieval")
+PARTS = ("ranking", "memory", "streaming", "refinement", "consume", "retrieval")
 
 
 def main() -> None:
@@ -458,6 +491,8 @@ def main() -> None:
         if "streaming" in parts:
             stream_result, fresh = streaming(kafka, bx_ckpt, base.data_dir, args.quick)
             result.update(stream_result)
+        if "refinement" in parts:
+            result.update(refining(kafka, bx_ckpt, base.data_dir, args.quick))
         if "consume" in parts:
             tag = f"consume{int(time.time())}"
             result.update(asyncio.run(consume_rates(kafka.model_copy(update={

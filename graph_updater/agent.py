@@ -5,8 +5,9 @@ Per micro-batch (up to ``updater_batch_size`` clicks, or what arrived within ``u
 2. dead letters are produced and their delivery awaited;
 3. the valid clicks update the graph (:class:`~graph_updater.online.GraphUpdater`) and the changed vectors are
    upserted, retrying until the store accepts them;
-4. every ``refine_every_clicks`` clicks, a few BPR steps refine the embeddings (in a worker thread) and the
-   moved vectors are upserted;
+4. every ``refine_every_clicks`` clicks, a few BPR steps refine the embeddings on a copy of the graph in a
+   worker thread while the loop goes on; a later batch merges the result, propagates and upserts the moved
+   vectors (:meth:`ClickLoop.refine`);
 5. only then are the batch's offsets committed, so a committed offset never runs ahead of the outputs.
 
 The loop runs as a task of the faust app (which hosts the process: lifecycle, signals, the producer for dead
@@ -23,11 +24,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import faust
+import numpy as np
 import structlog
 from aiokafka import ConsumerRecord
 
 from graph_updater.online import GraphUpdater, VectorRecord, parse_click
 from graph_updater.store import VectorStore
+from graph_updater.train import RefineJob, refined_base
 from infra.runtime.app import Topics
 from infra.runtime.batches import run_batches, send_dead_letter, split_valid
 from infra.runtime.monitoring import WorkerMetrics
@@ -53,6 +56,8 @@ class UpdaterStats:
     upserts: int = 0
     refinements: int = 0
     store_retries: int = 0
+    refine_steps_ms: list = field(default_factory=list, repr=False)  # per refinement: its BPR steps (a thread)
+    refine_merge_ms: list = field(default_factory=list, repr=False)  # ... and its merge (the loop waits for this)
     freshness_ms: deque = field(default_factory=lambda: deque(maxlen=200_000), repr=False)
 
 
@@ -76,6 +81,13 @@ async def upsert_with_retry(store: VectorStore, records: list[VectorRecord], sta
         await asyncio.sleep(0)
 
 
+def timed_steps(job: RefineJob, steps: int) -> tuple[np.ndarray, float]:
+    """:func:`~graph_updater.train.refined_base` and its wall time in milliseconds."""
+    started = time.perf_counter()
+    base = refined_base(job, steps)
+    return base, (time.perf_counter() - started) * 1e3
+
+
 class ClickLoop:
     """Consumes ``clicks`` in micro-batches and applies them (see the module docstring)."""
 
@@ -83,6 +95,7 @@ class ClickLoop:
                  stats: UpdaterStats, metrics: WorkerMetrics | None = None) -> None:
         self.topics, self.updater, self.store, self.settings, self.stats = topics, updater, store, settings, stats
         self.metrics = metrics or WorkerMetrics()
+        self.refinement: tuple[RefineJob, asyncio.Future] | None = None  # in flight: its job, its refined base
 
     async def process(self, records: Sequence[ConsumerRecord]) -> None:
         started = time.perf_counter()
@@ -97,20 +110,44 @@ class ClickLoop:
             await upsert_with_retry(self.store, vectors, self.stats)
         done_ms = time.time() * 1000
         self.stats.freshness_ms.extend(done_ms - r.timestamp for r in records)
-        every = self.settings.refine_every_clicks
-        if every and self.updater.clicks_since_refine >= every:
-            # seconds of numpy/torch work on a large graph: off the event loop (only this loop touches the graph)
-            moved = await asyncio.to_thread(self.updater.refine, self.settings.refine_steps,
-                                            min_change=self.settings.refine_min_change)
-            await upsert_with_retry(self.store, moved, self.stats)
-            self.stats.refinements += 1
-            log.info("graph_refined", steps=self.settings.refine_steps, vectors_moved=len(moved))
+        await self.refine()
         self.stats.clicks += len(clicks)
         self.stats.dead_letters += len(bad)
         self.metrics.vectors_written.inc(self.stats.upserts - written)
         self.stats.batches += 1
         log.debug("click_batch", clicks=len(clicks), dead_letters=len(bad), vectors=len(vectors),
                   event_ids=[c.event_id for c in clicks[:5]], ms=round((time.perf_counter() - started) * 1e3, 2))
+
+    async def refine(self) -> None:
+        """Adopt a finished refinement (merge its base embeddings, propagate, write the moved vectors), or start
+        one when due: its BPR steps run in a worker thread on a copy of the graph (seconds on a large graph), so
+        the loop goes on applying clicks meanwhile and never waits for them. One refinement at a time."""
+        if self.refinement is not None:
+            job, running = self.refinement
+            if not running.done():
+                return
+            self.refinement = None
+            try:
+                base, steps_ms = running.result()
+            except Exception as exc:  # a failed refinement leaves the graph as the clicks made it
+                log.warning("graph_refinement_failed", error=repr(exc)[:500])
+                return
+            started = time.perf_counter()
+            moved = self.updater.merge_refined(job, base, self.settings.refine_min_change)
+            merge_ms = (time.perf_counter() - started) * 1e3
+            await upsert_with_retry(self.store, moved, self.stats)
+            self.stats.refinements += 1
+            self.stats.refine_steps_ms.append(steps_ms)
+            self.stats.refine_merge_ms.append(merge_ms)
+            log.info("graph_refined", steps=self.settings.refine_steps, vectors_moved=len(moved),
+                     steps_ms=round(steps_ms, 1), merge_ms=round(merge_ms, 1))
+            return
+        every = self.settings.refine_every_clicks
+        if every and self.updater.clicks_since_refine >= every:
+            job = self.updater.refine_job()
+            if job is not None:
+                self.refinement = job, asyncio.ensure_future(
+                    asyncio.to_thread(timed_steps, job, self.settings.refine_steps))
 
     async def run(self) -> None:
         s = self.settings

@@ -22,7 +22,7 @@ from operator import itemgetter
 import numpy as np
 
 from graph_updater.graph import ITEM, USER, LightGCNGraph
-from graph_updater.train import bpr_train
+from graph_updater.train import RefineJob, refined_base
 from schemas.codec import decode_keyed
 from schemas.messages import Click
 
@@ -240,20 +240,36 @@ class GraphUpdater:
         """Apply a batch of clicks; return the changed user and item vectors (users with no edge are skipped)."""
         return self.records(self.update(clicks))
 
-    def refine(self, steps: int, lr: float = 0.005, batch_size: int = 2048, seed: int = 0,
-               min_change: float = 1e-3) -> list[VectorRecord]:
-        """A few BPR steps on recent click edges, then the vectors whose final embedding moved more than
-        ``min_change`` (Euclidean, relative to the vector's norm), without payload: no reaction changed, so only
-        the vectors are rewritten."""
+    def refine_job(self) -> RefineJob | None:
+        """A copy of what a refinement reads (:class:`~graph_updater.train.RefineJob`) over the recent click edges
+        still present; None when there are none. Restarts the count of clicks since the last refinement."""
         pairs = np.array([p for p in self.recent_pairs if p[1] in self.graph.adj[p[0]]], dtype=np.int64)
         self.clicks_since_refine = 0
-        if len(pairs) == 0:
-            return []
+        return RefineJob.of(self.graph, pairs.reshape(-1, 2)) if len(pairs) else None
+
+    def merge_refined(self, job: RefineJob, base: np.ndarray, min_change: float = 1e-3) -> list[VectorRecord]:
+        """Adopt the refined ``base`` of the job's learned nodes (nodes, edges and fold-ins added since the job's
+        copy stay as the clicks left them), propagate every layer again over the graph as it is now, and return
+        the vectors whose final embedding moved more than ``min_change`` (Euclidean, relative to the vector's
+        norm), without payload: no reaction changed, so only the vectors are rewritten."""
         before = self.graph.final()
-        bpr_train(self.graph, pairs.reshape(-1, 2), steps, lr=lr, batch_size=batch_size, seed=seed)
+        learned = np.flatnonzero(job.learned)
+        self.graph.layers[0, learned] = base[learned]
+        self.graph.trained[learned] = True
+        self.graph.propagate_full()
         after = self.graph.final()
         moved = np.linalg.norm(after - before, axis=1) > min_change * (np.linalg.norm(before, axis=1) + 1e-12)
         return self.vectors(np.flatnonzero(moved))
+
+    def refine(self, steps: int, lr: float = 0.005, batch_size: int = 2048, seed: int = 0,
+               min_change: float = 1e-3) -> list[VectorRecord]:
+        """A few BPR steps on recent click edges, in place (:meth:`refine_job`, :func:`refined_base`,
+        :meth:`merge_refined` in one go; the click loop runs the steps in a thread between them)."""
+        job = self.refine_job()
+        if job is None:
+            return []
+        return self.merge_refined(job, refined_base(job, steps, lr=lr, batch_size=batch_size, seed=seed),
+                                  min_change)
 
     def vectors(self, nodes) -> list[VectorRecord]:
         """Vector-only records (``payload`` None) of the nodes of ``nodes`` that have a like edge (the others'

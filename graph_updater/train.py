@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,15 +27,39 @@ from graph_updater.graph import ITEM, USER, LightGCNGraph
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")  # PyG's CSR path: fine
 
 
-def _model(graph: LightGCNGraph) -> tuple[LightGCN, torch.Tensor]:
-    n = len(graph)
-    e = torch.from_numpy(graph.edges())
+def _model(num_layers: int, edges: np.ndarray, base: np.ndarray) -> tuple[LightGCN, torch.Tensor]:
+    """PyG's LightGCN over the undirected ``(2, E)`` ``edges`` of ``len(base)`` nodes, starting from ``base``."""
+    n, dim = base.shape
+    e = torch.from_numpy(edges)
     edge_index = torch.cat([e, e.flip(0)], dim=1)
     adjacency = to_torch_csr_tensor(edge_index, size=(n, n))
-    model = LightGCN(num_nodes=n, embedding_dim=graph.dim, num_layers=graph.num_layers)
+    model = LightGCN(num_nodes=n, embedding_dim=dim, num_layers=num_layers)
     with torch.no_grad():
-        model.embedding.weight.copy_(torch.from_numpy(graph.base().copy()))
+        model.embedding.weight.copy_(torch.from_numpy(base.copy()))
     return model, adjacency
+
+
+def _bpr_step(model: LightGCN, adjacency: torch.Tensor, opt: torch.optim.Optimizer, batch: np.ndarray,
+              neg: np.ndarray, weight_decay: float) -> float:
+    """One Adam step of the BPR loss on the (user, clicked item) rows of ``batch`` against the items ``neg``."""
+    users = torch.from_numpy(batch[:, 0])
+    pos, neg_t = torch.from_numpy(batch[:, 1]), torch.from_numpy(neg)
+    emb = model.get_embedding(adjacency)
+    pos_rank = (emb[users] * emb[pos]).sum(-1)
+    neg_rank = (emb[users] * emb[neg_t]).sum(-1)
+    node_id = torch.cat([users, pos, neg_t])
+    loss = model.recommendation_loss(pos_rank, neg_rank, node_id=node_id, lambda_reg=weight_decay)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.detach().item()
+
+
+def _triples(pairs: np.ndarray, items: np.ndarray, batch_size: int, rng: np.random.Generator
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """A batch of click pairs drawn with replacement and as many random items as negatives."""
+    batch = pairs[rng.integers(len(pairs), size=min(batch_size, len(pairs)))]
+    return batch, items[rng.integers(len(items), size=len(batch))]
 
 
 def positive_pairs(graph: LightGCNGraph) -> np.ndarray:
@@ -60,7 +85,7 @@ def bpr_train(graph: LightGCNGraph, pairs: np.ndarray, steps: int, lr: float = 0
         return []
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model, adjacency = _model(graph)
+    model, adjacency = _model(graph.num_layers, graph.edges(), graph.base())
     items = item_nodes(graph)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses, best = [], (-np.inf, None)
@@ -72,19 +97,7 @@ def bpr_train(graph: LightGCNGraph, pairs: np.ndarray, steps: int, lr: float = 0
         graph.propagate_full()
 
     for step in tqdm(range(steps), desc=progress, disable=progress is None, unit="step"):
-        batch = pairs[rng.integers(len(pairs), size=min(batch_size, len(pairs)))]
-        neg = items[rng.integers(len(items), size=len(batch))]
-        users = torch.from_numpy(batch[:, 0])
-        pos, neg_t = torch.from_numpy(batch[:, 1]), torch.from_numpy(neg)
-        emb = model.get_embedding(adjacency)
-        pos_rank = (emb[users] * emb[pos]).sum(-1)
-        neg_rank = (emb[users] * emb[neg_t]).sum(-1)
-        node_id = torch.cat([users, pos, neg_t])
-        loss = model.recommendation_loss(pos_rank, neg_rank, node_id=node_id, lambda_reg=weight_decay)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.detach().item())
+        losses.append(_bpr_step(model, adjacency, opt, *_triples(pairs, items, batch_size, rng), weight_decay))
         if validate is not None and (step + 1 == steps or (every and (step + 1) % every == 0)):
             write_back()
             score = float(validate(graph))
@@ -96,6 +109,41 @@ def bpr_train(graph: LightGCNGraph, pairs: np.ndarray, steps: int, lr: float = 0
         graph.set_base(best[1], trained=trained)
         graph.propagate_full()
     return losses
+
+
+@dataclass(frozen=True)
+class RefineJob:
+    """What an online refinement reads, copied from the graph at one moment (:meth:`of`), so that its BPR steps
+    can run in a worker thread while the click loop keeps changing the graph: the like edges, the base embeddings
+    of the ``len(base)`` nodes of that moment, the item nodes (negatives), the recent click pairs, and
+    ``learned``: the nodes whose refined base is adopted (learned before, or in ``pairs``; the others keep their
+    fold-in)."""
+
+    num_layers: int
+    edges: np.ndarray
+    base: np.ndarray
+    items: np.ndarray
+    pairs: np.ndarray
+    learned: np.ndarray
+
+    @classmethod
+    def of(cls, graph: LightGCNGraph, pairs: np.ndarray) -> RefineJob:
+        n = len(graph)
+        return cls(graph.num_layers, graph.edges(), graph.base().copy(), item_nodes(graph), pairs,
+                   graph.trained[:n] | np.isin(np.arange(n), pairs.ravel()))
+
+
+def refined_base(job: RefineJob, steps: int, lr: float = 0.005, batch_size: int = 2048,
+                 weight_decay: float = 1e-4, seed: int = 0) -> np.ndarray:
+    """``steps`` BPR steps (as :func:`bpr_train`) on the job's copy; the refined base embeddings of its nodes.
+    Reads nothing but ``job``: safe to run in a thread beside the code that changes the graph."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model, adjacency = _model(job.num_layers, job.edges, job.base)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        _bpr_step(model, adjacency, opt, *_triples(job.pairs, job.items, batch_size, rng), weight_decay)
+    return model.embedding.weight.detach().numpy().copy()
 
 
 def train_offline(graph: LightGCNGraph, epochs: int = 30, lr: float = 0.01, batch_size: int = 4096,
