@@ -24,13 +24,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import faust
-import numpy as np
 import structlog
 from aiokafka import ConsumerRecord
 
 from graph_updater.online import GraphUpdater, VectorRecord, parse_click
 from graph_updater.store import VectorStore
-from graph_updater.train import RefineJob, refined_base
+from graph_updater.train import Refined, RefineJob, run_refinement
 from infra.runtime.app import Topics
 from infra.runtime.batches import run_batches, send_dead_letter, split_valid
 from infra.runtime.monitoring import WorkerMetrics
@@ -56,7 +55,7 @@ class UpdaterStats:
     upserts: int = 0
     refinements: int = 0
     store_retries: int = 0
-    refine_steps_ms: list = field(default_factory=list, repr=False)  # per refinement: its BPR steps (a thread)
+    refine_steps_ms: list = field(default_factory=list, repr=False)  # per refinement: steps + propagation (thread)
     refine_merge_ms: list = field(default_factory=list, repr=False)  # ... and its merge (the loop waits for this)
     freshness_ms: deque = field(default_factory=lambda: deque(maxlen=200_000), repr=False)
 
@@ -81,11 +80,11 @@ async def upsert_with_retry(store: VectorStore, records: list[VectorRecord], sta
         await asyncio.sleep(0)
 
 
-def timed_steps(job: RefineJob, steps: int) -> tuple[np.ndarray, float]:
-    """:func:`~graph_updater.train.refined_base` and its wall time in milliseconds."""
+def timed_refinement(job: RefineJob, steps: int, min_change: float) -> tuple[Refined, float]:
+    """:func:`~graph_updater.train.run_refinement` and its wall time in milliseconds."""
     started = time.perf_counter()
-    base = refined_base(job, steps)
-    return base, (time.perf_counter() - started) * 1e3
+    refined = run_refinement(job, steps, min_change)
+    return refined, (time.perf_counter() - started) * 1e3
 
 
 class ClickLoop:
@@ -119,21 +118,23 @@ class ClickLoop:
                   event_ids=[c.event_id for c in clicks[:5]], ms=round((time.perf_counter() - started) * 1e3, 2))
 
     async def refine(self) -> None:
-        """Adopt a finished refinement (merge its base embeddings, propagate, write the moved vectors), or start
-        one when due: its BPR steps run in a worker thread on a copy of the graph (seconds on a large graph), so
-        the loop goes on applying clicks meanwhile and never waits for them. One refinement at a time."""
+        """Adopt a finished refinement (its layers merged, the nodes changed since its copy recomputed, the moved
+        vectors written), or start one when due: its BPR steps and propagation run in a worker thread on a copy
+        of the graph (seconds on a large graph), so the loop goes on applying clicks meanwhile and waits only for
+        the merge. One refinement at a time."""
         if self.refinement is not None:
             job, running = self.refinement
             if not running.done():
                 return
             self.refinement = None
             try:
-                base, steps_ms = running.result()
+                refined, steps_ms = running.result()
             except Exception as exc:  # a failed refinement leaves the graph as the clicks made it
+                self.updater.drop_refinement()
                 log.warning("graph_refinement_failed", error=repr(exc)[:500])
                 return
             started = time.perf_counter()
-            moved = self.updater.merge_refined(job, base, self.settings.refine_min_change)
+            moved = self.updater.merge_refined(job, refined)
             merge_ms = (time.perf_counter() - started) * 1e3
             await upsert_with_retry(self.store, moved, self.stats)
             self.stats.refinements += 1
@@ -146,8 +147,9 @@ class ClickLoop:
         if every and self.updater.clicks_since_refine >= every:
             job = self.updater.refine_job()
             if job is not None:
+                s = self.settings
                 self.refinement = job, asyncio.ensure_future(
-                    asyncio.to_thread(timed_steps, job, self.settings.refine_steps))
+                    asyncio.to_thread(timed_refinement, job, s.refine_steps, s.refine_min_change))
 
     async def run(self) -> None:
         s = self.settings

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse
-import torch
 
 USER, ITEM = "u", "i"
 
@@ -46,6 +45,22 @@ class EdgeChange:
     user_id: str
     item_id: str
     present: bool
+
+
+def propagated(edges: np.ndarray, base: np.ndarray, num_layers: int) -> np.ndarray:
+    r"""Layers ``0..K`` (``(K+1, n, dim)`` float32) of the ``n = len(base)`` nodes joined by the undirected
+    ``(2, E)`` ``edges``: :math:`e^{(k+1)} = \hat A e^{(k)}` with :math:`\hat A = D^{-1/2} A D^{-1/2}` (isolated
+    nodes: zero rows). Pure: reads only its arguments (a refinement runs it in a thread on a copy)."""
+    n = len(base)
+    row, col = np.concatenate([edges[0], edges[1]]), np.concatenate([edges[1], edges[0]])
+    deg = np.bincount(row, minlength=n).astype(np.float32)
+    inv_sqrt = np.where(deg > 0, 1.0 / np.sqrt(np.maximum(deg, 1)), 0.0).astype(np.float32)
+    adjacency = scipy.sparse.csr_matrix((inv_sqrt[row] * inv_sqrt[col], (row, col)), shape=(n, n))
+    layers = np.empty((num_layers + 1, n, base.shape[1]), dtype=np.float32)
+    layers[0] = base
+    for k in range(1, num_layers + 1):
+        layers[k] = adjacency @ layers[k - 1]
+    return layers
 
 
 class LightGCNGraph:
@@ -100,8 +115,12 @@ class LightGCNGraph:
 
     def edges(self) -> np.ndarray:
         """Undirected edges as a ``(2, E)`` int64 array, each pair once (smaller index first)."""
-        pairs = [(v, u) for v, nbrs in enumerate(self.adj) for u in nbrs if v < u]
-        return np.array(pairs, dtype=np.int64).T.reshape(2, -1)
+        n = len(self)
+        counts = self.deg[:n].astype(np.int64)
+        nbrs = np.fromiter(itertools.chain.from_iterable(self.adj), dtype=np.int64, count=int(counts.sum()))
+        src = np.repeat(np.arange(n, dtype=np.int64), counts)
+        keep = src < nbrs
+        return np.stack([src[keep], nbrs[keep]])
 
     # ---- embeddings -----------------------------------------------------------------------------------------
     def base(self) -> np.ndarray:
@@ -120,28 +139,11 @@ class LightGCNGraph:
         sel = self.layers[:, : len(self)] if nodes is None else self.layers[:, nodes]
         return sel.mean(axis=0)
 
-    def normalized_adjacency(self) -> torch.Tensor:
-        r""":math:`\hat A = D^{-1/2} A D^{-1/2}` as a sparse COO tensor (isolated nodes have empty rows)."""
-        n = len(self)
-        e = self.edges()
-        row = np.concatenate([e[0], e[1]])
-        col = np.concatenate([e[1], e[0]])
-        deg = self.deg[:n]
-        inv_sqrt = np.where(deg > 0, 1.0 / np.sqrt(np.maximum(deg, 1)), 0.0).astype(np.float32)
-        val = inv_sqrt[row] * inv_sqrt[col]
-        coo = torch.sparse_coo_tensor(torch.from_numpy(np.stack([row, col])), torch.from_numpy(val), (n, n))
-        return coo.coalesce()
-
     def propagate_full(self) -> None:
-        """Recompute every cached layer from the base embeddings by sparse products with :math:`\\hat A`."""
+        """Recompute every cached layer from the base embeddings (:func:`propagated`)."""
         n = len(self)
-        if n == 0:
-            return
-        adj = self.normalized_adjacency()
-        x = torch.from_numpy(self.layers[0, :n].copy())
-        for k in range(1, self.num_layers + 1):
-            x = adj @ x
-            self.layers[k, :n] = x.numpy()
+        if n:
+            self.layers[:, :n] = propagated(self.edges(), self.layers[0, :n], self.num_layers)
 
     # ---- incremental updates ----------------------------------------------------------------------------------
     def apply(self, changes: Iterable[EdgeChange]) -> set[int]:

@@ -22,7 +22,7 @@ from operator import itemgetter
 import numpy as np
 
 from graph_updater.graph import ITEM, USER, LightGCNGraph
-from graph_updater.train import RefineJob, refined_base
+from graph_updater.train import Refined, RefineJob, run_refinement
 from schemas.codec import decode_keyed
 from schemas.messages import Click
 
@@ -189,6 +189,7 @@ class GraphUpdater:
         self.item_reactions: dict[str, list[int]] = {}  # item id -> [likes, dislikes] over all its clicks
         self.recent_pairs: deque[tuple[int, int]] = deque(maxlen=recent_edges)
         self.clicks_since_refine = 0
+        self.changed_since_job: set[int] | None = None  # while a refinement's copy is out (refine_job)
 
     def history(self, user_id: str) -> UserHistory:
         h = self.histories.get(user_id)
@@ -233,6 +234,8 @@ class GraphUpdater:
             if c.label == 1:
                 self.recent_pairs.append((u, i))
         self.graph.refresh(touched, radius=self.radius)
+        if self.changed_since_job is not None:
+            self.changed_since_job |= touched
         self.clicks_since_refine += applied
         return reacting
 
@@ -242,34 +245,43 @@ class GraphUpdater:
 
     def refine_job(self) -> RefineJob | None:
         """A copy of what a refinement reads (:class:`~graph_updater.train.RefineJob`) over the recent click edges
-        still present; None when there are none. Restarts the count of clicks since the last refinement."""
+        still present; None when there are none. Restarts the count of clicks since the last refinement and
+        starts recording the nodes whose edges change until :meth:`merge_refined`."""
         pairs = np.array([p for p in self.recent_pairs if p[1] in self.graph.adj[p[0]]], dtype=np.int64)
         self.clicks_since_refine = 0
-        return RefineJob.of(self.graph, pairs.reshape(-1, 2)) if len(pairs) else None
+        if not len(pairs):
+            return None
+        self.changed_since_job = set()
+        return RefineJob.of(self.graph, pairs.reshape(-1, 2))
 
-    def merge_refined(self, job: RefineJob, base: np.ndarray, min_change: float = 1e-3) -> list[VectorRecord]:
-        """Adopt the refined ``base`` of the job's learned nodes (nodes, edges and fold-ins added since the job's
-        copy stay as the clicks left them), propagate every layer again over the graph as it is now, and return
-        the vectors whose final embedding moved more than ``min_change`` (Euclidean, relative to the vector's
-        norm), without payload: no reaction changed, so only the vectors are rewritten."""
-        before = self.graph.final()
-        learned = np.flatnonzero(job.learned)
-        self.graph.layers[0, learned] = base[learned]
-        self.graph.trained[learned] = True
-        self.graph.propagate_full()
-        after = self.graph.final()
-        moved = np.linalg.norm(after - before, axis=1) > min_change * (np.linalg.norm(before, axis=1) + 1e-12)
-        return self.vectors(np.flatnonzero(moved))
+    def merge_refined(self, job: RefineJob, refined: Refined) -> list[VectorRecord]:
+        """Adopt a refinement computed on ``job`` while clicks went on: the job's nodes take its layers (and its
+        learned nodes count as trained), then the nodes whose edges changed since the copy are folded in and
+        recomputed from those as a click batch would (:meth:`~graph_updater.graph.LightGCNGraph.refresh`). The
+        graph ends as if the refinement had been merged at the copy and the later clicks applied after it in
+        one batch.
+        Returns vector-only records (no reaction changed) of the nodes that moved and of those recomputed."""
+        n, graph = len(job.base), self.graph
+        changed, self.changed_since_job = self.changed_since_job or set(), None
+        graph.layers[:, :n] = refined.layers
+        graph.trained[:n] |= job.learned
+        recomputed = graph.refresh(changed, radius=self.radius)
+        return self.vectors(np.union1d(np.flatnonzero(refined.moved), recomputed))
+
+    def drop_refinement(self) -> None:
+        """Forget the copy a failed refinement was computed on (stop recording changed nodes for it)."""
+        self.changed_since_job = None
 
     def refine(self, steps: int, lr: float = 0.005, batch_size: int = 2048, seed: int = 0,
                min_change: float = 1e-3) -> list[VectorRecord]:
-        """A few BPR steps on recent click edges, in place (:meth:`refine_job`, :func:`refined_base`,
-        :meth:`merge_refined` in one go; the click loop runs the steps in a thread between them)."""
+        """A few BPR steps on recent click edges, in place (:meth:`refine_job`,
+        :func:`~graph_updater.train.run_refinement`, :meth:`merge_refined` in one go; the click loop runs the middle
+        step in a thread while it goes on)."""
         job = self.refine_job()
         if job is None:
             return []
-        return self.merge_refined(job, refined_base(job, steps, lr=lr, batch_size=batch_size, seed=seed),
-                                  min_change)
+        return self.merge_refined(job, run_refinement(job, steps, min_change, lr=lr, batch_size=batch_size,
+                                                         seed=seed))
 
     def vectors(self, nodes) -> list[VectorRecord]:
         """Vector-only records (``payload`` None) of the nodes of ``nodes`` that have a like edge (the others'

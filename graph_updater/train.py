@@ -22,7 +22,7 @@ from torch_geometric.nn import LightGCN
 from torch_geometric.utils import to_torch_csr_tensor
 from tqdm import tqdm
 
-from graph_updater.graph import ITEM, USER, LightGCNGraph
+from graph_updater.graph import ITEM, USER, LightGCNGraph, propagated
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")  # PyG's CSR path: fine
 
@@ -114,14 +114,15 @@ def bpr_train(graph: LightGCNGraph, pairs: np.ndarray, steps: int, lr: float = 0
 @dataclass(frozen=True)
 class RefineJob:
     """What an online refinement reads, copied from the graph at one moment (:meth:`of`), so that its BPR steps
-    can run in a worker thread while the click loop keeps changing the graph: the like edges, the base embeddings
-    of the ``len(base)`` nodes of that moment, the item nodes (negatives), the recent click pairs, and
-    ``learned``: the nodes whose refined base is adopted (learned before, or in ``pairs``; the others keep their
-    fold-in)."""
+    and propagation can run in a worker thread while the click loop keeps changing the graph: the like edges,
+    the base embeddings of the ``len(base)`` nodes of that moment and their final embeddings (what the store
+    holds for them), the item nodes (negatives), the recent click pairs, and ``learned``: the nodes whose refined
+    base is adopted (learned before, or in ``pairs``; the others keep their fold-in)."""
 
     num_layers: int
     edges: np.ndarray
     base: np.ndarray
+    final: np.ndarray
     items: np.ndarray
     pairs: np.ndarray
     learned: np.ndarray
@@ -129,21 +130,43 @@ class RefineJob:
     @classmethod
     def of(cls, graph: LightGCNGraph, pairs: np.ndarray) -> RefineJob:
         n = len(graph)
-        return cls(graph.num_layers, graph.edges(), graph.base().copy(), item_nodes(graph), pairs,
+        return cls(graph.num_layers, graph.edges(), graph.base().copy(), graph.final(), item_nodes(graph), pairs,
                    graph.trained[:n] | np.isin(np.arange(n), pairs.ravel()))
+
+
+@dataclass(frozen=True)
+class Refined:
+    """A finished refinement of a :class:`RefineJob`: all layers of the job's nodes propagated from their
+    refined base over the job's edges, and which of them moved more than ``min_change`` against ``job.final``."""
+
+    layers: np.ndarray
+    moved: np.ndarray
 
 
 def refined_base(job: RefineJob, steps: int, lr: float = 0.005, batch_size: int = 2048,
                  weight_decay: float = 1e-4, seed: int = 0) -> np.ndarray:
-    """``steps`` BPR steps (as :func:`bpr_train`) on the job's copy; the refined base embeddings of its nodes.
-    Reads nothing but ``job``: safe to run in a thread beside the code that changes the graph."""
+    """``steps`` BPR steps (as :func:`bpr_train`) on the job's copy; the base embeddings of its nodes, refined
+    for the learned ones and as they were for the others."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model, adjacency = _model(job.num_layers, job.edges, job.base)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in range(steps):
         _bpr_step(model, adjacency, opt, *_triples(job.pairs, job.items, batch_size, rng), weight_decay)
-    return model.embedding.weight.detach().numpy().copy()
+    base = job.base.copy()
+    base[job.learned] = model.embedding.weight.detach().numpy()[job.learned]
+    return base
+
+
+def run_refinement(job: RefineJob, steps: int, min_change: float = 1e-3, lr: float = 0.005, batch_size: int = 2048,
+           seed: int = 0) -> Refined:
+    """:func:`refined_base`, propagated over the job's edges, and the nodes whose final embedding moved more
+    than ``min_change`` (Euclidean, relative to the norm of ``job.final``). Reads nothing but ``job``: safe to
+    run in a thread beside the code that changes the graph."""
+    layers = propagated(job.edges, refined_base(job, steps, lr=lr, batch_size=batch_size, seed=seed),
+                        job.num_layers)
+    shift = np.linalg.norm(layers.mean(axis=0) - job.final, axis=1)
+    return Refined(layers, shift > min_change * (np.linalg.norm(job.final, axis=1) + 1e-12))
 
 
 def train_offline(graph: LightGCNGraph, epochs: int = 30, lr: float = 0.01, batch_size: int = 4096,

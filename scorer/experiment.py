@@ -26,7 +26,7 @@ from sklearn.linear_model import LogisticRegression
 from graph_updater import checkpoint as graph_checkpoint
 from graph_updater.datasets import Interactions, dataset_key, load, time_split
 from graph_updater.online import GraphUpdater
-from graph_updater.store import EdgeStore, embedded_copy
+from graph_updater.store import EdgeStore, VectorStore, embedded_copy
 from graph_updater.train import train_offline
 from scorer import backbones, quality
 from scorer.calibration import HeadCalibration
@@ -38,7 +38,7 @@ from scorer.features import ALL_FEATURES, FEATURES, feature_matrix, graph_pairs,
 from scorer.model import EarlyExitModel
 from scorer.prompt import PromptInputs, build_prompt, build_prompts
 from scorer.quality import auc, logloss
-from scorer.retrievers import TextRetriever, index_most_active
+from scorer.retrievers import Retriever, TextRetriever, index_most_active
 from scorer.samples import CtrSample, build_samples_streaming
 
 BACKBONE_DEFAULTS = {
@@ -139,12 +139,14 @@ def train_then_validation(first: int, end: int, n_train: int, n_val: int, rng: n
 
 @functools.lru_cache(maxsize=2)
 def sample_sets(dataset: str, data_dir: Path, cache_dir: Path, n_train: int, n_val: int, n_test: int,
-                seed: int = 0, retriever: str = "gcn", text_index_users: int = 10_000) -> SampleSets:
+                seed: int = 0, retriever: str | Callable[[VectorStore], Retriever] = "gcn",
+                text_index_users: int = 10_000) -> SampleSets:
     """Prequential samples: ``n_train`` then ``n_val`` rows of the stream slice (validation after training in
     time), ``n_test`` rows of the test slice; and the baseline fitted on the training rows. ``retriever``: whose
     neighbours the samples carry, as the worker's ``EXITREC_RETRIEVER`` (``gcn`` or ``none``: LightGCN neighbours,
     dropped by the ``norag`` view; ``text``: a :class:`~scorer.retrievers.TextRetriever` whose collection starts
-    with the ``text_index_users`` most active users' histories, as a worker's start builds it). Kept per process
+    with the ``text_index_users`` most active users' histories, as a worker's start builds it; or a function of
+    the store giving the retriever, as a benchmark's own). Kept per process
     for the last two argument sets (models trained one after another on the same rows build them once)."""
     data = load(dataset, data_dir)
     split = time_split(data)
@@ -157,7 +159,9 @@ def sample_sets(dataset: str, data_dir: Path, cache_dir: Path, n_train: int, n_v
     text_store = None
     try:
         searcher = None
-        if retriever == "text":
+        if callable(retriever):
+            searcher = retriever(store)
+        elif retriever == "text":
             text_store = EdgeStore()
             searcher = TextRetriever(store, text_store, SentenceEncoder(backbones.resolve("minilm", cache_dir)),
                                      functools.partial(item_text, data.item_text))

@@ -11,7 +11,7 @@ from graph_updater import agent, checkpoint
 from graph_updater.agent import ClickLoop, UpdaterStats
 from graph_updater.graph import USER
 from graph_updater.store import embedded_copy
-from graph_updater.train import refined_base, train_offline
+from graph_updater.train import run_refinement, train_offline
 from infra.runtime.settings import Settings
 from schemas.codec import encode
 from tests.test_online import click, history
@@ -27,11 +27,11 @@ async def test_the_loop_keeps_applying_clicks_while_a_refinement_runs(monkeypatc
     train_offline(updater.graph, epochs=2, batch_size=64)
     gate = threading.Event()
 
-    def held_steps(job, steps):  # the BPR steps, held until the test lets them finish
+    def held(job, steps, min_change):  # the refinement, held until the test lets it finish
         gate.wait(30)
-        return refined_base(job, steps, lr=0.05, batch_size=64)
+        return run_refinement(job, steps, min_change, lr=0.05, batch_size=64)
 
-    monkeypatch.setattr(agent, "refined_base", held_steps)
+    monkeypatch.setattr(agent, "run_refinement", held)
     store, stats = embedded_copy(updater), UpdaterStats()
     loop = ClickLoop(None, updater, store, Settings(refine_every_clicks=20, refine_steps=3), stats)
     try:
@@ -49,7 +49,7 @@ async def test_the_loop_keeps_applying_clicks_while_a_refinement_runs(monkeypatc
         await loop.process(records([click("c0", "late0", "i9")]))  # the next batch adopts the result
         assert stats.refinements == 1 and loop.refinement is None
         learned = np.flatnonzero(job.learned)
-        assert np.abs(updater.graph.base()[learned] - job.base[learned]).max() > 0
+        assert np.abs(updater.graph.base()[learned] - job.base[learned]).max() > 0  # the refined base adopted
         for kind, external_id in [(USER, "u3"), (USER, "late0")]:
             v = updater.graph.node(kind, external_id)
             want = updater.graph.final(np.array([v]))[0]

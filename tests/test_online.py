@@ -7,7 +7,7 @@ import numpy as np
 from graph_updater import checkpoint
 from graph_updater.datasets import Interactions
 from graph_updater.graph import ITEM, USER
-from graph_updater.train import refined_base, train_offline
+from graph_updater.train import run_refinement, train_offline
 from schemas.messages import Click
 
 TS = 900_000_000_000
@@ -141,36 +141,46 @@ def test_refine_moves_vectors_and_reports_them():
         np.testing.assert_allclose(r.vector, updater.graph.final(np.array([v]))[0], rtol=1e-6)
 
 
-def test_refinement_on_a_copy_keeps_the_clicks_applied_while_it_ran():
-    """The click loop runs the BPR steps on a copy (RefineJob) while clicks go on changing the graph; the merge
-    adopts the refined base of the copy's learned nodes only, and propagates over the graph as it is now."""
+def refining_updater():
     updater = checkpoint.build_updater(history(), dim=8, num_layers=2)
     train_offline(updater.graph, epochs=2, batch_size=64)
     updater.apply([click(f"r{k}", f"u{k}", f"i{(k * 7) % 25}") for k in range(20)])
-    job = updater.refine_job()
-    assert job is not None and updater.clicks_since_refine == 0
-    n = len(job.base)
-    # while the steps run: a new user and a new item, and an edge of the copy removed
-    updater.apply([click("x1", "late", "i3"), click("x2", "u1", "brand-new"), click("x3", "u0", "i0", label=0)])
-    graph = updater.graph
-    late, new_item = graph.node(USER, "late"), graph.node(ITEM, "brand-new")
-    assert late >= n and new_item >= n
-    folded = graph.base()[[late, new_item]].copy()
-    base = refined_base(job, steps=3, lr=0.05, batch_size=64)
-    assert np.abs(base - job.base).max() > 0  # the steps did move the copy
-    moved = updater.merge_refined(job, base, min_change=1e-3)
+    return updater
 
-    learned = np.flatnonzero(job.learned)
-    np.testing.assert_array_equal(graph.base()[learned], base[learned])
-    np.testing.assert_array_equal(graph.base()[[late, new_item]], folded)  # added meanwhile: their fold-in
-    assert graph.node(ITEM, "i0") not in graph.adj[graph.node(USER, "u0")]  # the later dislike still holds
-    layers = graph.layers[:, :len(graph)].copy()
-    graph.propagate_full()  # the merge left every layer as a full propagation of the graph as it is now
-    np.testing.assert_allclose(layers, graph.layers[:, :len(graph)], rtol=1e-6, atol=1e-7)
-    assert moved and all(r.payload is None for r in moved)
+
+LATER = [[click("x1", "late", "i3"), click("x2", "u1", "brand-new")],  # a new user, a new item
+         [click("x3", "u0", "i0", label=0), click("x4", "late", "i5"), click("x5", "u7", "i11")]]
+
+
+def test_a_refinement_merged_after_later_clicks_equals_one_merged_before_them():
+    """The click loop computes a refinement on a copy (RefineJob) in a thread while clicks go on; merging it after
+    those clicks (two batches here) must leave the graph as merging it at the copy and then applying the same
+    clicks in one batch would (a streaming refresh reads its neighbours' cached layers, so batch boundaries
+    matter there already)."""
+    at_copy, beside = refining_updater(), refining_updater()
+    job = at_copy.refine_job()
+    refined = run_refinement(job, steps=3, min_change=1e-3, lr=0.05, batch_size=64)
+    assert refined.moved.any()
+    at_copy.merge_refined(job, refined)
+    at_copy.apply([c for batch in LATER for c in batch])
+
+    job_beside = beside.refine_job()
+    assert beside.clicks_since_refine == 0
+    for batch in LATER:
+        beside.apply(batch)
+    moved = beside.merge_refined(job_beside, run_refinement(job_beside, steps=3, min_change=1e-3, lr=0.05,
+                                                            batch_size=64))
+    assert beside.graph.keys == at_copy.graph.keys
+    n = len(beside.graph)
+    np.testing.assert_array_equal(beside.graph.trained[:n], at_copy.graph.trained[:n])
+    np.testing.assert_allclose(beside.graph.layers[:, :n], at_copy.graph.layers[:, :n], rtol=1e-5, atol=1e-6)
+    assert beside.graph.node(ITEM, "i0") not in beside.graph.adj[beside.graph.node(USER, "u0")]
+    written = {(r.kind, r.external_id) for r in moved}
+    assert {(USER, "late"), (ITEM, "brand-new"), (USER, "u7")} <= written  # recomputed since the copy
+    assert all(r.payload is None for r in moved)  # no reaction changed: vectors only
     for r in moved:
-        v = graph.node(r.kind, r.external_id)
-        np.testing.assert_allclose(r.vector, graph.final(np.array([v]))[0], rtol=1e-6)
+        v = beside.graph.node(r.kind, r.external_id)
+        np.testing.assert_allclose(r.vector, beside.graph.final(np.array([v]))[0], rtol=1e-6)
 
 
 def test_payload_keeps_the_latest_reactions_oldest_first():
