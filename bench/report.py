@@ -50,6 +50,18 @@ def graph_table(d: dict) -> str:
          f"{fmt(d.get('freshness_clicks_at_5000'), 0)} clicks"),
         ("max sustained clicks/s (backlog drain)", fmt(d["max_sustained_clicks_per_s"], 0),
          f"{d['max_sustained_clicks']:,} clicks, batches of ≤4096"),
+    ]
+    if "max_sustained_clicks_per_s_refining" in d:
+        r = d["refinement_settings"]
+        rows += [
+            ("… with BPR refinement on: drain / freshness p50 / p99 at 1,000 clicks/s",
+             f"{fmt(d['max_sustained_clicks_per_s_refining'], 0)} clicks/s; {fmt(d['freshness_p50_ms_refining'], 0)}"
+             f" / {fmt(d['freshness_p99_ms_refining'], 0)} ms",
+             f"{r['refine_steps']} steps every {r['refine_every_clicks']:,} clicks in a thread beside the loop"),
+            ("… a refinement: steps + propagation (thread) / merge (loop waits)",
+             f"{fmt(float(np.mean(d['refine_steps_ms'])) / 1000, 1)} s / {fmt(float(np.mean(d['refine_merge_ms'])), 0)}"
+             " ms", f"mean of {len(d['refine_merge_ms'])}; the loop used to wait for the whole refinement")]
+    rows += [
         ("consume rate, empty body: aiokafka getmany / faust take_events",
          f"{fmt(d.get('consume_aiokafka_getmany_per_s'))} / {fmt(d.get('consume_faust_take_events_per_s'))} /s", ""),
     ]
