@@ -194,6 +194,24 @@ def paper_table(d: dict) -> str:
     return "\n".join(lines)
 
 
+def neighbour_table(d: dict) -> str:
+    """Per dataset and neighbour-evidence form: AUC and log loss (mean over seeds) and the AUC difference from no
+    neighbour evidence on the same rows (mean ± sd over seeds; the bootstrap sd of one seed's rows beside it)."""
+    lines = ["| dataset (test rows × seeds) | neighbour evidence | AUC | AUC − no neighbours | log loss |",
+             "|---|---|---|---|---|"]
+    for dataset, r in d.items():
+        baseline = np.mean([seed["baseline_auc"] for seed in r["per_seed"].values()])
+        lines.append(f"| {dataset} ({r['n_test']:,} × {len(r['seeds'])}) | baseline: LR on rates and counts | "
+                     f"{baseline:.4f} | — | — |")
+        for name, m in r["summary"].items():
+            first = r["per_seed"][next(iter(r["per_seed"]))][name]
+            diff = "—" if name == "none" else (f"{m['auc_minus_none']:+.4f} ± {m['auc_minus_none_seed_sd']:.4f} "
+                                               f"(one seed's rows: ± {first['auc_minus_none_sd']:.4f})")
+            lines.append(f"| {dataset} ({r['n_test']:,} × {len(r['seeds'])}) | `{name}` | {m['auc']:.4f} | {diff} | "
+                         f"{m['logloss']:.4f} |")
+    return "\n".join(lines)
+
+
 def reliability_table(d: dict) -> str:
     rows = [
         ("worker replica SIGKILLs (2 replicas, restarted at once)", fmt(d["worker_kills"]),
@@ -251,7 +269,8 @@ def main() -> None:
     if e2e:
         print()
         print(e2e_table(e2e))
-    for name, table in (("paper_table.json", paper_table), ("own_data.json", own_data_table),
+    for name, table in (("neighbour_evidence.json", neighbour_table), ("paper_table.json", paper_table),
+                        ("own_data.json", own_data_table),
                         ("reliability.json", reliability_table),
                         ("containers.json", containers_table)):
         if (RESULTS / name).exists():
