@@ -6,8 +6,8 @@ Per micro-batch (up to ``updater_batch_size`` clicks, or what arrived within ``u
 3. the valid clicks update the graph (:class:`~graph_updater.online.GraphUpdater`) and the changed vectors are
    upserted, retrying until the store accepts them;
 4. every ``refine_every_clicks`` clicks, a few BPR steps refine the embeddings on a copy of the graph in a
-   worker thread while the loop goes on; a later batch merges the result, propagates and upserts the moved
-   vectors (:meth:`ClickLoop.refine`);
+   worker thread (propagated there too) while the loop goes on; a later batch merges the result and upserts
+   the moved vectors (:meth:`ClickLoop.refine`);
 5. only then are the batch's offsets committed, so a committed offset never runs ahead of the outputs.
 
 The loop runs as a task of the faust app (which hosts the process: lifecycle, signals, the producer for dead
@@ -94,7 +94,7 @@ class ClickLoop:
                  stats: UpdaterStats, metrics: WorkerMetrics | None = None) -> None:
         self.topics, self.updater, self.store, self.settings, self.stats = topics, updater, store, settings, stats
         self.metrics = metrics or WorkerMetrics()
-        self.refinement: tuple[RefineJob, asyncio.Future] | None = None  # in flight: its job, its refined base
+        self.refinement: tuple[RefineJob, asyncio.Future] | None = None  # in flight: its copy, its future Refined
 
     async def process(self, records: Sequence[ConsumerRecord]) -> None:
         started = time.perf_counter()
