@@ -18,6 +18,7 @@ own consumer group ``<group>.graph-updater``.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -80,10 +81,11 @@ async def upsert_with_retry(store: VectorStore, records: list[VectorRecord], sta
         await asyncio.sleep(0)
 
 
-def timed_refinement(job: RefineJob, steps: int, min_change: float) -> tuple[Refined, float]:
+def timed_refinement(job: RefineJob, steps: int, min_change: float, cancelled: threading.Event
+                     ) -> tuple[Refined, float]:
     """:func:`~graph_updater.train.run_refinement` and its wall time in milliseconds."""
     started = time.perf_counter()
-    refined = run_refinement(job, steps, min_change)
+    refined = run_refinement(job, steps, min_change, cancelled=cancelled)
     return refined, (time.perf_counter() - started) * 1e3
 
 
@@ -95,6 +97,7 @@ class ClickLoop:
         self.topics, self.updater, self.store, self.settings, self.stats = topics, updater, store, settings, stats
         self.metrics = metrics or WorkerMetrics()
         self.refinement: tuple[RefineJob, asyncio.Future] | None = None  # in flight: its copy, its future Refined
+        self.stopping = threading.Event()  # set when the loop ends: a refinement in flight stops at its next step
 
     async def process(self, records: Sequence[ConsumerRecord]) -> None:
         started = time.perf_counter()
@@ -149,12 +152,15 @@ class ClickLoop:
             if job is not None:
                 s = self.settings
                 self.refinement = job, asyncio.ensure_future(
-                    asyncio.to_thread(timed_refinement, job, s.refine_steps, s.refine_min_change))
+                    asyncio.to_thread(timed_refinement, job, s.refine_steps, s.refine_min_change, self.stopping))
 
     async def run(self) -> None:
         s = self.settings
-        await run_batches(s, s.topic("clicks"), updater_group(s), s.updater_batch_size, s.updater_batch_wait_ms,
-                          self.process, "click", metrics=self.metrics)
+        try:
+            await run_batches(s, s.topic("clicks"), updater_group(s), s.updater_batch_size, s.updater_batch_wait_ms,
+                              self.process, "click", metrics=self.metrics)
+        finally:  # stopping: nothing will adopt a refinement now, and the process should not wait for its steps
+            self.stopping.set()
 
 
 def register_updater(app: faust.App, topics: Topics, updater: GraphUpdater, store: VectorStore,

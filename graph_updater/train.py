@@ -12,6 +12,7 @@ The adjacency is handed to PyG as a sparse CSR tensor (same result as ``edge_ind
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -143,15 +144,22 @@ class Refined:
     moved: np.ndarray
 
 
+class RefinementCancelled(Exception):
+    """The refinement's ``cancelled`` event was set (its process is stopping): no result."""
+
+
 def refined_base(job: RefineJob, steps: int, lr: float = 0.005, batch_size: int = 2048,
-                 weight_decay: float = 1e-4, seed: int = 0) -> np.ndarray:
+                 weight_decay: float = 1e-4, seed: int = 0, cancelled: threading.Event | None = None) -> np.ndarray:
     """``steps`` BPR steps (as :func:`bpr_train`) on the job's copy; the base embeddings of its nodes, refined
-    for the learned ones and as they were for the others."""
+    for the learned ones and as they were for the others. Raises :class:`RefinementCancelled` before a step when
+    ``cancelled`` is set, so a stopping process does not wait for the remaining steps."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model, adjacency = _model(job.num_layers, job.edges, job.base)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in range(steps):
+        if cancelled is not None and cancelled.is_set():
+            raise RefinementCancelled
         _bpr_step(model, adjacency, opt, *_triples(job.pairs, job.items, batch_size, rng), weight_decay)
     base = job.base.copy()
     base[job.learned] = model.embedding.weight.detach().numpy()[job.learned]
@@ -159,12 +167,12 @@ def refined_base(job: RefineJob, steps: int, lr: float = 0.005, batch_size: int 
 
 
 def run_refinement(job: RefineJob, steps: int, min_change: float = 1e-3, lr: float = 0.005, batch_size: int = 2048,
-           seed: int = 0) -> Refined:
+                   seed: int = 0, cancelled: threading.Event | None = None) -> Refined:
     """:func:`refined_base`, propagated over the job's edges, and the nodes whose final embedding moved more
     than ``min_change`` (Euclidean, relative to the norm of ``job.final``). Reads nothing but ``job``: safe to
     run in a thread beside the code that changes the graph."""
-    layers = propagated(job.edges, refined_base(job, steps, lr=lr, batch_size=batch_size, seed=seed),
-                        job.num_layers)
+    layers = propagated(job.edges, refined_base(job, steps, lr=lr, batch_size=batch_size, seed=seed,
+                                                cancelled=cancelled), job.num_layers)
     shift = np.linalg.norm(layers.mean(axis=0) - job.final, axis=1)
     return Refined(layers, shift > min_change * (np.linalg.norm(job.final, axis=1) + 1e-12))
 
