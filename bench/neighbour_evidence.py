@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.special import logit
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss, roc_auc_score
 
@@ -41,12 +40,11 @@ from graph_updater.store import VectorStore
 from infra.runtime.logging import configure_logging
 from infra.runtime.settings import Settings
 from scorer import experiment
-from scorer.features import brand, collaborative, features, smoothed_logit
+from scorer.features import FEATURES, STRENGTH, brand, collaborative, features, smoothed_logit, smoothed_rate
 from scorer.retrievers import GcnRetriever, UserView
 
 RESULTS = Path(__file__).resolve().parent / "results"
-NEIGHBOUR_COLUMNS = (2, 5)  # neighbour_rate, neighbour_count in scorer.features.FEATURES
-STRENGTH = 5.0
+NEIGHBOUR_COLUMNS = (FEATURES.index("neighbour_rate"), FEATURES.index("neighbour_count"))
 Neighbours = list[tuple[int, float, int, int]]  # per neighbour: reaction, cosine, its likes, its reactions
 
 
@@ -78,8 +76,8 @@ def neighbour_columns(found: Neighbours | None, form: str, k: int, prior: float)
     if form == "share":
         return [smoothed_logit(y.sum(), len(y), prior), float(np.log1p(len(y)))]
     if form == "weighted":
-        return [float(logit((w @ y + STRENGTH * prior) / (w.sum() + STRENGTH))), float(np.log1p(w.sum()))]
-    rate = (liked - y + STRENGTH * prior) / (reacted - 1 + STRENGTH)  # the neighbour's rate without this reaction
+        return [smoothed_logit(float(w @ y), float(w.sum()), prior), float(np.log1p(w.sum()))]
+    rate = smoothed_rate(liked - y, reacted - 1, prior)  # each neighbour's rate without this reaction
     return [float((y - rate).sum() / (len(y) + STRENGTH)), float(np.log1p(len(y)))]
 
 
