@@ -188,8 +188,8 @@ async def run_updater(settings: Settings, ckpt: Path, clicks, rate: float | None
     return {"clicks": service.stats.clicks, "timed_clicks": service.stats.clicks - first,
             "seconds": round(elapsed, 2), "batches": service.stats.batches,
             "freshness_ms": list(service.stats.freshness_ms), "upserts": service.stats.upserts,
-            "refinements": service.stats.refinements, "refine_steps_ms": service.stats.refine_steps_ms,
-            "refine_merge_ms": service.stats.refine_merge_ms}
+            "refinements": service.stats.refinements, "refine_steps_ms": list(service.stats.refine_steps_ms),
+            "refine_merge_ms": list(service.stats.refine_merge_ms)}
 
 
 def bookcrossing_checkpoint(cache_dir: Path, quick: bool = False) -> Path:

@@ -56,8 +56,9 @@ class UpdaterStats:
     upserts: int = 0
     refinements: int = 0
     store_retries: int = 0
-    refine_steps_ms: list = field(default_factory=list, repr=False)  # per refinement: steps + propagation (thread)
-    refine_merge_ms: list = field(default_factory=list, repr=False)  # ... and its merge (the loop waits for this)
+    # per refinement, the latest 1,000: its steps and propagation (a thread), and its merge (the loop waits for it)
+    refine_steps_ms: deque = field(default_factory=lambda: deque(maxlen=1000), repr=False)
+    refine_merge_ms: deque = field(default_factory=lambda: deque(maxlen=1000), repr=False)
     freshness_ms: deque = field(default_factory=lambda: deque(maxlen=200_000), repr=False)
 
 

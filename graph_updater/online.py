@@ -22,7 +22,7 @@ from operator import itemgetter
 import numpy as np
 
 from graph_updater.graph import ITEM, USER, LightGCNGraph
-from graph_updater.train import Refined, RefineJob, run_refinement
+from graph_updater.train import Refined, RefineJob
 from schemas.codec import decode_keyed
 from schemas.messages import Click
 
@@ -271,17 +271,6 @@ class GraphUpdater:
     def drop_refinement(self) -> None:
         """Forget the copy a failed refinement was computed on (stop recording changed nodes for it)."""
         self.changed_since_job = None
-
-    def refine(self, steps: int, lr: float = 0.005, batch_size: int = 2048, seed: int = 0,
-               min_change: float = 1e-3) -> list[VectorRecord]:
-        """A few BPR steps on recent click edges, in place (:meth:`refine_job`,
-        :func:`~graph_updater.train.run_refinement`, :meth:`merge_refined` in one go; the click loop runs the middle
-        step in a thread while it goes on)."""
-        job = self.refine_job()
-        if job is None:
-            return []
-        return self.merge_refined(job, run_refinement(job, steps, min_change, lr=lr, batch_size=batch_size,
-                                                         seed=seed))
 
     def vectors(self, nodes) -> list[VectorRecord]:
         """Vector-only records (``payload`` None) of the nodes of ``nodes`` that have a like edge (the others'

@@ -133,7 +133,8 @@ def test_refine_moves_vectors_and_reports_them():
     updater = checkpoint.build_updater(history(), dim=8, num_layers=2)
     train_offline(updater.graph, epochs=2, batch_size=64)
     updater.apply([click(f"r{k}", f"u{k}", f"i{(k * 7) % 25}") for k in range(20)])
-    moved = updater.refine(steps=3, lr=0.05, batch_size=64)
+    job = updater.refine_job()
+    moved = updater.merge_refined(job, run_refinement(job, steps=3, min_change=1e-3, lr=0.05, batch_size=64))
     assert moved and updater.clicks_since_refine == 0
     assert all(r.payload is None for r in moved)  # no reaction changed: vectors only
     for r in moved[:5]:
