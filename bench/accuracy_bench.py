@@ -362,7 +362,8 @@ def main() -> None:
                                         rule.to_dict(), per_seed[0]["val_curve"],
                                         {"dataset": args.dataset, "n_train": len(sets.train), "n_val": len(sets.val),
                                          "regime": "frozen", "source": "bench.accuracy_bench seed 0"},
-                                        list(features), sets.prior, precision)
+                                        list(features), sets.prior, precision,
+                                        checkpoint.fp32_linears_for(precision))
             checkpoint.save(folder, model, tokenizer, card)
             print(f"{name} model saved: {folder}", flush=True)
         c = configs[name]

@@ -344,6 +344,6 @@ def train_checkpoint(data_dir: Path, cache_dir: Path, dataset: str, backbone: st
                "train_seconds": round(time.perf_counter() - started, 1)}
     card = checkpoint.ModelCard(backbone, model.head_layers, model.pooling, max_length, regime == "full",
                                 chosen.to_dict(), curve, metrics, list(ALL_FEATURES), sets.prior, precision,
-                                graph_dim=graph_dim)
+                                checkpoint.fp32_linears_for(precision), graph_dim=graph_dim)
     checkpoint.save(out, model, tokenizer, card)
     return chosen

@@ -175,6 +175,31 @@ def test_a_lower_precision_checkpoint_loads_so_scores_close_to_fp32_and_says_so(
         checkpoint.with_precision(low, "int4")
 
 
+def test_an_int8_checkpoint_keeps_the_layers_its_card_names_in_fp32(tiny_scorer_checkpoint, tmp_path):
+    """A card trained at int8 now lists the attention output projections it kept in fp32; a card from before the
+    list existed loads as it was fitted, every Linear layer int8."""
+    import json
+    import shutil
+
+    from scorer import checkpoint
+
+    for name, kept in (("now", checkpoint.fp32_linears_for("int8")), ("before", None)):
+        folder = tmp_path / name
+        shutil.copytree(tiny_scorer_checkpoint, folder)
+        config = {**json.loads((folder / "config.json").read_text()), "precision": "int8"}
+        if kept is not None:
+            config["fp32_linears"] = kept
+        (folder / "config.json").write_text(json.dumps(config))
+        model, _, card, _ = checkpoint.load(folder, tmp_path)
+        float_names = [n for n, m in model.backbone.named_modules() if type(m) is torch.nn.Linear]
+        if kept is None:
+            assert card.fp32_linears == [] and float_names == []
+        else:
+            blocks = model.backbone.config.num_hidden_layers
+            assert sorted(float_names) == sorted(f"encoder.layer.{i}.attention.output.dense" for i in range(blocks))
+            assert quantized_linears(model)[0] > 0  # the rest (q, k, v, FFN) run int8 kernels
+
+
 def test_int8_without_a_quantized_engine_stays_fp32_with_one_warning(tiny_scorer_checkpoint, tmp_path, monkeypatch):
     from structlog.testing import capture_logs
 
