@@ -99,7 +99,7 @@ def cache_view(model: EarlyExitModel, tokenizer, sets, view: str, args, cache: P
         path = cache / (f"{view}-{split}.pt" if precision == "fp32" else f"{view}-{precision}-{split}.pt")
         samples = getattr(sets, split)
         enc = experiment.encode(tokenizer, samples, args.max_length, sets.prior, view, embeddings)
-        digest, sidecar = prompts_digest(enc), path.with_suffix(".digest")
+        digest, sidecar = prompts_digest(enc, checkpoint.fp32_linears_for(precision)), path.with_suffix(".digest")
         if path.exists() and sidecar.exists() and sidecar.read_text() == digest:
             pooled = torch.load(path)
         else:  # new, or cached from other prompts (the sample code changed since): encode again
@@ -110,10 +110,13 @@ def cache_view(model: EarlyExitModel, tokenizer, sets, view: str, args, cache: P
     return out
 
 
-def prompts_digest(enc) -> str:
-    """SHA-256 of the token ids and masks: cached states are reused only for exactly the prompts they came from."""
+def prompts_digest(enc, fp32_linears: list[str] = ()) -> str:
+    """SHA-256 of the token ids and masks (and of the Linear layers an int8 backbone keeps in fp32, when any):
+    cached states are reused only for exactly the prompts and quantization they came from."""
     h = hashlib.sha256(enc.ids.numpy().tobytes())
     h.update(enc.mask.numpy().tobytes())
+    if fp32_linears:
+        h.update(",".join(fp32_linears).encode())
     return h.hexdigest()
 
 
