@@ -166,6 +166,21 @@ def test_paired_interval_separates_what_two_unpaired_aucs_cannot():
     assert quality.auc_difference_interval(y, base, base) == (0.0, 0.0)
 
 
+def test_a_resample_weighted_auc_is_the_auc_of_the_resampled_rows():
+    """Counts as weights give each bootstrap resample's AUC without copying rows: equal to scikit-learn's on the
+    resampled rows, tied scores included; NaN where a resample holds one class."""
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 60)
+    scores = np.round(rng.random(60), 1)  # many ties
+    rows = rng.integers(0, 60, (20, 60))
+    counts = np.stack([np.bincount(r, minlength=60) for r in rows])
+    expected = [quality.auc(y[r], scores[r]) for r in rows]
+    assert np.allclose(quality.weighted_aucs(y, scores, counts), expected, atol=1e-12)
+    one_class = np.zeros((1, 60))
+    one_class[0, np.flatnonzero(y == 1)[:3]] = 1
+    assert np.isnan(quality.weighted_aucs(y, scores, one_class)).all()
+
+
 def test_frozen_regime_trains_only_the_heads(samples, tokenizer):
     ids, mask, labels, _ = encode(tokenizer, samples[:96])
     torch.manual_seed(0)
