@@ -54,6 +54,7 @@ import copy
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +111,7 @@ def cache_view(model: EarlyExitModel, tokenizer, sets, view: str, args, cache: P
     return out
 
 
-def prompts_digest(enc, fp32_linears: list[str] = ()) -> str:
+def prompts_digest(enc, fp32_linears: Sequence[str] = ()) -> str:
     """SHA-256 of the token ids and masks (and of the Linear layers an int8 backbone keeps in fp32, when any):
     cached states are reused only for exactly the prompts and quantization they came from."""
     h = hashlib.sha256(enc.ids.numpy().tobytes())

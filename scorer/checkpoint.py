@@ -115,7 +115,7 @@ def int8_linears(module: torch.nn.Module, fp32_linears: Sequence[str] = ()) -> t
     whose names end with one of ``fp32_linears``."""
     keep = tuple(fp32_linears)
     chosen = {name: per_channel_dynamic_qconfig for name, m in module.named_modules()
-              if isinstance(m, torch.nn.Linear) and not (keep and name.endswith(keep))}
+              if isinstance(m, torch.nn.Linear) and not name.endswith(keep)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization's notice that torchao will take over
         return torch.ao.quantization.quantize_dynamic(module, chosen, dtype=torch.qint8, inplace=True)
