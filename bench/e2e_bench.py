@@ -213,7 +213,9 @@ async def run_config(name: str, base: Settings, split, args, work: Path, baselin
             run = await run_prequential(settings, requests, answers, args.high_rate, timeout_s=1800)
             at = f"at_{args.high_rate:g}rps"
             high = {f"p50_ms_{at}": percentile(run.latency_ms, 50), f"p99_ms_{at}": percentile(run.latency_ms, 99),
-                    f"answered_rps_{at}": run.rps, f"mean_exit_layer_{at}": float(np.mean(run.exit_layers))}
+                    f"answered_rps_{at}": run.rps, f"mean_exit_layer_{at}": float(np.mean(run.exit_layers)),
+                    **{f"{part}_p{q}_ms_{at}": percentile(getattr(run, f"{part}_ms"), q)
+                       for part in ("queue", "retrieval", "inference") for q in (50, 99)}}
             print(f"  {name}: {args.high_rate:g}/s offered: p99 {high[f'p99_ms_{at}']:.0f} ms", flush=True)
     return {**CONFIGS[name], **summary(*phases, joined), **paired, "catch_up_s": catch_up_s, **high}
 

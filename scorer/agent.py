@@ -9,6 +9,8 @@ Per micro-batch (up to ``scorer_batch_size`` requests, or what arrived within ``
    overlap on two cores; batches still infer, publish and commit in order, one at most in flight;
 4. one ``ctr-scores`` message per candidate (key = user id) and one ``exit-telemetry`` message per request
    (key = request id) are sent (:class:`~infra.runtime.outputs.OutputProducer`) and their delivery awaited;
+   the next batch's inference starts as soon as this one's ends, not after its delivery (the broker's
+   acknowledgements overlap the model instead of adding to every batch);
 5. only then are the offsets committed: a scorer that dies mid-batch leaves the batch uncommitted and whoever
    owns the partitions next scores it again. Outputs carry the request id (and item id), so a consumer drops
    re-delivered duplicates by ``(request_id, item_id)`` / ``request_id``.
@@ -35,7 +37,7 @@ from infra.runtime.outputs import OutputProducer
 from infra.runtime.settings import Settings
 from schemas.codec import decode_keyed, encode
 from schemas.messages import ExitTelemetry, ImpressionRequest
-from scorer.scoring import RequestContext, Scorer, now_ms
+from scorer.scoring import Inference, RequestContext, Scorer, now_ms
 
 log = structlog.get_logger("scorer")
 
@@ -92,6 +94,7 @@ class ImpressionLoop:
         self.metrics = metrics or WorkerMetrics()
         self.metrics.serving(scorer.model_version)
         self.last: asyncio.Task | None = None  # the latest batch's infer-and-publish task
+        self.last_inferred: asyncio.Event | None = None  # set when that batch's inference has ended
         self.outputs = OutputProducer(settings)  # started and stopped by run()
 
     async def dead_letter(self, record: ConsumerRecord, err: Exception) -> None:
@@ -117,19 +120,34 @@ class ImpressionLoop:
             contexts: list[RequestContext] | Exception = contexts_of(scorer, requests)
         except Exception as exc:
             contexts = exc
-        self.last = asyncio.ensure_future(self.complete(scorer, requests, contexts, self.last))
+        inferred = asyncio.Event()
+        self.last = asyncio.ensure_future(self.complete(scorer, requests, contexts, self.last, self.last_inferred,
+                                                        inferred))
+        self.last_inferred = inferred
         return self.last
 
     async def complete(self, scorer: Scorer, requests: list[tuple[ImpressionRequest, ConsumerRecord]],
-                       contexts: list[RequestContext] | Exception, previous: asyncio.Task | None) -> None:
-        """After ``previous`` (batches infer and publish in order): infer and publish ``contexts``, or, when
-        building them or answering failed, answer the requests one by one (see :meth:`process`)."""
+                       contexts: list[RequestContext] | Exception, previous: asyncio.Task | None,
+                       previous_inferred: asyncio.Event | None, inferred: asyncio.Event) -> None:
+        """Infer ``contexts`` once the previous batch's inference has ended (one inference at a time, in batch
+        order), set ``inferred``, then publish after ``previous`` has published (outputs in batch order); or,
+        when building the contexts or answering failed, answer the requests one by one (see :meth:`process`)."""
+        try:
+            if previous_inferred is not None:
+                await previous_inferred.wait()
+            if isinstance(contexts, Exception):
+                raise contexts
+            inference = await asyncio.to_thread(scorer.infer, contexts)
+        except Exception as exc:
+            inference = exc
+        finally:
+            inferred.set()
         if previous is not None:
             await previous  # never raises: failures are handled below, in its own call
         try:
-            if isinstance(contexts, Exception):
-                raise contexts
-            await self.publish(scorer, requests, contexts)
+            if isinstance(inference, Exception):
+                raise inference
+            await self.publish(scorer, requests, contexts, inference)
         except Exception as exc:
             log.error("impression_batch_failed", error=repr(exc)[:500], requests=len(requests))
             for one in requests:
@@ -141,12 +159,12 @@ class ImpressionLoop:
     async def answer(self, requests: list[tuple[ImpressionRequest, ConsumerRecord]]) -> None:
         """Build the contexts of ``requests`` and publish their answers (one go, no pipelining)."""
         scorer = self.scorer
-        await self.publish(scorer, requests, contexts_of(scorer, requests))
+        contexts = contexts_of(scorer, requests)
+        await self.publish(scorer, requests, contexts, await asyncio.to_thread(scorer.infer, contexts))
 
     async def publish(self, scorer: Scorer, requests: list[tuple[ImpressionRequest, ConsumerRecord]],
-                      contexts: list[RequestContext]) -> None:
-        """Infer (in a worker thread), produce every score and telemetry record and await their delivery."""
-        inference = await asyncio.to_thread(scorer.infer, contexts)
+                      contexts: list[RequestContext], inference: Inference) -> None:
+        """Produce every score and telemetry record of an inferred batch and await their delivery."""
         produced = now_ms()
         records, answered = [], []
         scores_topic, telemetry_topic = self.topics.scores.get_topic_name(), self.topics.telemetry.get_topic_name()
