@@ -69,16 +69,7 @@ from scorer.checkpoint import with_precision
 from scorer.exit_rules import ExitRule, exit_points
 from scorer.features import ALL_FEATURES, COLLAB_SET, CONTENT_SET, FEATURES, graph_pairs
 from scorer.model import EarlyExitModel
-from scorer.train import (
-    Cached,
-    cached_probabilities,
-    calibrate,
-    fit_heads,
-    head_probabilities,
-    out_of_fold_probabilities,
-    pooled_states,
-    train,
-)
+from scorer.train import Cached, cached_probabilities, calibrate, fit_heads, head_probabilities, pooled_states, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # configuration: (prompt view, the features its heads read, backbone precision)
@@ -149,18 +140,11 @@ def with_features(data: dict[str, tuple], n: int, sets=None, graph_dim: int = 0)
 
 
 def run_config(model: EarlyExitModel, data: dict, seed: int, args) -> tuple[dict, np.ndarray, ExitRule]:
-    """Train heads, calibrate, choose the exit rule (on out-of-fold probabilities of the training and validation
-    rows with ``--exit-folds``); test metrics (full depth and exit) and test probabilities."""
+    """Train heads, calibrate, choose the exit rule; test metrics (full depth and exit) and test probabilities."""
     started = time.perf_counter()
-    train_set, val_set = data["train"][1], data["val"][1]
-    fit_heads(model, train_set, val_set, epochs=args.head_epochs, seed=seed, progress=False)
-    certify = None
-    if args.exit_folds:
-        both = Cached.joined(train_set, val_set)
-        certify = (out_of_fold_probabilities(model, both, args.exit_folds, epochs=args.head_epochs, seed=seed),
-                   both.labels.numpy())
-    return evaluate(model, data, cached_probabilities(model, val_set), cached_probabilities(model, data["test"][1]),
-                    time.perf_counter() - started, args, certify)
+    fit_heads(model, data["train"][1], data["val"][1], epochs=args.head_epochs, seed=seed, progress=False)
+    return evaluate(model, data, cached_probabilities(model, data["val"][1]),
+                    cached_probabilities(model, data["test"][1]), time.perf_counter() - started, args)
 
 
 def run_graph_token(model: EarlyExitModel, data: dict, seed: int, args) -> tuple[dict, np.ndarray, ExitRule]:
@@ -184,15 +168,14 @@ def run_graph_token(model: EarlyExitModel, data: dict, seed: int, args) -> tuple
     return result, test_probs, rule
 
 
-def evaluate(model: EarlyExitModel, data: dict, raw_val: np.ndarray, raw_test: np.ndarray, train_s: float, args,
-             certify: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[dict, np.ndarray, ExitRule]:
-    """From the heads' raw validation and test probabilities: per-head Platt calibration on the validation rows,
-    the exit rule on ``certify`` (calibrated probabilities and labels; None: the validation rows), test metrics
-    at full depth and with early exit."""
+def evaluate(model: EarlyExitModel, data: dict, raw_val: np.ndarray, raw_test: np.ndarray, train_s: float, args
+             ) -> tuple[dict, np.ndarray, ExitRule]:
+    """From the heads' raw validation and test probabilities: per-head Platt calibration and the exit rule on the
+    validation rows, test metrics at full depth and with early exit."""
     y_val = data["val"][1].labels.numpy()
     model.calibration = HeadCalibration.fit(raw_val, y_val)
     val_probs = model.calibration.apply_all(raw_val)
-    rule, curve = calibrate(*(certify or (val_probs, y_val)), model.head_layers, args.rule, args.budget)
+    rule, curve = calibrate(val_probs, y_val, model.head_layers, args.rule, args.budget)
     test_probs = model.calibration.apply_all(raw_test)
     exits = exit_points(test_probs, rule)
     layers = np.array(model.head_layers)
@@ -200,13 +183,6 @@ def evaluate(model: EarlyExitModel, data: dict, raw_val: np.ndarray, raw_test: n
             "mean_exit_layer": float(layers[exits].mean()), "train_s": train_s, "rule": rule.to_dict(),
             "val_curve": curve, "heads_auc": [quality.auc(data["test"][1].labels.numpy(), test_probs[:, j])
                                               for j in range(len(layers))]}, test_probs, rule
-
-
-def certified_on(folds: int, graph_dim: int, n_train: int, n_val: int) -> str:
-    """Which rows a configuration's exit rule was certified on (:func:`run_config`, :func:`run_graph_token`)."""
-    if folds and not graph_dim:
-        return f"out-of-fold probabilities of {n_train + n_val} training and validation rows ({folds} folds)"
-    return f"the {n_val} validation rows"
 
 
 def rps(model: EarlyExitModel, enc, rule: ExitRule, rows: int) -> float:
@@ -315,9 +291,6 @@ def main() -> None:
     parser.add_argument("--head-epochs", type=int, default=60)
     parser.add_argument("--rule", default="max_prob")
     parser.add_argument("--budget", type=float, default=0.002)
-    parser.add_argument("--exit-folds", type=int, default=5,
-                        help="certify the exit rule on out-of-fold probabilities of the training and validation rows "
-                             "from this many folds (0: on the validation rows alone; graph_token always is)")
     parser.add_argument("--rps-rows", type=int, default=512)
     parser.add_argument("--graph-token-rows", type=int, default=3000,
                         help="graph_token: the latest training rows its token trains on (back-propagation through "
@@ -373,7 +346,6 @@ def main() -> None:
             per_seed.append(result)
             models.append((model, rule, test_probs))
         configs[name] = summarize(per_seed, y, warm)
-        configs[name]["exit_certified_on"] = certified_on(args.exit_folds, graph_dim, len(sets.train), len(sets.val))
         model, rule, test_probs = models[0]
         enc = data["test"][0]
         configs[name]["rps"] = rps(model, enc, rule, args.rps_rows)
@@ -393,8 +365,7 @@ def main() -> None:
             card = checkpoint.ModelCard("minilm", model.head_layers, model.pooling, args.max_length, False,
                                         rule.to_dict(), per_seed[0]["val_curve"],
                                         {"dataset": args.dataset, "n_train": len(sets.train), "n_val": len(sets.val),
-                                         "regime": "frozen", "source": "bench.accuracy_bench seed 0",
-                                         "exit_certified_on": configs[name]["exit_certified_on"]},
+                                         "regime": "frozen", "source": "bench.accuracy_bench seed 0"},
                                         list(features), sets.prior, precision,
                                         checkpoint.fp32_linears_for(precision))
             checkpoint.save(folder, model, tokenizer, card)

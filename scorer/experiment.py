@@ -298,7 +298,7 @@ def train_checkpoint(data_dir: Path, cache_dir: Path, dataset: str, backbone: st
                      head_epochs: int = 40, rule: str = "max_prob", budget: float = 0.002,
                      regime: str | None = None, precision: str = "auto", decay: float = 0.8,
                      retriever: str = "gcn", text_index_users: int = 10_000, graph_token_epochs: int = 0,
-                     graph_token_lr: float = 1e-3, exit_folds: int = 5) -> ExitRule:
+                     graph_token_lr: float = 1e-3) -> ExitRule:
     """Train on prequential RAG prompts and features (early stopping on validation AUC), fit each head's
     calibration and the exit rule on the validation rows (after the training rows in time), save the checkpoint
     at ``out`` (what ``exitrec train-model`` and the demo's first run do); return the chosen rule. ``decay``: the
@@ -307,19 +307,9 @@ def train_checkpoint(data_dir: Path, cache_dir: Path, dataset: str, backbone: st
     trains on (a model trained on GCN neighbours and served without any sees inputs it never saw), recorded in
     the card's metrics. ``graph_token_epochs > 0``: the model gets a graph token (the collaborative path "a",
     :mod:`scorer.model`), trained for up to that many epochs at ``graph_token_lr`` after the heads (regime
-    ``graph_token`` of :func:`scorer.train.train`; fp32 backbone). ``exit_folds > 0`` (frozen regime without a
-    graph token): the exit rule is certified on out-of-fold probabilities of the training and validation rows
-    (:func:`scorer.train.out_of_fold_probabilities`) instead of the validation rows alone."""
+    ``graph_token`` of :func:`scorer.train.train`; fp32 backbone)."""
     from scorer import checkpoint
-    from scorer.train import (
-        Cached,
-        calibrate,
-        fit_heads,
-        head_probabilities,
-        out_of_fold_probabilities,
-        pooled_states,
-        train,
-    )
+    from scorer.train import calibrate, head_probabilities, train
 
     started = time.perf_counter()
     sets = sample_sets(dataset, data_dir, cache_dir, n_train, n_val, 0,
@@ -337,15 +327,8 @@ def train_checkpoint(data_dir: Path, cache_dir: Path, dataset: str, backbone: st
     train_set = encode(tokenizer, sets.train, max_length, sets.prior, view_name, embeddings, graph_dim=graph_dim)
     val = encode(tokenizer, sets.val, max_length, sets.prior, view_name, embeddings, graph_dim=graph_dim)
     val_rows = (val.ids, val.mask, val.features, val.labels, val.graph)
-    cross_fit = exit_folds > 0 and regime == "frozen" and not graph_token_epochs
-    if cross_fit:  # the frozen regime of train(), keeping the cached states for the out-of-fold heads
-        model.backbone.requires_grad_(False)
-        states = [Cached(pooled_states(model, rows.ids, rows.mask), rows.features, rows.labels.long())
-                  for rows in (train_set, val)]
-        fit_heads(model, *states, epochs=head_epochs, batch_size=64)
-    else:
-        train(model, train_set.ids, train_set.mask, train_set.labels, train_set.features, regime=regime,
-              epochs=epochs if regime == "full" else head_epochs, decay=decay, val=val_rows, graph=train_set.graph)
+    train(model, train_set.ids, train_set.mask, train_set.labels, train_set.features, regime=regime,
+          epochs=epochs if regime == "full" else head_epochs, decay=decay, val=val_rows, graph=train_set.graph)
     if graph_token_epochs:
         train(model, train_set.ids, train_set.mask, train_set.labels, train_set.features, regime="graph_token",
               epochs=graph_token_epochs, lr=graph_token_lr, val=val_rows, graph=train_set.graph)
@@ -353,15 +336,8 @@ def train_checkpoint(data_dir: Path, cache_dir: Path, dataset: str, backbone: st
     y_val = val.labels.numpy()
     model.calibration = HeadCalibration.fit(raw, y_val)
     val_probs = model.calibration.apply_all(raw)
-    certify, certified_on = (val_probs, y_val), f"the {len(sets.val)} validation rows"
-    if cross_fit:
-        both = Cached.joined(*states)
-        certify = out_of_fold_probabilities(model, both, exit_folds, epochs=head_epochs), both.labels.numpy()
-        certified_on = f"out-of-fold probabilities of {len(both.labels)} training and validation rows " \
-                       f"({exit_folds} folds)"
-    chosen, curve = calibrate(*certify, model.head_layers, rule, budget)
+    chosen, curve = calibrate(val_probs, y_val, model.head_layers, rule, budget)
     metrics = {"dataset": dataset, "n_train": len(sets.train), "n_val": len(sets.val), "regime": regime,
-               "exit_certified_on": certified_on,
                "layer_lr_decay": decay if regime == "full" else None, "retriever": retriever,
                "graph_token_epochs": graph_token_epochs,
                "val_heads": [quality.report(y_val, val_probs[:, j]) for j in range(val_probs.shape[1])],

@@ -22,16 +22,10 @@ served) for a grid of thresholds and keeps the one with the fewest expected laye
 is within ``budget`` *with 95% confidence*: the paired bootstrap bound of :func:`scorer.quality.auc_drop_bound`,
 not the point estimate. A point estimate of a 0.002 drop on a few thousand rows is below its own noise (a
 single AUC there is uncertain by ~0.01), while the paired bound is tight when early and full-depth scores agree.
-With the frozen backbone the rows it is certified on can be the training and validation rows together, each
-predicted by heads fitted without it (:func:`out_of_fold_probabilities`, 5 folds): 5x the rows of the validation
-slice alone, whose own sampling noise had set the threshold. What is certified is a difference between heads of
-one model, which those rows estimate as well as later ones; test rows, later in time than all of them, then
-report exit against full depth.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,7 +34,6 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from scorer.calibration import HeadCalibration
 from scorer.exit_rules import ExitRule, exit_points
 from scorer.model import ENCODER, EarlyExitModel
 from scorer.quality import auc, auc_drop_bound
@@ -103,18 +96,6 @@ class Cached:
     pooled: list[torch.Tensor]
     features: torch.Tensor | None
     labels: torch.Tensor
-
-    def rows(self, index: torch.Tensor) -> Cached:
-        """The rows ``index`` (a 1-d index tensor) of every field."""
-        return Cached([p[index] for p in self.pooled], None if self.features is None else self.features[index],
-                      self.labels[index])
-
-    @staticmethod
-    def joined(first: Cached, second: Cached) -> Cached:
-        """``first``'s rows followed by ``second``'s."""
-        features = None if first.features is None else torch.cat([first.features, second.features])
-        return Cached([torch.cat(pair) for pair in zip(first.pooled, second.pooled, strict=True)], features,
-                      torch.cat([first.labels, second.labels]))
 
 
 def evidence_start(model: EarlyExitModel, features: torch.Tensor, labels: torch.Tensor) -> None:
@@ -297,31 +278,6 @@ def cached_probabilities(model: EarlyExitModel, data: Cached) -> np.ndarray:
     """Raw click probability of every head from cached states, ``(n, heads)``."""
     return torch.softmax(model.logits_from(data.pooled, data.features).float(), -1)[..., 1].T.numpy()\
         .astype(np.float64)
-
-
-def out_of_fold_probabilities(model: EarlyExitModel, data: Cached, folds: int = 5, *, epochs: int = 30,
-                              seed: int = 0) -> np.ndarray:
-    """Calibrated click probabilities of every head for every row of ``data``, each from heads that never
-    trained on that row, ``(n, heads)``: the rows are dealt at random into ``folds`` folds; per fold a fresh copy
-    of ``model``'s heads (the backbone shared, ``model`` itself untouched) is fitted by :func:`fit_heads` on the
-    other folds, stopping early on its own fold, and Platt-calibrated on it (:class:`HeadCalibration`, as the
-    served model is on the validation rows). What :func:`calibrate` certifies an exit rule on when the
-    validation rows alone are too few: on ML-100K's 3,000 the paired bound read ~0.002 above an AUC drop that
-    the test rows did not show, and retraining the same configuration moved the certified threshold between
-    0.60 and 0.72 (1.5 to 3.6 layers)."""
-    n = len(data.labels)
-    fold = np.random.default_rng(seed).permutation(n) % folds
-    out = np.zeros((n, len(model.heads)))
-    labels = data.labels.numpy()
-    for f in range(folds):
-        held = np.flatnonzero(fold == f)
-        kept = torch.from_numpy(np.flatnonzero(fold != f))
-        heads = copy.deepcopy(model, memo={id(model.backbone): model.backbone})
-        held_set = data.rows(torch.from_numpy(held))
-        fit_heads(heads, data.rows(kept), held_set, epochs=epochs, seed=seed, progress=False)
-        raw = cached_probabilities(heads, held_set)
-        out[held] = HeadCalibration.fit(raw, labels[held]).apply_all(raw)
-    return out
 
 
 def calibrate(probs: np.ndarray, labels: np.ndarray, head_layers: Sequence[int], rule: str = "ratio_trend",

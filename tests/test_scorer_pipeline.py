@@ -275,24 +275,3 @@ def test_heads_start_from_the_logistic_regression_on_their_evidence_and_never_en
     fit_heads(model, train_set, val_set, epochs=8, head_lr=5e-2, seed=0, progress=False)  # a rate that overfits noise
     trained = torch.softmax(model.logits_from(val_set.pooled, val_set.features).detach(), -1)[..., 1].numpy()
     assert all(quality.auc(val_set.labels.numpy(), p) >= start - 1e-9 for p in trained)
-
-
-def test_out_of_fold_probabilities_reassemble_every_row_and_certify_heads_that_agree():
-    """Every head reads the same informative features (the pooled states are noise), so the heads agree: the
-    out-of-fold probabilities, each row from heads fitted without it, rank as the truth does in the rows' own order
-    (a misplaced fold would read as chance), the served model is left as it was, and the rule certified on them
-    exits early: at the grid's most eager threshold, most rows at the first head."""
-    from scorer.train import out_of_fold_probabilities
-
-    model = tiny_bert(50)
-    data = synthetic_cached(model, 1200, 0)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    oof = out_of_fold_probabilities(model, data, folds=3, epochs=5, seed=0)
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert oof.shape == (1200, len(model.heads)) and ((oof > 0) & (oof < 1)).all()
-    labels = data.labels.numpy()
-    truth = 1.5 * data.features[:, 0].numpy() - data.features[:, 3].numpy()
-    assert all(quality.auc(labels, oof[:, j]) > quality.auc(labels, truth) - 0.03 for j in range(oof.shape[1]))
-    rule, curve = calibrate(oof, labels, model.head_layers, "max_prob", budget=0.002)
-    assert rule == MaxProbRule(0.55)  # the grid's most eager threshold is within the budget
-    assert curve[0]["auc_drop_bound"] <= 0.002 and curve[0]["mean_layers"] < 1.0

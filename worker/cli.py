@@ -357,16 +357,13 @@ def analytics(from_beginning: bool, duration: float | None, window: float, png: 
 @click.option("--graph-token-epochs", default=0, show_default=True,
               help="> 0: add a graph token (the user's and candidate's LightGCN vectors projected into the first "
                    "input embedding) and train it, backbone frozen, for up to this many epochs after the heads (fp32)")
-@click.option("--exit-folds", default=5, show_default=True,
-              help="certify the exit rule on out-of-fold probabilities of the training and validation rows from this "
-                   "many folds (frozen regime; 0: on the validation rows alone)")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="checkpoint folder (default <cache>/models/early-exit-<dataset>-<backbone>)")
 @from_topic_options
 def train_model(dataset: str, csv: Path | None, backbone: str, n_train: int, n_val: int, max_length: int,
                 head_layers: str | None, regime: str | None, epochs: int, head_epochs: int, layer_lr_decay: float,
-                retriever: str, rule: str, budget: float, precision: str, graph_token_epochs: int, exit_folds: int,
-                out: Path | None, from_topic: bool, until: int | None) -> None:
+                retriever: str, rule: str, budget: float, precision: str, graph_token_epochs: int, out: Path | None,
+                from_topic: bool, until: int | None) -> None:
     """Train the early-exit model on prequential RAG prompts and features, calibrate each head's probabilities and
     the exit rule on later validation rows, save a checkpoint."""
     from graph_updater.datasets import dataset_key
@@ -380,8 +377,7 @@ def train_model(dataset: str, csv: Path | None, backbone: str, n_train: int, n_v
                               n_val=n_val, max_length=max_length, head_layers=layers, epochs=epochs,
                               head_epochs=head_epochs, rule=rule, budget=budget, regime=regime, precision=precision,
                               decay=layer_lr_decay, retriever=retriever,
-                              text_index_users=settings.text_index_users, graph_token_epochs=graph_token_epochs,
-                              exit_folds=exit_folds)
+                              text_index_users=settings.text_index_users, graph_token_epochs=graph_token_epochs)
     click.echo(json.dumps({"checkpoint": str(out), "rule": chosen.to_dict()}, indent=2))
 
 
