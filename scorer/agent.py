@@ -131,7 +131,8 @@ class ImpressionLoop:
                        previous_inferred: asyncio.Event | None, inferred: asyncio.Event) -> None:
         """Infer ``contexts`` once the previous batch's inference has ended (one inference at a time, in batch
         order), set ``inferred``, then publish after ``previous`` has published (outputs in batch order); or,
-        when building the contexts or answering failed, answer the requests one by one (see :meth:`process`)."""
+        when building the contexts or answering failed, answer the requests one by one (see :meth:`process`;
+        those retries infer beside the next batch's inference: a rare path, not worth holding the next batch)."""
         try:
             if previous_inferred is not None:
                 await previous_inferred.wait()
