@@ -97,6 +97,16 @@ async def wait_caught_up(settings: Settings, worker: subprocess.Popen, clicks: i
         await asyncio.sleep(1.0)
 
 
+def waits(run: PrequentialRun) -> dict[str, float]:
+    """Where a phase's requests waited, p50 and p99 of each part as the telemetry reports it: ``queue`` (record
+    timestamp -> taken by the loop), ``retrieval``, ``inference`` (its micro-batch's), and ``other``: the latency
+    less those three (waiting for the previous batch's inference, building and sending the outputs)."""
+    other = np.array(run.latency_ms) - np.array(run.queue_ms) - np.array(run.retrieval_ms) - np.array(run.inference_ms)
+    parts = {"queue": run.queue_ms, "retrieval": run.retrieval_ms, "inference": run.inference_ms,
+             "other": other.tolist()}
+    return {f"{part}_p{q}": percentile(values, q) for part, values in parts.items() for q in (50, 99)}
+
+
 def summary(accuracy: PrequentialRun, capacity: PrequentialRun, paced: PrequentialRun, joined: dict) -> dict:
     runs = (accuracy, capacity, paced)
     layers = [x for r in runs for x in r.exit_layers]
@@ -214,21 +224,21 @@ async def run_config(name: str, base: Settings, split, args, work: Path, baselin
             at = f"at_{args.high_rate:g}rps"
             high = {f"p50_ms_{at}": percentile(run.latency_ms, 50), f"p99_ms_{at}": percentile(run.latency_ms, 99),
                     f"answered_rps_{at}": run.rps, f"mean_exit_layer_{at}": float(np.mean(run.exit_layers)),
-                    **{f"{part}_p{q}_ms_{at}": percentile(getattr(run, f"{part}_ms"), q)
-                       for part in ("queue", "retrieval", "inference") for q in (50, 99)}}
+                    **{f"{part}_ms_{at}": ms for part, ms in waits(run).items()}}
             print(f"  {name}: {args.high_rate:g}/s offered: p99 {high[f'p99_ms_{at}']:.0f} ms", flush=True)
     return {**CONFIGS[name], **summary(*phases, joined), **paired, "catch_up_s": catch_up_s, **high}
 
 
 async def run_slo(base: Settings, data, split, args, work: Path, capacity_rps: float) -> dict:
     """SLO mode under overload: a ``gcn_exit`` worker with ``EXITREC_LATENCY_SLO_MS = --slo-ms`` offered
-    ``--slo-over`` x the capacity ``gcn_exit`` measured, for ``--slo-seconds``, on test rows after the other
-    phases' (each row's click published after its answer). Latency, answered/sent, the share flagged ``slo``,
-    and the AUC of exactly those answers (the analytics join), beside the baseline's on the same rows."""
+    ``--slo-over`` x the capacity ``gcn_exit`` measured (or ``--slo-rps``), for ``--slo-seconds``, on test rows
+    after the other phases' (each row's click published after its answer). Latency (and where it was spent:
+    :func:`waits`), answered/sent, the share flagged ``slo``, and the AUC of exactly those answers (the analytics
+    join), beside the baseline's on the same rows."""
     tag = f"e2e-{args.dataset}-slo-{int(time.time())}"
     settings = base.model_copy(update={"topic_prefix": f"{tag}.", "consumer_group": tag, **CONFIGS["gcn_exit"],
                                        "latency_slo_ms": args.slo_ms})
-    rate = args.slo_over * capacity_rps
+    rate = args.slo_rps or args.slo_over * capacity_rps
     first = len(split.train) + len(split.stream)
     start = args.accuracy + args.capacity + args.paced + args.high_paced
     rows = split.test.take(slice(start, start + int(rate * args.slo_seconds)))
@@ -245,6 +255,7 @@ async def run_slo(base: Settings, data, split, args, work: Path, capacity_rps: f
             "p50_ms": percentile(run.latency_ms, 50), "p99_ms": percentile(run.latency_ms, 99),
             "answered_rps": run.rps, "auc": joined["auc"], "logloss": joined["logloss"], "joined": joined["joined"],
             "slo_flagged": joined["degraded"].get("slo", 0), "mean_exit_layer": float(np.mean(run.exit_layers)),
+            **{f"{part}_ms": ms for part, ms in waits(run).items()},
             "baseline_auc_same_rows": quality.auc(split.test.labels[start:start + len(rows)], baseline),
             **versus_baseline(rows, join.ctr_of, baseline)}
 
@@ -392,6 +403,9 @@ def main() -> None:
     parser.add_argument("--text-index-users", type=int, default=10_000)
     parser.add_argument("--slo-ms", type=float, default=100.0, help="SLO mode phase: the latency aim (0 = skip)")
     parser.add_argument("--slo-over", type=float, default=2.0, help="SLO mode phase: offered load / gcn_exit capacity")
+    parser.add_argument("--slo-rps", type=float, default=None,
+                        help="SLO mode phase: offer this many requests/s instead of --slo-over x capacity (A/B runs "
+                             "of two versions at one load)")
     parser.add_argument("--slo-seconds", type=float, default=60.0, help="SLO mode phase: how long the load is offered")
     parser.add_argument("--retrieval-budget-ms", type=float, default=1000.0,
                         help="generous, so that AUC compares retrievers, not budgets (retrieval time is reported)")

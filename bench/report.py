@@ -191,6 +191,36 @@ def paper_table(d: dict) -> str:
             lines.append(f"| {where} | `{name}` | {fmt(c['auc'])} ± {fmt(c['auc_sd'])} | {delta} | "
                          f"{fmt(c['logloss'])} | {fmt(c['rps'], 1)} | {fmt(c['retrieval_p50_ms'], 2)} | "
                          f"{fmt(c['mean_exit_layer'], 2)} | {reported} |")
+    return "\n".join(lines) + "\n\n" + paper_aims(d)
+
+
+def ratio(numerator: dict | None, denominator: dict | None, key: str) -> str:
+    """``numerator[key] / denominator[key]`` as ``1.23×``; — when either configuration was not measured."""
+    if not numerator or not denominator or not denominator.get(key):
+        return "—"
+    return f"{numerator[key] / denominator[key]:.2f}×"
+
+
+def paired_configs(configs: dict, name: str, reference: str) -> str:
+    """:func:`paired` of two configurations' per-block AUCs; — when either was not measured."""
+    if name not in configs or reference not in configs:
+        return "—"
+    return paired(configs[name]["auc_per_seed"], configs[reference]["auc_per_seed"])
+
+
+def paper_aims(d: dict) -> str:
+    """The issue's aims per dataset, each from the same run's rows: GCN against text retrieval (paired AUC
+    difference over row blocks; how many times faster its retrieval p50), early exit against full depth with GCN
+    retrieval (requests/s ratio; paired AUC change), the depth-aware learning rate on against off (paired)."""
+    lines = ["| dataset | GCN − text AUC, paired | text / GCN retrieval p50 | `gcn_exit` / `gcn_full` requests/s | "
+             "`gcn_exit` − `gcn_full` AUC, paired | depth-aware LR on − off AUC, paired |", "|" + "---|" * 6]
+    for dataset, r in d["datasets"].items():
+        c = r["configs"]
+        lines.append(f"| {dataset} | {paired_configs(c, 'gcn_full', 'text_full')} | "
+                     f"{ratio(c.get('text_full'), c.get('gcn_full'), 'retrieval_p50_ms')} | "
+                     f"{ratio(c.get('gcn_exit'), c.get('gcn_full'), 'rps')} | "
+                     f"{paired_configs(c, 'gcn_exit', 'gcn_full')} | "
+                     f"{paired_configs(c, 'gcn_exit_dlr', 'gcn_exit_nodlr')} |")
     return "\n".join(lines)
 
 
