@@ -66,9 +66,10 @@ def parse_request(key: bytes | None, value: bytes | None) -> ImpressionRequest:
 
 
 def contexts_of(scorer: Scorer, requests: list[tuple[ImpressionRequest, ConsumerRecord]]) -> list[RequestContext]:
-    """Every request's retrieval context, all taken at one instant, each enqueued at its record's timestamp."""
-    taken = now_ms()
-    return [scorer.context(request, float(record.timestamp), taken) for request, record in requests]
+    """Every request's retrieval context, each enqueued at its record's timestamp and taken when its own retrieval
+    starts: a request late in a large micro-batch has also waited for the retrieval of those before it, which
+    its queue time (and SLO mode's decision to shed its retrieval) must count."""
+    return [scorer.context(request, float(record.timestamp), now_ms()) for request, record in requests]
 
 
 class PartitionLog(ConsumerRebalanceListener):
@@ -174,7 +175,9 @@ class ImpressionLoop:
             answered.append((telemetry, float(record.timestamp)))
             records += [(scores_topic, score.user_id.encode(), encode(score)) for score in scores]
             records.append((telemetry_topic, telemetry.request_id.encode(), encode(telemetry)))
-        await self.outputs.send_all(records)
+        delivered = await self.outputs.queue_all(records)
+        scorer.observe_delivery(now_ms() - inference.ended_ms)
+        await asyncio.gather(*delivered)
         self.stats.requests += len(answered)
         self.stats.candidates += sum(len(t.candidates) for t, _ in answered)
         self.observe(answered, inference.inference_ms, now_ms())

@@ -64,6 +64,7 @@ class ScorerOptions:
 
 
 SHED_AFTER = 0.5  # SLO mode: a request taken after this share of its SLO has its retrieval shed
+INFERENCE_SHARE = 0.25  # SLO mode: a batch infers within this share of the SLO; a wait this long is a backlog
 
 
 @dataclass
@@ -88,10 +89,16 @@ class Inference:
     ctr: np.ndarray
     inference_ms: float
     pressed: np.ndarray | None = None  # rows scored under SLO pressure (relaxed rule or cut at the deadline)
+    ended_ms: float = 0.0  # wall-clock ms the inference ended (what the delivery lag is measured from)
 
 
 def now_ms() -> float:
     return time.time() * 1000.0
+
+
+def recent(average: float, value: float) -> float:
+    """Exponential average of recent values (weight 0.2 on the newest); the first value as it is."""
+    return 0.8 * average + 0.2 * value if average else value
 
 
 class ContextBuilder:
@@ -213,6 +220,7 @@ class Scorer:
         self.device = next(model.parameters()).device
         self.model_version = f"{card.version}+{rule.name}"
         self.batch_ms = 0.0  # recent model-batch time (exponential average), measured in SLO mode
+        self.delivery_ms = 0.0  # recent inference end -> outputs handed to the producer (SLO mode, likewise)
         longest_fixed = PromptInputs("x", (), NeighbourEvidence(99, 99), (99_999, 99_999), (99_999, 99_999))
         build_prompt(longest_fixed, self.count_tokens, card.max_length)  # a budget too small fails at start
 
@@ -240,7 +248,14 @@ class Scorer:
         or, when the most urgent request of the micro-batch is near its SLO, under the rule :meth:`slo_rule`
         relaxes for it (those released only by the relaxation are flagged); the rest are prompted, tokenized
         once, sorted by length and scored in model batches, each under the SLO rule of its own most urgent
-        request. Without SLO pressure the scores are those of scoring every row in one pass."""
+        request. Without SLO pressure the scores are those of scoring every row in one pass.
+
+        SLO mode also guards the requests queued behind this micro-batch, which wait for its inference: a row is
+        due :data:`INFERENCE_SHARE` of the SLO after the inference starts at the latest (so a batch of fresh
+        requests cannot run deep while a backlog builds), and when a request of the batch waited that long
+        before it was taken (a backlog), every row answers at the first head (flagged where the calibrated rule
+        would have gone deeper). Measured on ML-100K at twice the capacity: p99 82–98 ms against 107–109 without
+        these two, and AUC above the baseline's instead of below (README, SLO mode)."""
         started = time.perf_counter()
         inputs = [x for ctx in contexts for x in ctx.inputs]
         features = torch.from_numpy(feature_matrix(inputs, self.card.prior, self.card.features, self.embeddings)) \
@@ -254,8 +269,13 @@ class Scorer:
         options = self.contexts.options
         due_ms = np.array([np.inf if ctx.enqueued_ms is None or options.latency_slo_ms is None
                            else ctx.enqueued_ms + options.latency_slo_ms for ctx in contexts for _ in ctx.inputs])
+        if options.latency_slo_ms is not None:  # the requests queued behind this batch wait for its inference
+            due_ms = np.minimum(due_ms, now_ms() + INFERENCE_SHARE * options.latency_slo_ms + self.delivery_ms)
         early = self.model.released_at_layer0(features, self.rule)
         rule, _, relaxed = self.slo_rule(float(due_ms.min())) if len(due_ms) else (self.rule, None, False)
+        if options.latency_slo_ms is not None and any(ctx.queue_ms >= INFERENCE_SHARE * options.latency_slo_ms
+                                                       for ctx in contexts):
+            rule, relaxed = self.rule.relaxed(0.0), True  # a backlog: every row answers at the first head
         if relaxed:  # under SLO pressure the relaxed rule releases more rows before any prompt is built
             calibrated, early = early, self.model.released_at_layer0(features, rule)
             pressed[early & ~calibrated] = True
@@ -279,23 +299,33 @@ class Scorer:
                                         rule, None if features is None else features[rows], deadline,
                                         None if graph is None else graph[rows])
             if options.latency_slo_ms is not None:
-                self.batch_ms = 0.8 * self.batch_ms + 0.2 * (time.perf_counter() - begun) * 1000.0 \
-                    if self.batch_ms else (time.perf_counter() - begun) * 1000.0
+                self.batch_ms = recent(self.batch_ms, (time.perf_counter() - begun) * 1000.0)
             probs[rows], exit_layer[rows], ctr[rows] = result.probs, result.exit_layer, result.ctr
             pressed[rows] = result.cut | relaxed
-        return Inference(probs, exit_layer, ctr, (time.perf_counter() - started) * 1000.0, pressed)
+        if options.latency_slo_ms is not None and not len(texts):
+            # no model batch ran (a relaxed rule answered every row at layer 0): the batch-time estimate fades,
+            # so that it cannot keep the rule relaxed after the pressure is gone
+            self.batch_ms *= 0.8
+        return Inference(probs, exit_layer, ctr, (time.perf_counter() - started) * 1000.0, pressed, now_ms())
+
+    def observe_delivery(self, lag_ms: float) -> None:
+        """SLO mode: one batch's delivery lag, from the end of its inference to its outputs handed to the producer
+        (waiting for the previous batch's outputs, building and queueing its own records)."""
+        if self.contexts.options.latency_slo_ms is not None:
+            self.delivery_ms = recent(self.delivery_ms, lag_ms)
 
     def slo_rule(self, due_ms: float) -> tuple[ExitRule, float | None, bool]:
         r"""SLO mode for a model batch whose most urgent request is due at wall-clock ``due_ms``: the exit rule
         to use, the :func:`time.monotonic` deadline of an anytime answer, and whether the rule was relaxed.
 
-        With ``e`` the recent model-batch time and ``r`` the time left, the rule keeps the share
+        With ``e`` the recent model-batch time and ``r`` the time left before the outputs must leave (``due_ms``
+        less the recent delivery lag, :meth:`observe_delivery`), the rule keeps the share
         :math:`k = \mathrm{clip}((r - e)/e, 0, 1)` of its confidence bar (:meth:`ExitRule.relaxed`): with two
         batch-times or more left it is the calibrated rule; with one or less, any head's answer is taken. Rows
         still running at the deadline are answered from the deepest head computed so far."""
         if not np.isfinite(due_ms):
             return self.rule, None, False
-        left_ms = due_ms - now_ms()
+        left_ms = due_ms - self.delivery_ms - now_ms()
         deadline = time.monotonic() + left_ms / 1000.0
         if not self.batch_ms or left_ms >= 2 * self.batch_ms:
             return self.rule, deadline, False

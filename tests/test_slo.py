@@ -84,6 +84,62 @@ def test_the_scorer_relaxes_or_cuts_only_requests_near_their_slo_and_flags_them(
     assert flags == [[] if at_0 else [DegradedFlag.SLO] for at_0 in calibrated_at_0]
 
 
+def test_the_recent_delivery_lag_comes_off_the_time_an_slo_leaves_for_inference(scorer):
+    slo = scorer(100.0)
+    slo.batch_ms = 20.0
+    due = now_ms() + 60.0  # 60 ms left: three batch-times, the calibrated rule
+    assert slo.slo_rule(due)[0] == slo.rule and not slo.slo_rule(due)[2]
+    for lag in (30.0, 30.0, 30.0):  # outputs have been leaving ~30 ms after their inference ended
+        slo.observe_delivery(lag)
+    assert slo.delivery_ms == pytest.approx(30.0)
+    rule, deadline, relaxed = slo.slo_rule(due)  # 30 ms left before the outputs must leave: relaxed
+    assert relaxed and rule.threshold < slo.rule.threshold
+    assert deadline == pytest.approx(time.monotonic() + 0.030, abs=0.005)
+    unhurried = scorer(None)
+    unhurried.observe_delivery(30.0)  # SLO mode off: nothing is learned, nothing relaxed
+    assert unhurried.delivery_ms == 0.0 and unhurried.slo_rule(np.inf)[0] == unhurried.rule
+
+
+def test_a_micro_batch_of_fresh_requests_infers_within_its_share_of_the_slo(scorer, monkeypatch):
+    """The requests queued behind a batch wait for its inference: with a whole SLO left, a batch is still answered
+    from the deepest head reached once INFERENCE_SHARE of the SLO has passed (its cut rows flagged)."""
+    import scorer.scoring as scoring
+
+    slo, calm = scorer(1_000.0), scorer(None)
+    ctxs = contexts(24, age_ms=0)
+    full = calm.infer(ctxs)
+    started, deadlines = time.monotonic(), []
+    predict = slo.model.predict
+
+    def recording(*args, **kwargs):
+        deadlines.append(args[4] if len(args) > 4 else kwargs.get("deadline"))
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(slo.model, "predict", recording)
+    capped = slo.infer(ctxs)
+    share_s = scoring.INFERENCE_SHARE * 1.0  # of a 1,000 ms SLO, in seconds
+    prompted = [d for d in deadlines if d is not None]  # the rows released at layer 0 are answered without one
+    assert prompted and all(started < d <= started + share_s + 0.05 for d in prompted)
+    np.testing.assert_allclose(capped.ctr, full.ctr)  # the tiny model ends well within 250 ms: nothing cut
+    assert not capped.pressed.any()
+
+
+def test_a_backlog_answers_every_row_at_the_first_head_and_the_batch_time_estimate_then_fades(scorer):
+    slo, calm = scorer(100.0), scorer(None)
+    baseline = calm.infer(contexts(24, age_ms=0))
+    calibrated_at_0 = baseline.exit_layer == 0
+    behind = contexts(24, age_ms=0)
+    behind[5].queue_ms = 30.0  # one request waited past INFERENCE_SHARE of its SLO before it was taken
+    slo.batch_ms = 8.0
+    answered = slo.infer(behind)
+    assert (answered.exit_layer == 0).all() and (answered.pressed == ~calibrated_at_0).all()
+    np.testing.assert_array_equal(answered.ctr[calibrated_at_0], baseline.ctr[calibrated_at_0])
+    assert slo.batch_ms == pytest.approx(6.4)  # no model batch ran: the estimate fades instead of freezing
+    fresh = slo.infer(contexts(24, age_ms=0))  # no backlog, time to spare: the calibrated rule again
+    np.testing.assert_allclose(fresh.ctr, baseline.ctr)
+    assert not fresh.pressed.any()
+
+
 def test_rows_released_at_layer_0_skip_their_prompt_and_score_as_in_one_pass(scorer, monkeypatch):
     plain = scorer(None)
     ctxs = contexts(24, age_ms=0)

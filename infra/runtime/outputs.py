@@ -17,7 +17,7 @@ from infra.runtime.settings import Settings
 
 
 class OutputProducer:
-    """Sends batches of ``(topic, key, value)`` records and waits until every one is delivered."""
+    """Sends batches of ``(topic, key, value)`` records; the caller awaits their deliveries."""
 
     def __init__(self, settings: Settings) -> None:
         self.bootstrap = settings.kafka_bootstrap
@@ -31,7 +31,8 @@ class OutputProducer:
         if self.producer is not None:
             await self.producer.stop()
 
-    async def send_all(self, records: Iterable[tuple[str, bytes, bytes]]) -> None:
-        """Queue every record (in order), then await all deliveries; raises if any delivery failed."""
-        pending = [await self.producer.send(topic, value, key=key) for topic, key, value in records]
-        await asyncio.gather(*pending)
+    async def queue_all(self, records: Iterable[tuple[str, bytes, bytes]]) -> list[asyncio.Future]:
+        """Hand every record to the producer, in order (each takes its timestamp now); their delivery futures
+        (awaiting them raises if a delivery failed)."""
+        return [await self.producer.send(topic, value, key=key) for topic, key, value in records]
+
