@@ -64,10 +64,12 @@ class Settings(BaseSettings):
     retrieval_budget_ms: float = Field(50.0, gt=0, le=60_000,
                                        description="retrieval time per request; candidates past it get no neighbours")
     latency_slo_ms: float | None = Field(None, gt=0, le=60_000,
-                                         description="SLO mode: impression -> score aim; a request taken after "
-                                                     "half of it has its retrieval shed, as a request nears it the "
-                                                     "exit rule relaxes, and at it the request is answered from the "
-                                                     "deepest head computed (flag slo); unset = off")
+                                         description="SLO mode: impression -> score aim; a micro-batch infers "
+                                                     "within a quarter of it and answers at the first head when a "
+                                                     "request of it waited a quarter, a request taken after half of "
+                                                     "it has its retrieval shed, as a request nears it the exit rule "
+                                                     "relaxes, and at it the request is answered from the deepest "
+                                                     "head computed (flag slo); unset = off")
     text_index_users: int = Field(10_000, ge=0, le=10_000_000,
                                   description="retriever=text: users embedded at start, most active first")
     model_reload_s: float = Field(30.0, ge=0, le=86_400,
