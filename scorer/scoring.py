@@ -88,8 +88,8 @@ class Inference:
     exit_layer: np.ndarray
     ctr: np.ndarray
     inference_ms: float
+    ended_ms: float  # wall-clock ms the inference ended (what the delivery lag is measured from)
     pressed: np.ndarray | None = None  # rows scored under SLO pressure (relaxed rule or cut at the deadline)
-    ended_ms: float = 0.0  # wall-clock ms the inference ended (what the delivery lag is measured from)
 
 
 def now_ms() -> float:
@@ -266,15 +266,14 @@ class Scorer:
         exit_layer = np.zeros(len(inputs), dtype=np.int64)
         ctr = np.zeros(len(inputs))
         pressed = np.zeros(len(inputs), dtype=bool)
-        options = self.contexts.options
-        due_ms = np.array([np.inf if ctx.enqueued_ms is None or options.latency_slo_ms is None
-                           else ctx.enqueued_ms + options.latency_slo_ms for ctx in contexts for _ in ctx.inputs])
-        if options.latency_slo_ms is not None:  # the requests queued behind this batch wait for its inference
-            due_ms = np.minimum(due_ms, now_ms() + INFERENCE_SHARE * options.latency_slo_ms + self.delivery_ms)
+        options, slo = self.contexts.options, self.contexts.options.latency_slo_ms
+        due_ms = np.array([np.inf if ctx.enqueued_ms is None or slo is None else ctx.enqueued_ms + slo
+                           for ctx in contexts for _ in ctx.inputs])
+        if slo is not None:  # the requests queued behind this batch wait for its inference
+            due_ms = np.minimum(due_ms, now_ms() + INFERENCE_SHARE * slo + self.delivery_ms)
         early = self.model.released_at_layer0(features, self.rule)
         rule, _, relaxed = self.slo_rule(float(due_ms.min())) if len(due_ms) else (self.rule, None, False)
-        if options.latency_slo_ms is not None and any(ctx.queue_ms >= INFERENCE_SHARE * options.latency_slo_ms
-                                                       for ctx in contexts):
+        if slo is not None and any(ctx.queue_ms >= INFERENCE_SHARE * slo for ctx in contexts):
             rule, relaxed = self.rule.relaxed(0.0), True  # a backlog: every row answers at the first head
         if relaxed:  # under SLO pressure the relaxed rule releases more rows before any prompt is built
             calibrated, early = early, self.model.released_at_layer0(features, rule)
@@ -298,15 +297,15 @@ class Scorer:
             result = self.model.predict(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device),
                                         rule, None if features is None else features[rows], deadline,
                                         None if graph is None else graph[rows])
-            if options.latency_slo_ms is not None:
+            if slo is not None:
                 self.batch_ms = recent(self.batch_ms, (time.perf_counter() - begun) * 1000.0)
             probs[rows], exit_layer[rows], ctr[rows] = result.probs, result.exit_layer, result.ctr
             pressed[rows] = result.cut | relaxed
-        if options.latency_slo_ms is not None and not len(texts):
+        if slo is not None and not len(texts):
             # no model batch ran (a relaxed rule answered every row at layer 0): the batch-time estimate fades,
             # so that it cannot keep the rule relaxed after the pressure is gone
             self.batch_ms *= 0.8
-        return Inference(probs, exit_layer, ctr, (time.perf_counter() - started) * 1000.0, pressed, now_ms())
+        return Inference(probs, exit_layer, ctr, (time.perf_counter() - started) * 1000.0, now_ms(), pressed)
 
     def observe_delivery(self, lag_ms: float) -> None:
         """SLO mode: one batch's delivery lag, from the end of its inference to its outputs handed to the producer

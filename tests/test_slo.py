@@ -12,7 +12,7 @@ from scorer import checkpoint
 from scorer.exit_rules import EntropyRule, ExitRule, MaxProbRule, PatienceRule, RatioTrendRule
 from scorer.prompt import NeighbourEvidence, PromptInputs
 from scorer.retrievers import GcnRetriever
-from scorer.scoring import RequestContext, Scorer, ScorerOptions, now_ms
+from scorer.scoring import INFERENCE_SHARE, RequestContext, Scorer, ScorerOptions, now_ms
 
 TS = 946_684_800_000
 
@@ -103,8 +103,6 @@ def test_the_recent_delivery_lag_comes_off_the_time_an_slo_leaves_for_inference(
 def test_a_micro_batch_of_fresh_requests_infers_within_its_share_of_the_slo(scorer, monkeypatch):
     """The requests queued behind a batch wait for its inference: with a whole SLO left, a batch is still answered
     from the deepest head reached once INFERENCE_SHARE of the SLO has passed (its cut rows flagged)."""
-    import scorer.scoring as scoring
-
     slo, calm = scorer(1_000.0), scorer(None)
     ctxs = contexts(24, age_ms=0)
     full = calm.infer(ctxs)
@@ -117,7 +115,7 @@ def test_a_micro_batch_of_fresh_requests_infers_within_its_share_of_the_slo(scor
 
     monkeypatch.setattr(slo.model, "predict", recording)
     capped = slo.infer(ctxs)
-    share_s = scoring.INFERENCE_SHARE * 1.0  # of a 1,000 ms SLO, in seconds
+    share_s = INFERENCE_SHARE * 1.0  # of a 1,000 ms SLO, in seconds
     prompted = [d for d in deadlines if d is not None]  # the rows released at layer 0 are answered without one
     assert prompted and all(started < d <= started + share_s + 0.05 for d in prompted)
     np.testing.assert_allclose(capped.ctr, full.ctr)  # the tiny model ends well within 250 ms: nothing cut
