@@ -22,7 +22,9 @@ With ``--reference-checkpoint`` (the fp32 model of a bf16 checkpoint) ``gcn_exit
 ``auc_fp32`` / ``rps_fp32`` on the same rows. Mean exit layer and retrieval time come from the telemetry of the
 first three phases. Then **SLO mode**
 (``slo_mode``, :func:`run_slo`): a ``gcn_exit`` worker with ``EXITREC_LATENCY_SLO_MS`` offered twice the
-capacity ``gcn_exit`` just measured, for a minute: p99, answered/sent, and the AUC it paid. Configurations:
+capacity ``gcn_exit`` just measured, for a minute (or the rows there are): p99, answered/sent, and the AUC it
+paid; and again (``slo_mode_at_high_rate``) with ``--slo-high-ms`` (50) at ``--high-rate`` (150/s), the latency
+aim of phase 4, from the same state on the same rows. Configurations:
 ``norag_full`` (no neighbour retrieval, the user's own history and rate stay; full depth), ``gcn_full``
 (LightGCN retrieval, full depth), ``gcn_exit`` (LightGCN retrieval, calibrated early exit), ``textret_exit``
 (MiniLM embeddings of users' histories searched in the same kind of store, early exit). The retrieval budget is
@@ -229,16 +231,16 @@ async def run_config(name: str, base: Settings, split, args, work: Path, baselin
     return {**CONFIGS[name], **summary(*phases, joined), **paired, "catch_up_s": catch_up_s, **high}
 
 
-async def run_slo(base: Settings, data, split, args, work: Path, capacity_rps: float) -> dict:
-    """SLO mode under overload: a ``gcn_exit`` worker with ``EXITREC_LATENCY_SLO_MS = --slo-ms`` offered
-    ``--slo-over`` x the capacity ``gcn_exit`` measured (or ``--slo-rps``), for ``--slo-seconds``, on test rows
-    after the other phases' (each row's click published after its answer). Latency (and where it was spent:
+async def run_slo(base: Settings, data, split, args, work: Path, capacity_rps: float, slo_ms: float,
+                  rate: float) -> dict:
+    """SLO mode: a ``gcn_exit`` worker with ``EXITREC_LATENCY_SLO_MS = slo_ms`` offered ``rate`` requests/s for
+    ``--slo-seconds``, on test rows after the other phases' (each row's click published after its answer; every
+    SLO phase starts from the same warm state on the same first rows). Latency (and where it was spent:
     :func:`waits`), answered/sent, the share flagged ``slo``, and the AUC of exactly those answers (the analytics
     join), beside the baseline's on the same rows."""
     tag = f"e2e-{args.dataset}-slo-{int(time.time())}"
     settings = base.model_copy(update={"topic_prefix": f"{tag}.", "consumer_group": tag, **CONFIGS["gcn_exit"],
-                                       "latency_slo_ms": args.slo_ms})
-    rate = args.slo_rps or args.slo_over * capacity_rps
+                                       "latency_slo_ms": slo_ms})
     first = len(split.train) + len(split.stream)
     start = args.accuracy + args.capacity + args.paced + args.high_paced
     rows = split.test.take(slice(start, start + int(rate * args.slo_seconds)))
@@ -248,9 +250,9 @@ async def run_slo(base: Settings, data, split, args, work: Path, capacity_rps: f
                                     rate, timeout_s=args.slo_seconds + 600)
     joined = join.report()["total"]
     baseline = baseline_scores(data, split, first + start, len(rows))
-    print(f"  slo: {run.answered}/{len(requests)} answered at {rate:.0f}/s offered, p99 "
+    print(f"  slo {slo_ms:g} ms: {run.answered}/{len(requests)} answered at {rate:.0f}/s offered, p99 "
           f"{percentile(run.latency_ms, 99):.0f} ms, AUC {joined['auc']:.3f}", flush=True)
-    return {"slo_ms": args.slo_ms, "offered_rps": rate, "capacity_rps_gcn_exit": capacity_rps,
+    return {"slo_ms": slo_ms, "offered_rps": rate, "capacity_rps_gcn_exit": capacity_rps,
             "seconds": len(requests) / rate, "sent": len(requests), "answered": run.answered,
             "p50_ms": percentile(run.latency_ms, 50), "p99_ms": percentile(run.latency_ms, 99),
             "answered_rps": run.rps, "auc": joined["auc"], "logloss": joined["logloss"], "joined": joined["joined"],
@@ -354,12 +356,15 @@ async def main_async(args) -> dict:
                                         "auc_minus_baseline_fp32": reference["auc_minus_baseline"],
                                         "rps_fp32": reference["rps"],
                                         "reference_model": str(args.reference_checkpoint)})
-        slo = await run_slo(base, data, split, args, work, configs["gcn_exit"]["rps"]) \
-            if args.slo_ms and "gcn_exit" in configs else None
+        capacity = configs["gcn_exit"]["rps"] if "gcn_exit" in configs else None
+        slo = await run_slo(base, data, split, args, work, capacity, args.slo_ms,
+                            args.slo_rps or args.slo_over * capacity) if args.slo_ms and capacity else None
+        slo_high = await run_slo(base, data, split, args, work, capacity, args.slo_high_ms, args.high_rate) \
+            if args.slo_high_ms and capacity else None
     finally:
         broker.stop(work / "kafka")
     precision = json.loads((Path(base.scorer_checkpoint) / "config.json").read_text()).get("precision", "fp32")
-    return {"dataset": args.dataset, "machine": machine(), "slo_mode": slo,
+    return {"dataset": args.dataset, "machine": machine(), "slo_mode": slo, "slo_mode_at_high_rate": slo_high,
             "command": "python -m bench.e2e_bench " + " ".join(sys.argv[1:]),
             "accuracy_requests": args.accuracy, "capacity_requests": args.capacity, "paced_requests": args.paced,
             "rate": args.rate, "high_rate": args.high_rate, "high_paced_requests": args.high_paced,
@@ -407,6 +412,8 @@ def main() -> None:
                         help="SLO mode phase: offer this many requests/s instead of --slo-over x capacity (A/B runs "
                              "of two versions at one load)")
     parser.add_argument("--slo-seconds", type=float, default=60.0, help="SLO mode phase: how long the load is offered")
+    parser.add_argument("--slo-high-ms", type=float, default=50.0,
+                        help="a second SLO mode phase with this SLO at --high-rate (0 = skip)")
     parser.add_argument("--retrieval-budget-ms", type=float, default=1000.0,
                         help="generous, so that AUC compares retrievers, not budgets (retrieval time is reported)")
     parser.add_argument("--out", type=Path, default=None,
