@@ -266,7 +266,8 @@ class Scorer:
         exit_layer = np.zeros(len(inputs), dtype=np.int64)
         ctr = np.zeros(len(inputs))
         pressed = np.zeros(len(inputs), dtype=bool)
-        options, slo = self.contexts.options, self.contexts.options.latency_slo_ms
+        options = self.contexts.options
+        slo = options.latency_slo_ms
         due_ms = np.array([np.inf if ctx.enqueued_ms is None or slo is None else ctx.enqueued_ms + slo
                            for ctx in contexts for _ in ctx.inputs])
         if slo is not None:  # the requests queued behind this batch wait for its inference

@@ -35,4 +35,3 @@ class OutputProducer:
         """Hand every record to the producer, in order (each takes its timestamp now); their delivery futures
         (awaiting them raises if a delivery failed)."""
         return [await self.producer.send(topic, value, key=key) for topic, key, value in records]
-
