@@ -209,7 +209,9 @@ class LightGCNGraph:
         nbrs = np.fromiter(itertools.chain.from_iterable(map(self.adj.__getitem__, nodes.tolist())),
                            dtype=np.int64, count=int(counts.sum()))
         indptr = np.concatenate([[0], np.cumsum(counts)])
-        weight = (1.0 / np.sqrt(np.repeat(self.deg[nodes], counts) * self.deg[nbrs])).astype(np.float32)
+        # a neighbour's degree is at least 1; a partitioned updater may not have its owner's count yet (shard.py)
+        weight = (1.0 / np.sqrt(np.repeat(self.deg[nodes], counts) * np.maximum(self.deg[nbrs], 1))
+                  ).astype(np.float32)
         # the rows of the normalised adjacency for `nodes`: one sparse product per layer reads each neighbour's
         # cached row once (no (edges x dim) message array)
         rows = scipy.sparse.csr_matrix((weight, nbrs, indptr), shape=(len(nodes), len(self)))

@@ -72,7 +72,7 @@ class Neighbour:
 
 
 class VectorStore(ABC):
-    """Users and items collections; every backend answers the same five calls."""
+    """Users and items collections; every backend answers the same calls."""
 
     @abstractmethod
     def ensure_collections(self, dim: int) -> None:
@@ -83,6 +83,10 @@ class VectorStore(ABC):
         """Write ``records`` so that they are readable on return (a record without payload: its vector only; a
         ``merge`` record: its vector and its payload's fields, the point keeping its other fields); return how
         many were written."""
+
+    @abstractmethod
+    def delete(self, kind: str, external_ids: list[str]) -> None:
+        """Remove the points of ``external_ids`` (absent ones are ignored)."""
 
     @abstractmethod
     def count(self, kind: str) -> int: ...
@@ -168,6 +172,11 @@ class QdrantStore(VectorStore):
                 self.client.batch_update_points(self.collections[kind], patches[start:start + batch], wait=True)
         return len(records)
 
+    def delete(self, kind: str, external_ids: list[str]) -> None:
+        if external_ids:
+            self.client.delete(self.collections[kind], wait=True, points_selector=models.PointIdsList(
+                points=[point_id(kind, e) for e in external_ids]))
+
     def count(self, kind: str) -> int:
         return self.client.count(self.collections[kind], exact=True).count
 
@@ -241,6 +250,10 @@ class EdgeStore(VectorStore):
                 if r.merge:  # one operation per point: the engine sets one payload on a list of ids
                     shard.update(edge.UpdateOperation.set_payload([point_id(kind, r.external_id)], r.payload))
         return len(records)
+
+    def delete(self, kind: str, external_ids: list[str]) -> None:
+        if external_ids:
+            self.shards[kind].update(edge.UpdateOperation.delete_points([point_id(kind, e) for e in external_ids]))
 
     def count(self, kind: str) -> int:
         return self.shards[kind].count(edge.CountRequest(exact=True))

@@ -51,6 +51,19 @@ class Click(Message):
     ts: TimestampMs
 
 
+class ItemClick(Message):
+    """``clicks-by-item`` topic (partitioned graph updaters), key = item_id. A click its user's owner applied,
+    forwarded to its item's owner: ``edge`` is +1 when the click added the user–item like edge, −1 when it removed
+    it, 0 when the edge did not change (the user's owner decides; the item's owner follows)."""
+
+    event_id: Id
+    user_id: Id
+    item_id: Id
+    label: int = Field(ge=0, le=1)
+    ts: TimestampMs
+    edge: int = Field(ge=-1, le=1)
+
+
 class ImpressionRequest(Message):
     """``impressions`` topic, key = user_id. Score each candidate item for the user."""
 
@@ -155,6 +168,7 @@ class DeadLetter(Message):
 
 CONTRACTS: dict[str, type[Message]] = {
     "click": Click,
+    "item_click": ItemClick,
     "impression": ImpressionRequest,
     "item": Item,
     "ctr_score": CtrScore,

@@ -254,11 +254,19 @@ def replay(dataset: str, csv: Path | None, part: str, rate: float | None, limit:
 
 
 @main.command("graph-updater")
-def graph_updater() -> None:
+@click.option("--partitioned", is_flag=True,
+              help="one of N updaters splitting the click partitions (group <group>.graph-shards; give each its "
+                   "own EXITREC_REPLICA_ID): users by clicks partition, items through clicks-by-item")
+def graph_updater(partitioned: bool) -> None:
     """Run the click loop (in a faust worker) until interrupted: clicks -> LightGCN fold-in -> vector store."""
     from graph_updater.service import build, rebuild
 
     settings = _settings()
+    if partitioned:
+        from graph_updater.partitioned import run_shard
+
+        asyncio.run(run_shard(settings))
+        return
     state = asyncio.run(rebuild(settings))
     asyncio.set_event_loop(asyncio.new_event_loop())
     service = build(settings, *state)

@@ -17,12 +17,15 @@ from aiokafka.errors import TopicAlreadyExistsError
 from infra.runtime.settings import Settings
 
 CLICKS, IMPRESSIONS, SCORES, TELEMETRY = "clicks", "impressions", "ctr-scores", "exit-telemetry"
+CLICKS_BY_ITEM, NODE_LAYERS = "clicks-by-item", "node-layers"  # between partitioned graph updaters
 ITEMS = "items"
 DLQ_SUFFIX = ".dlq"
 ALL_TOPICS = (CLICKS, CLICKS + DLQ_SUFFIX, IMPRESSIONS, IMPRESSIONS + DLQ_SUFFIX, SCORES, TELEMETRY, ITEMS,
-              ITEMS + DLQ_SUFFIX)
+              ITEMS + DLQ_SUFFIX, CLICKS_BY_ITEM, NODE_LAYERS)
 TOPIC_CONFIGS = {CLICKS: {"retention.ms": "-1"},  # the click log is the updater's record (recovery)
-                 ITEMS: {"cleanup.policy": "compact"}}  # the catalogue: the latest record per item, kept
+                 ITEMS: {"cleanup.policy": "compact"},  # the catalogue: the latest record per item, kept
+                 CLICKS_BY_ITEM: {"retention.ms": "-1"},  # an item owner's record, as clicks is a user owner's
+                 NODE_LAYERS: {"cleanup.policy": "compact"}}  # the latest layers per node
 
 
 @dataclass(frozen=True)

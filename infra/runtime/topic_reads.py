@@ -28,9 +28,12 @@ async def partition_ids(bootstrap: str, topic: str) -> list[int]:
 
 
 async def read_up_to(bootstrap: str, topic: str, ends: Mapping[int, int] | None = None,
-                     batch_size: int = 4096) -> AsyncIterator[list[ConsumerRecord]]:
-    """Batches of the records of ``topic`` below ``ends[partition]`` (None: each partition's end when called)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+                     batch_size: int = 4096, isolation_level: str = "read_uncommitted"
+                     ) -> AsyncIterator[list[ConsumerRecord]]:
+    """Batches of the records of ``topic`` below ``ends[partition]`` (None: each partition's end when called);
+    ``isolation_level="read_committed"`` for a topic written in transactions (aborted records skipped)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                                isolation_level=isolation_level)
     await consumer.start()
     try:
         if ends is None:

@@ -1,0 +1,223 @@
+"""Partitioned graph updaters: N processes split the click path with Kafka's partitioning and transactions.
+
+Every process runs one :class:`ShardLoop` in the consumer group ``<group>.graph-shards``, subscribed to
+``clicks`` (keyed by user) and ``clicks-by-item`` (keyed by item); Kafka's group assignment gives each process a
+share of both, and with it the users and items it owns (:mod:`graph_updater.shard`). Per micro-batch, inside one
+Kafka transaction of the process's transactional producer (``transactional.id`` =
+``<group>.graph-shards.<replica_id>``, so a restarted process fences its dead predecessor):
+1. invalid records go to ``clicks.dlq`` with their bytes and the reason;
+2. the owned users' clicks update their histories and edges and are forwarded to ``clicks-by-item``; the owned
+   items' forwarded clicks update their counts and edges; the changed nodes are refreshed (radius 0);
+3. the owned nodes that reacted are written to the vector store (retried until it accepts);
+4. the recomputed nodes' layers go to ``node-layers`` (compacted), which every process reads to keep the other
+   owners' latest layers;
+5. the batch's input offsets are committed in the same transaction (``send_offsets_to_transaction``).
+A forward is therefore produced exactly once per applied click, and consumers read with ``read_committed``.
+
+A change of assignment (start, a process joining, leaving or dying) rebuilds the process's state before its next
+batch: the checkpoint pruned to the new share, every published layer, then the committed records of its
+partitions of both topics replayed (no forwards: they were committed with their clicks), the replayed nodes
+refreshed and written whole. With a private (embedded) store the points of nodes it no longer owns are deleted;
+with a shared Qdrant server their new owner rewrites them. A revocation waits for the batch in flight to commit.
+No BPR refinement runs in this mode (it would need the whole graph in one place).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+
+from graph_updater.agent import UpdaterStats, upsert_with_retry
+from graph_updater.graph import ITEM, USER
+from graph_updater.online import GraphUpdater, parse_click
+from graph_updater.recovery import committed_offsets
+from graph_updater.service import initial_updater, store_for
+from graph_updater.shard import ShardUpdater, parse_item_click
+from graph_updater.store import VectorStore
+from infra.runtime.app import CLICKS, CLICKS_BY_ITEM, DLQ_SUFFIX, NODE_LAYERS, create_topics
+from infra.runtime.batches import split_valid
+from infra.runtime.settings import Settings
+from infra.runtime.topic_reads import partition_ids, read_up_to
+from schemas.codec import dead_letter, encode
+from schemas.messages import DEAD_LETTER_KEY_BYTES
+
+log = structlog.get_logger("graph_updater")
+
+
+def shard_group(settings: Settings) -> str:
+    """The consumer group the partitioned updaters share (not the one-process updater's: their offsets differ)."""
+    return f"{settings.consumer_group}.graph-shards"
+
+
+class ShardLoop(ConsumerRebalanceListener):
+    """One partitioned updater (see the module docstring); ``initial()`` returns a fresh whole-checkpoint updater
+    (every rebuild prunes a new one), ``store`` is where it writes (``private``: nobody else writes it)."""
+
+    def __init__(self, settings: Settings, store: VectorStore, initial: Callable[[], GraphUpdater],
+                 private: bool) -> None:
+        self.settings, self.store, self.initial, self.private = settings, store, initial, private
+        self.group = shard_group(settings)
+        self.topics = {name: settings.topic(name) for name in (CLICKS, CLICKS_BY_ITEM, NODE_LAYERS)}
+        self.stats = UpdaterStats()
+        self.rebuilds = 0
+        self.shard: ShardUpdater | None = None
+        self.lock = asyncio.Lock()  # held by a batch from its transaction's start to its commit
+        self.rebuild_due = False
+        self.partitions = 0  # of clicks and clicks-by-item (equal), read at start
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.layer_reader: AIOKafkaConsumer | None = None
+
+    # ---- ConsumerRebalanceListener --------------------------------------------------------------------------
+    async def on_partitions_revoked(self, revoked) -> None:
+        async with self.lock:  # the batch in flight commits before its partitions move
+            pass
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        self.rebuild_due = True
+
+    # ---- the loop -------------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        s = self.settings
+        await create_topics(s)
+        counts = {name: len(await partition_ids(s.kafka_bootstrap, t)) for name, t in self.topics.items()}
+        if counts[CLICKS] != counts[CLICKS_BY_ITEM]:
+            raise ValueError(f"{self.topics[CLICKS]} has {counts[CLICKS]} partitions and {self.topics[CLICKS_BY_ITEM]} "
+                             f"{counts[CLICKS_BY_ITEM]}: partitioned updaters need equal counts")
+        self.partitions = counts[CLICKS]
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap, group_id=self.group, enable_auto_commit=False,
+            auto_offset_reset="earliest", isolation_level="read_committed", max_poll_records=s.updater_batch_size,
+            session_timeout_ms=int(s.session_timeout_s * 1000),
+            heartbeat_interval_ms=max(500, int(s.session_timeout_s * 250)))
+        self.consumer.subscribe([self.topics[CLICKS], self.topics[CLICKS_BY_ITEM]], listener=self)
+        self.producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, enable_idempotence=True,
+                                         transactional_id=f"{self.group}.{s.replica_id or socket.gethostname()}",
+                                         transaction_timeout_ms=max(10_000, int(s.session_timeout_s * 2000)))
+        self.layer_reader = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=None,
+                                             enable_auto_commit=False, isolation_level="read_committed")
+        await self.producer.start()
+        await self.layer_reader.start()
+        self.layer_reader.assign([TopicPartition(self.topics[NODE_LAYERS], p) for p in range(counts[NODE_LAYERS])])
+        await self.consumer.start()
+        try:
+            while True:
+                batches = await self.consumer.getmany(timeout_ms=s.updater_batch_wait_ms,
+                                                      max_records=s.updater_batch_size)
+                async with self.lock:
+                    if self.rebuild_due:
+                        await self.rebuild()
+                    await self.adopt_published()
+                    if any(batches.values()):
+                        await self.process(batches)
+        finally:
+            for client in (self.consumer, self.layer_reader, self.producer):
+                with contextlib.suppress(Exception):
+                    await client.stop()
+
+    async def adopt_published(self, to_end: bool = False) -> None:
+        """Take the layers other owners published since the last call (``to_end``: read from the topic's start
+        up to its current end, as a rebuild does)."""
+        reader, shard = self.layer_reader, self.shard
+        parts = list(reader.assignment())
+        if to_end:
+            await reader.seek_to_beginning(*parts)
+            ends = await reader.end_offsets(parts)
+            pending = {tp for tp in parts if await reader.position(tp) < ends[tp]}
+            while pending:
+                got = await reader.getmany(*pending, timeout_ms=500)
+                shard.adopt((r.key.decode(), r.value) for rs in got.values() for r in rs)
+                pending = {tp for tp in pending if await reader.position(tp) < ends[tp]}
+            return
+        got = await reader.getmany(timeout_ms=0)
+        shard.adopt((r.key.decode(), r.value) for rs in got.values() for r in rs)
+
+    async def process(self, batches: dict) -> None:
+        clicks_topic, items_topic = self.topics[CLICKS], self.topics[CLICKS_BY_ITEM]
+        click_records = [r for tp, rs in batches.items() if tp.topic == clicks_topic for r in rs]
+        item_records = [r for tp, rs in batches.items() if tp.topic == items_topic for r in rs]
+        clicks, bad = split_valid(click_records, parse_click)
+        item_clicks, bad_items = split_valid(item_records, parse_item_click)
+        producer = self.producer
+        await producer.begin_transaction()
+        try:
+            for record, err in bad + bad_items:
+                letter = dead_letter(record.topic, record.partition, record.offset, record.key, record.value, err)
+                await producer.send(self.settings.topic(CLICKS + DLQ_SUFFIX), encode(letter),
+                                    key=None if record.key is None else record.key[:DEAD_LETTER_KEY_BYTES])
+                log.warning("click_dead_lettered", topic=record.topic, partition=record.partition,
+                            offset=record.offset, error_class=letter.error_class)
+            forwards, records, layers = self.shard.step([c for c, _ in clicks], [c for c, _ in item_clicks])
+            for f in forwards:
+                await producer.send(items_topic, encode(f), key=f.item_id.encode())
+            await upsert_with_retry(self.store, records, self.stats)
+            for key, value in layers.items():
+                await producer.send(self.topics[NODE_LAYERS], value, key=key.encode())
+            offsets = {tp: rs[-1].offset + 1 for tp, rs in batches.items() if rs}
+            await producer.send_offsets_to_transaction(offsets, self.group)
+            await producer.commit_transaction()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await producer.abort_transaction()
+            raise  # the state now runs ahead of what was committed: the process must stop (a restart rebuilds)
+        self.stats.clicks += len(clicks)
+        self.stats.dead_letters += len(bad) + len(bad_items)
+        self.stats.batches += 1
+        done_ms = time.time() * 1000
+        self.stats.freshness_ms.extend(done_ms - r.timestamp for r in click_records)
+
+    async def rebuild(self) -> None:
+        """State for the current assignment (see the module docstring)."""
+        self.rebuild_due = False
+        s, assigned = self.settings, self.consumer.assignment()
+        users = {tp.partition for tp in assigned if tp.topic == self.topics[CLICKS]}
+        items = {tp.partition for tp in assigned if tp.topic == self.topics[CLICKS_BY_ITEM]}
+        before = self.shard
+        self.shard = shard = ShardUpdater(self.initial(), users, items, self.partitions)
+        await self.adopt_published(to_end=True)
+        replayed, changed = 0, set()
+        for topic, parse in ((CLICKS, parse_click), (CLICKS_BY_ITEM, parse_item_click)):
+            mine = users if topic == CLICKS else items
+            ends = {p: o for p, o in (await committed_offsets(s.kafka_bootstrap, self.group, self.topics[topic])
+                                      ).items() if p in mine}
+            async for records in read_up_to(s.kafka_bootstrap, self.topics[topic], ends,
+                                            isolation_level="read_committed"):
+                valid = [m for m, _ in split_valid(records, parse)[0]]
+                changed |= (shard.apply_users(valid)[2] if topic == CLICKS else shard.apply_items(valid)[1])
+                replayed += len(valid)
+        recomputed = shard.graph.refresh(changed, radius=0)
+        self.store.ensure_collections(shard.graph.dim)
+        if before is not None and self.private:  # points of nodes another process owns now
+            for kind, gone in ((USER, set(before.histories) - set(shard.histories)),
+                               (ITEM, set(before.item_reactions) - set(shard.item_reactions))):
+                self.store.delete(kind, sorted(gone))
+        await upsert_with_retry(self.store, shard.records(shard.owned_nodes(), whole=True), self.stats)
+        async with self.producer.transaction():
+            for key, value in shard.layer_values(recomputed).items():
+                await self.producer.send(self.topics[NODE_LAYERS], value, key=key.encode())
+        self.rebuilds += 1
+        log.info("graph_shard_ready", user_partitions=sorted(users), item_partitions=sorted(items),
+                 users=len(shard.histories), items=len(shard.item_reactions), replayed=replayed)
+
+
+async def run_shard(settings: Settings) -> None:
+    """``exitrec graph-updater --partitioned``: one :class:`ShardLoop` until SIGINT or SIGTERM (the batch in
+    flight is aborted, its offsets not committed: the partitions' next owner applies it)."""
+    store = store_for(settings)
+    loop = ShardLoop(settings, store, lambda: initial_updater(settings), private=settings.qdrant_url is None)
+    task = asyncio.ensure_future(loop.run())
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        log.info("graph_shard_stopped", clicks=loop.stats.clicks, rebuilds=loop.rebuilds)
+    finally:
+        store.close()
