@@ -186,7 +186,9 @@ class ShardLoop(ConsumerRebalanceListener):
         for topic, parse in ((CLICKS, parse_click), (CLICKS_BY_ITEM, parse_item_click)):
             mine = users if topic == CLICKS else items
             ends = {p: o for p, o in (await committed_offsets(s.kafka_bootstrap, self.group, self.topics[topic])
-                                      ).items() if p in mine}
+                                      ).items() if p in mine and o > 0}
+            if not ends:  # (a group-less consumer stopped right after its start raises CancelledError)
+                continue
             async for records in read_up_to(s.kafka_bootstrap, self.topics[topic], ends,
                                             isolation_level="read_committed"):
                 valid = [m for m, _ in split_valid(records, parse)[0]]
