@@ -18,6 +18,8 @@
    qdrant-edge (those real users and noisy copies of them), per HNSW setting, with the index's recall of the
    exact top-20 (``retrieval_1m``).
 5. **Memory**: the updater's state per node and per edge (``memory``), projected to 10M users / 500M edges.
+6. **Partitioned**: the same backlog drained by 1 and by 2 partitioned updater processes
+   (:mod:`graph_updater.partitioned`) beside the one-process updater's drain in the same run.
 """
 
 from __future__ import annotations
@@ -26,11 +28,15 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from aiokafka.admin import AIOKafkaAdminClient
 from tqdm import tqdm
 
 from bench.machine import machine
@@ -40,12 +46,16 @@ from graph_updater.evaluate import ranking_report
 from graph_updater.events import clicks_of
 from graph_updater.graph import USER
 from graph_updater.online import GraphUpdater, VectorRecord
+from graph_updater.partitioned import shard_group
+from graph_updater.recovery import committed_offsets
 from graph_updater.service import prepare
 from graph_updater.store import EdgeStore, open_store
 from graph_updater.train import train_offline
 from infra.kafka import broker
+from infra.runtime.app import create_topics
 from infra.runtime.logging import configure_logging
 from infra.runtime.settings import Settings
+from infra.runtime.topic_reads import committed_records
 from schemas.messages import Click
 from worker.replay import publish
 
@@ -262,6 +272,69 @@ def refining(base: Settings, ckpt: Path, data_dir: Path, quick: bool) -> dict:
             "refine_steps_ms": [round(x, 1) for x in steps], "refine_merge_ms": [round(x, 1) for x in merges]}
 
 
+async def drain_partitioned(settings: Settings, ckpt: Path, clicks, processes: int, logs: Path) -> dict:
+    """A backlog of ``clicks`` drained by ``processes`` partitioned updaters, each ``exitrec graph-updater
+    --partitioned`` in its own process (embedded store each): clicks/s from the first committed batch until every
+    click and every forward to ``clicks-by-item`` is committed (the item side done too)."""
+    settings = settings.model_copy(update={"graph_checkpoint": ckpt})
+    await create_topics(settings)
+    await publish(settings.kafka_bootstrap, settings.topic("clicks"), clicks, progress=False)
+    group, topic = shard_group(settings), settings.topic("clicks")
+    procs = []
+    for k in range(processes):
+        env = {**os.environ, **settings.model_copy(update={"replica_id": f"p{k}"}).environment()}
+        with open(logs / f"shard-{processes}-{k}.log", "wb") as log_file:
+            procs.append(subprocess.Popen([sys.executable, "-m", "worker.cli", "graph-updater", "--partitioned"],
+                                          env=env, stdout=log_file, stderr=subprocess.STDOUT))
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        progress = tqdm(total=len(clicks), desc=f"{processes} partitioned updater(s)", unit="click")
+        done = started = first = 0
+        while done < len(clicks):
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"a partitioned updater exited: see {logs}")
+            await asyncio.sleep(0.1)
+            done = sum((await committed_offsets(settings.kafka_bootstrap, group, topic, admin)).values())
+            if done and not started:
+                started, first = time.perf_counter(), done
+            progress.update(done - progress.n)
+        progress.close()
+        _, after = await committed_records(settings.kafka_bootstrap, settings.topic("clicks-by-item"))
+        by_item = settings.topic("clicks-by-item")
+        while any(o < after.get(p, 0) for p, o in
+                  (await committed_offsets(settings.kafka_bootstrap, group, by_item, admin)).items()) or \
+                len(await committed_offsets(settings.kafka_bootstrap, group, by_item, admin)) < len(after):
+            await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - started
+    finally:
+        await admin.close()
+        for p in procs:
+            p.terminate()
+            p.wait()
+    return {"clicks_per_s": round((len(clicks) - first) / elapsed, 1), "timed_clicks": len(clicks) - first,
+            "seconds": round(elapsed, 2)}
+
+
+def partitioned(base: Settings, ckpt: Path, data_dir: Path, work: Path, quick: bool) -> dict:
+    """The Book-Crossing backlog drained by 1 and by 2 partitioned updater processes, beside the one-process
+    updater's drain of the same clicks in the same run (2 cores: the processes, the broker and the measuring
+    process share them)."""
+    stream = bookcrossing_stream(data_dir)[:20_000 if quick else 60_000]
+    tag = f"bench{int(time.time())}"
+    one = asyncio.run(run_updater(base.model_copy(update={"topic_prefix": f"{tag}o.", "consumer_group": f"{tag}o",
+                                                          "updater_batch_size": 4096}),
+                                  ckpt, stream, None, backlog=True))
+    out = {"partitioned_clicks": len(stream),
+           "partitioned_one_process_clicks_per_s": round(one["timed_clicks"] / one["seconds"], 1)}
+    for n in (1, 2):
+        drained = asyncio.run(drain_partitioned(base.model_copy(update={
+            "topic_prefix": f"{tag}p{n}.", "consumer_group": f"{tag}p{n}", "updater_batch_size": 4096}),
+            ckpt, stream, n, work))
+        out[f"partitioned_drain_clicks_per_s_{n}"] = drained["clicks_per_s"]
+    return out
+
+
 async def consume_rates(settings: Settings, n: int) -> dict:
     """Records/s of an empty loop body: aiokafka ``getmany`` + commit vs a faust ``take_events`` agent."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -454,7 +527,7 @@ def plot(result: dict, fresh: dict, out: Path) -> None:
     plt.close(fig)
 
 
-PARTS = ("ranking", "memory", "streaming", "refinement", "consume", "retrieval")
+PARTS = ("ranking", "memory", "streaming", "refinement", "partitioned", "consume", "retrieval")
 
 
 def main() -> None:
@@ -493,6 +566,8 @@ def main() -> None:
             result.update(stream_result)
         if "refinement" in parts:
             result.update(refining(kafka, bx_ckpt, base.data_dir, args.quick))
+        if "partitioned" in parts:
+            result.update(partitioned(kafka, bx_ckpt, base.data_dir, work, args.quick))
         if "consume" in parts:
             tag = f"consume{int(time.time())}"
             result.update(asyncio.run(consume_rates(kafka.model_copy(update={

@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from kafka_io import settings_env, wait_for
 
 from graph_updater import checkpoint
@@ -22,31 +21,10 @@ from graph_updater.partitioned import ShardLoop, shard_group
 from graph_updater.recovery import committed_offsets
 from graph_updater.store import EdgeStore
 from infra.runtime.app import CLICKS, CLICKS_BY_ITEM
-from infra.runtime.topic_reads import partition_ids
+from infra.runtime.topic_reads import committed_records
 from worker.replay import publish
 
 pytestmark = pytest.mark.integration
-
-
-async def forwarded(bootstrap: str, topic: str) -> tuple[int, dict[int, int]]:
-    """Committed records of ``topic`` (read_committed) and, per partition, the offset after its last one."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, isolation_level="read_committed",
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        parts = [TopicPartition(topic, p) for p in await partition_ids(bootstrap, topic)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        count, after = 0, {}
-        while any([await consumer.position(tp) < ends[tp] for tp in parts]):
-            for tp, records in (await consumer.getmany(timeout_ms=500)).items():
-                count += len(records)
-                if records:
-                    after[tp.partition] = records[-1].offset + 1
-        return count, after
-    finally:
-        await consumer.stop()
 
 
 def shard(settings, replica: str, trained_checkpoint) -> tuple[ShardLoop, asyncio.Future]:
@@ -92,7 +70,7 @@ async def test_two_partitioned_updaters_split_the_clicks_and_survive_a_kill(sett
             done = await committed_offsets(settings.kafka_bootstrap, group, clicks_topic)
             if sum(done.values()) < n:
                 return False
-            count, after = await forwarded(settings.kafka_bootstrap, settings.topic(CLICKS_BY_ITEM))
+            count, after = await committed_records(settings.kafka_bootstrap, settings.topic(CLICKS_BY_ITEM))
             by_item = await committed_offsets(settings.kafka_bootstrap, group, settings.topic(CLICKS_BY_ITEM))
             return count == n and all(by_item.get(p, 0) >= end for p, end in after.items())
 
@@ -104,7 +82,7 @@ async def test_two_partitioned_updaters_split_the_clicks_and_survive_a_kill(sett
             await asyncio.sleep(0.5)
         await wait_for(lambda: not (a2.rebuild_due or b.rebuild_due), what="assignments settled")
         await asyncio.sleep(1.0)
-        count, _ = await forwarded(settings.kafka_bootstrap, settings.topic(CLICKS_BY_ITEM))
+        count, _ = await committed_records(settings.kafka_bootstrap, settings.topic(CLICKS_BY_ITEM))
         assert count == n, "every click forwarded to its item's owner exactly once, across the kill"
 
         shards = [a2.shard, b.shard]

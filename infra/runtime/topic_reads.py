@@ -57,3 +57,15 @@ async def read_up_to(bootstrap: str, topic: str, ends: Mapping[int, int] | None 
             remaining = {tp for tp in remaining if await consumer.position(tp) < ends[tp.partition]}
     finally:
         await consumer.stop()
+
+
+async def committed_records(bootstrap: str, topic: str) -> tuple[int, dict[int, int]]:
+    """How many records of ``topic`` (written in transactions) are committed now, and per partition the offset
+    after its last one: where a group that has consumed them all has its committed offset (a transaction's
+    commit marker takes an offset of its own, so a partition's end lies beyond that)."""
+    count, after = 0, {}
+    async for records in read_up_to(bootstrap, topic, None, isolation_level="read_committed"):
+        count += len(records)
+        for record in records:
+            after[record.partition] = record.offset + 1
+    return count, after
