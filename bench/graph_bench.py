@@ -272,23 +272,45 @@ def refining(base: Settings, ckpt: Path, data_dir: Path, quick: bool) -> dict:
             "refine_steps_ms": [round(x, 1) for x in steps], "refine_merge_ms": [round(x, 1) for x in merges]}
 
 
+def shards_ready(logs: list[Path]) -> bool:
+    """Every partitioned updater has rebuilt for its latest assignment (its log's ``graph_shard_assigned`` events
+    each followed by a ``graph_shard_ready``)."""
+    for path in logs:
+        events = [line for line in path.read_text().splitlines() if '"graph_shard_' in line]
+        assigned = sum('"graph_shard_assigned"' in e for e in events)
+        if not assigned or assigned != sum('"graph_shard_ready"' in e for e in events):
+            return False
+    return True
+
+
 async def drain_partitioned(settings: Settings, ckpt: Path, clicks, processes: int, logs: Path) -> dict:
     """A backlog of ``clicks`` drained by ``processes`` partitioned updaters, each ``exitrec graph-updater
-    --partitioned`` in its own process (embedded store each): clicks/s from the first committed batch until every
-    click and every forward to ``clicks-by-item`` is committed (the item side done too)."""
+    --partitioned`` in its own process (embedded store each). The processes start first and split the partitions
+    (each rebuilt for its share); then a separate process produces the clicks as fast as it can. Clicks/s from
+    the first committed batch until every click and every forward to ``clicks-by-item`` is committed (the item
+    side done too)."""
     settings = settings.model_copy(update={"graph_checkpoint": ckpt})
     await create_topics(settings)
-    await publish(settings.kafka_bootstrap, settings.topic("clicks"), clicks, progress=False)
-    group, topic = shard_group(settings), settings.topic("clicks")
-    procs = []
-    for k in range(processes):
+    group, topic, by_item = shard_group(settings), settings.topic("clicks"), settings.topic("clicks-by-item")
+    procs, paths = [], [logs / f"shard-{processes}-{k}.log" for k in range(processes)]
+    for k, path in enumerate(paths):
         env = {**os.environ, **settings.model_copy(update={"replica_id": f"p{k}"}).environment()}
-        with open(logs / f"shard-{processes}-{k}.log", "wb") as log_file:
+        with open(path, "wb") as log_file:
             procs.append(subprocess.Popen([sys.executable, "-m", "worker.cli", "graph-updater", "--partitioned"],
                                           env=env, stdout=log_file, stderr=subprocess.STDOUT))
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
+    producer = mp.get_context("spawn").Process(target=_produce, args=(settings.kafka_bootstrap, topic, clicks, None))
     try:
+        while True:
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"a partitioned updater exited: see {logs}")
+            (described,) = await admin.describe_consumer_groups([group])
+            group_state = described.to_object()["groups"][0]
+            if group_state["state"] == "Stable" and len(group_state["members"]) == processes and shards_ready(paths):
+                break
+            await asyncio.sleep(0.5)
+        producer.start()
         progress = tqdm(total=len(clicks), desc=f"{processes} partitioned updater(s)", unit="click")
         done = started = first = 0
         while done < len(clicks):
@@ -300,11 +322,11 @@ async def drain_partitioned(settings: Settings, ckpt: Path, clicks, processes: i
                 started, first = time.perf_counter(), done
             progress.update(done - progress.n)
         progress.close()
-        _, after = await committed_records(settings.kafka_bootstrap, settings.topic("clicks-by-item"))
-        by_item = settings.topic("clicks-by-item")
-        while any(o < after.get(p, 0) for p, o in
-                  (await committed_offsets(settings.kafka_bootstrap, group, by_item, admin)).items()) or \
-                len(await committed_offsets(settings.kafka_bootstrap, group, by_item, admin)) < len(after):
+        _, after = await committed_records(settings.kafka_bootstrap, by_item)
+        while True:
+            committed = await committed_offsets(settings.kafka_bootstrap, group, by_item, admin)
+            if all(committed.get(p, 0) >= end for p, end in after.items()):
+                break
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - started
     finally:
@@ -312,6 +334,10 @@ async def drain_partitioned(settings: Settings, ckpt: Path, clicks, processes: i
         for p in procs:
             p.terminate()
             p.wait()
+        if producer.is_alive() or producer.exitcode is not None:
+            producer.join()
+    if not shards_ready(paths):
+        raise RuntimeError(f"the partitions moved during the drain: see {logs}")
     return {"clicks_per_s": round((len(clicks) - first) / elapsed, 1), "timed_clicks": len(clicks) - first,
             "seconds": round(elapsed, 2)}
 

@@ -82,6 +82,7 @@ class ShardLoop(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned) -> None:
         self.rebuild_due = True
+        log.info("graph_shard_assigned", partitions=len(assigned))  # graph_shard_ready follows its rebuild
 
     # ---- the loop -------------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -133,7 +134,7 @@ class ShardLoop(ConsumerRebalanceListener):
             pending = {tp for tp in parts if await reader.position(tp) < ends[tp]}
             while pending:
                 got = await reader.getmany(*pending, timeout_ms=500)
-                shard.adopt((r.key.decode(), r.value) for rs in got.values() for r in rs)
+                await asyncio.to_thread(shard.adopt, [(r.key.decode(), r.value) for rs in got.values() for r in rs])
                 pending = {tp for tp in pending if await reader.position(tp) < ends[tp]}
             return
         got = await reader.getmany(timeout_ms=0)
@@ -180,7 +181,10 @@ class ShardLoop(ConsumerRebalanceListener):
         users = {tp.partition for tp in assigned if tp.topic == self.topics[CLICKS]}
         items = {tp.partition for tp in assigned if tp.topic == self.topics[CLICKS_BY_ITEM]}
         before = self.shard
-        self.shard = shard = ShardUpdater(self.initial(), users, items, self.partitions)
+        # CPU-heavy steps run in a thread: the event loop keeps the group's heartbeats going (a rebuild longer
+        # than the session timeout would otherwise cost the membership and start another rebalance)
+        base = await asyncio.to_thread(self.initial)
+        self.shard = shard = await asyncio.to_thread(ShardUpdater, base, users, items, self.partitions)
         await self.adopt_published(to_end=True)
         replayed, changed = 0, set()
         for topic, parse in ((CLICKS, parse_click), (CLICKS_BY_ITEM, parse_item_click)):
@@ -192,15 +196,19 @@ class ShardLoop(ConsumerRebalanceListener):
             async for records in read_up_to(s.kafka_bootstrap, self.topics[topic], ends,
                                             isolation_level="read_committed"):
                 valid = [m for m, _ in split_valid(records, parse)[0]]
-                changed |= (shard.apply_users(valid)[2] if topic == CLICKS else shard.apply_items(valid)[1])
+                if topic == CLICKS:
+                    changed |= (await asyncio.to_thread(shard.apply_users, valid))[2]
+                else:
+                    changed |= (await asyncio.to_thread(shard.apply_items, valid))[1]
                 replayed += len(valid)
-        recomputed = shard.graph.refresh(changed, radius=0)
+        recomputed = await asyncio.to_thread(shard.graph.refresh, changed, 0)
         self.store.ensure_collections(shard.graph.dim)
         if before is not None and self.private:  # points of nodes another process owns now
             for kind, gone in ((USER, set(before.histories) - set(shard.histories)),
                                (ITEM, set(before.item_reactions) - set(shard.item_reactions))):
                 self.store.delete(kind, sorted(gone))
-        await upsert_with_retry(self.store, shard.records(shard.owned_nodes(), whole=True), self.stats)
+        records = await asyncio.to_thread(shard.records, shard.owned_nodes(), True)
+        await upsert_with_retry(self.store, records, self.stats)
         async with self.producer.transaction():
             for key, value in shard.layer_values(recomputed).items():
                 await self.producer.send(self.topics[NODE_LAYERS], value, key=key.encode())
