@@ -329,6 +329,8 @@ async def drain_partitioned(settings: Settings, ckpt: Path, clicks, processes: i
                 break
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - started
+        if not shards_ready(paths):
+            raise RuntimeError(f"the partitions moved during the drain: see {logs}")
     finally:
         await admin.close()
         for p in procs:
@@ -336,8 +338,6 @@ async def drain_partitioned(settings: Settings, ckpt: Path, clicks, processes: i
             p.wait()
         if producer.is_alive() or producer.exitcode is not None:
             producer.join()
-    if not shards_ready(paths):
-        raise RuntimeError(f"the partitions moved during the drain: see {logs}")
     return {"clicks_per_s": round((len(clicks) - first) / elapsed, 1), "timed_clicks": len(clicks) - first,
             "seconds": round(elapsed, 2)}
 

@@ -17,8 +17,11 @@ A forward is therefore produced exactly once per applied click, and consumers re
 A change of assignment (start, a process joining, leaving or dying) rebuilds the process's state before its next
 batch: the checkpoint pruned to the new share, every published layer, then the committed records of its
 partitions of both topics replayed (no forwards: they were committed with their clicks), the replayed nodes
-refreshed and written whole. With a private (embedded) store the points of nodes it no longer owns are deleted;
-with a shared Qdrant server their new owner rewrites them. A revocation waits for the batch in flight to commit.
+refreshed and written whole. Records fetched under an assignment that has since ended are dropped (the consumer
+restarts from the committed offsets). With a private (embedded) store the points of nodes it no longer owns are deleted;
+with a shared Qdrant server their new owner rewrites them. A revocation waits for the batch in flight to commit,
+never for a rebuild (its CPU work runs in a thread, so heartbeats go on: a rebuild longer than the session
+timeout that held the group's rebalance cost the membership and started another one, measured).
 No BPR refinement runs in this mode (it would need the whole graph in one place).
 """
 
@@ -70,6 +73,7 @@ class ShardLoop(ConsumerRebalanceListener):
         self.shard: ShardUpdater | None = None
         self.lock = asyncio.Lock()  # held by a batch from its transaction's start to its commit
         self.rebuild_due = False
+        self.epoch = 0  # revocations so far
         self.partitions = 0  # of clicks and clicks-by-item (equal), read at start
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
@@ -78,7 +82,7 @@ class ShardLoop(ConsumerRebalanceListener):
     # ---- ConsumerRebalanceListener --------------------------------------------------------------------------
     async def on_partitions_revoked(self, revoked) -> None:
         async with self.lock:  # the batch in flight commits before its partitions move
-            pass
+            self.epoch += 1  # records fetched before this are not processed (positions restart from the commits)
 
     async def on_partitions_assigned(self, assigned) -> None:
         self.rebuild_due = True
@@ -110,11 +114,14 @@ class ShardLoop(ConsumerRebalanceListener):
         await self.consumer.start()
         try:
             while True:
+                while self.rebuild_due:  # not under the lock: a revocation meanwhile need not wait for it
+                    await self.rebuild()
+                epoch = self.epoch
                 batches = await self.consumer.getmany(timeout_ms=s.updater_batch_wait_ms,
                                                       max_records=s.updater_batch_size)
                 async with self.lock:
-                    if self.rebuild_due:
-                        await self.rebuild()
+                    if self.epoch != epoch or self.rebuild_due:
+                        continue  # fetched under an assignment that has ended: its owner takes them from the commits
                     await self.adopt_published()
                     if any(batches.values()):
                         await self.process(batches)
