@@ -66,19 +66,26 @@ async def test_two_partitioned_updaters_split_the_clicks_and_survive_a_kill(sett
         # its replacement, same replica id: it fences the dead process's open transaction
         a2, a2_task = shard(settings, "a", trained_checkpoint)
 
+        progress: dict = {}
+
         async def caught_up() -> bool:
             done = await committed_offsets(settings.kafka_bootstrap, group, clicks_topic)
+            progress.update(clicks_committed=done)
             if sum(done.values()) < n:
                 return False
             count, after = await committed_records(settings.kafka_bootstrap, settings.topic(CLICKS_BY_ITEM))
             by_item = await committed_offsets(settings.kafka_bootstrap, group, settings.topic(CLICKS_BY_ITEM))
+            progress.update(forwards=count, by_item_after=after, by_item_committed=by_item)
             return count == n and all(by_item.get(p, 0) >= end for p, end in after.items())
 
         deadline = time.monotonic() + 180
         while not await caught_up():
             assert not b_task.done() and not a2_task.done(), (b_task.exception() if b_task.done()
                                                                   else a2_task.exception())
-            assert time.monotonic() < deadline, "the updaters did not catch up"
+            assert time.monotonic() < deadline, (
+                f"the updaters did not catch up: {progress}; " + "; ".join(
+                    f"{name}: clicks {s.stats.clicks}, rebuilds {s.rebuilds}, due {s.rebuild_due}, epoch {s.epoch}, "
+                    f"partitions {s.shard and sorted(s.shard.user_partitions)}" for name, s in (("a2", a2), ("b", b))))
             await asyncio.sleep(0.5)
         await wait_for(lambda: not (a2.rebuild_due or b.rebuild_due), what="assignments settled")
         await asyncio.sleep(1.0)
