@@ -17,11 +17,16 @@ A forward is therefore produced exactly once per applied click, and consumers re
 A change of assignment (start, a process joining, leaving or dying) rebuilds the process's state before its next
 batch: the checkpoint pruned to the new share, every published layer, then the committed records of its
 partitions of both topics replayed (no forwards: they were committed with their clicks), the replayed nodes
-refreshed and written whole. Records fetched under an assignment that has since ended are dropped (the consumer
-restarts from the committed offsets). With a private (embedded) store the points of nodes it no longer owns are deleted;
-with a shared Qdrant server their new owner rewrites them. A revocation waits for the batch in flight to commit,
-never for a rebuild (its CPU work runs in a thread, so heartbeats go on: a rebuild longer than the session
-timeout that held the group's rebalance cost the membership and started another one, measured).
+refreshed and written whole; the consumer then seeks each of its partitions to where that replay stopped, and
+records fetched before are dropped (aiokafka does not reset the position of a partition kept across a
+rebalance: dropping such records without the seek lost them, measured under load). With a private (embedded)
+store the points of nodes it no longer owns are deleted; with a shared Qdrant server their new owner rewrites
+them. A revocation waits for the batch in flight to commit, never for a rebuild (its CPU work runs in a thread,
+so heartbeats go on: a rebuild longer than the session timeout that held the group's rebalance cost the
+membership and started another one, measured).
+Known limit: a process stalled past the session timeout may commit the batch it holds after its partitions
+moved (aiokafka's ``send_offsets_to_transaction`` carries no group generation, so the broker cannot fence it as
+KIP-447 does for the Java client); its successor then applies that batch too.
 No BPR refinement runs in this mode (it would need the whole graph in one place).
 """
 
@@ -36,6 +41,7 @@ from collections.abc import Callable
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import IllegalStateError
 
 from graph_updater.agent import UpdaterStats, upsert_with_retry
 from graph_updater.graph import ITEM, USER
@@ -73,7 +79,7 @@ class ShardLoop(ConsumerRebalanceListener):
         self.shard: ShardUpdater | None = None
         self.lock = asyncio.Lock()  # held by a batch from its transaction's start to its commit
         self.rebuild_due = False
-        self.epoch = 0  # revocations so far
+        self.epoch = 0  # revocations and rebuilds so far: a batch fetched before the latest one is dropped
         self.partitions = 0  # of clicks and clicks-by-item (equal), read at start
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
@@ -82,7 +88,7 @@ class ShardLoop(ConsumerRebalanceListener):
     # ---- ConsumerRebalanceListener --------------------------------------------------------------------------
     async def on_partitions_revoked(self, revoked) -> None:
         async with self.lock:  # the batch in flight commits before its partitions move
-            self.epoch += 1  # records fetched before this are not processed (positions restart from the commits)
+            self.epoch += 1  # records fetched before this are not processed
 
     async def on_partitions_assigned(self, assigned) -> None:
         self.rebuild_due = True
@@ -184,6 +190,7 @@ class ShardLoop(ConsumerRebalanceListener):
     async def rebuild(self) -> None:
         """State for the current assignment (see the module docstring)."""
         self.rebuild_due = False
+        self.epoch += 1
         s, assigned = self.settings, self.consumer.assignment()
         users = {tp.partition for tp in assigned if tp.topic == self.topics[CLICKS]}
         items = {tp.partition for tp in assigned if tp.topic == self.topics[CLICKS_BY_ITEM]}
@@ -198,6 +205,13 @@ class ShardLoop(ConsumerRebalanceListener):
             mine = users if topic == CLICKS else items
             ends = {p: o for p, o in (await committed_offsets(s.kafka_bootstrap, self.group, self.topics[topic])
                                       ).items() if p in mine and o > 0}
+            for p in mine:  # consume from exactly where the replay stops (records fetched before are dropped)
+                tp = TopicPartition(self.topics[topic], p)
+                with contextlib.suppress(IllegalStateError):  # revoked meanwhile: the next rebuild seeks
+                    if p in ends:
+                        self.consumer.seek(tp, ends[p])
+                    else:
+                        await self.consumer.seek_to_beginning(tp)
             if not ends:  # (a group-less consumer stopped right after its start raises CancelledError)
                 continue
             async for records in read_up_to(s.kafka_bootstrap, self.topics[topic], ends,

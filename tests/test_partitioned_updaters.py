@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from aiokafka import AIOKafkaProducer
 from kafka_io import settings_env, wait_for
 
 from graph_updater import checkpoint
@@ -21,10 +23,14 @@ from graph_updater.partitioned import ShardLoop, shard_group
 from graph_updater.recovery import committed_offsets
 from graph_updater.store import EdgeStore
 from infra.runtime.app import CLICKS, CLICKS_BY_ITEM
-from infra.runtime.topic_reads import committed_records
+from infra.runtime.topic_reads import committed_records, read_up_to
+from schemas.codec import decode
+from schemas.messages import DeadLetter
 from worker.replay import publish
 
 pytestmark = pytest.mark.integration
+BAD_CLICKS = [(b"196", b"not json at all"),
+              (b"someone-else", b'{"event_id":"x3","user_id":"196","item_id":"1","label":1,"ts":900000000000}')]
 
 
 def shard(settings, replica: str, trained_checkpoint) -> tuple[ShardLoop, asyncio.Future]:
@@ -33,35 +39,51 @@ def shard(settings, replica: str, trained_checkpoint) -> tuple[ShardLoop, asynci
     return loop, asyncio.ensure_future(loop.run())
 
 
-async def test_two_partitioned_updaters_split_the_clicks_and_survive_a_kill(settings, split, trained_checkpoint):
+async def test_two_partitioned_updaters_split_the_clicks_and_survive_a_kill(settings, split, trained_checkpoint,
+                                                                           tmp_path):
     n = 4000
     settings = settings.model_copy(update={"graph_checkpoint": trained_checkpoint, "updater_batch_size": 50,
                                            "updater_batch_wait_ms": 20, "session_timeout_s": 6.0})
-    await publish(settings.kafka_bootstrap, settings.topic(CLICKS),
-                  clicks_of(split.stream.take(slice(0, n)), first_row=len(split.train)), progress=False)
+    clicks = clicks_of(split.stream.take(slice(0, n)), first_row=len(split.train))
     group, clicks_topic = shard_group(settings), settings.topic(CLICKS)
 
+    async def stream() -> None:
+        """The clicks at 1,000/s (the kill lands mid-stream however slow the machine), two invalid ones halfway."""
+        await publish(settings.kafka_bootstrap, clicks_topic, clicks[: n // 2], 1000.0, progress=False)
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+        await producer.start()
+        for key, value in BAD_CLICKS:
+            await producer.send_and_wait(clicks_topic, value, key=key)
+        await producer.stop()
+        await publish(settings.kafka_bootstrap, clicks_topic, clicks[n // 2:], 1000.0, progress=False)
+
     # updater "a" in its own process (the CLI), updater "b" in this one; they split the partitions
+    stderr = open(tmp_path / "a.log", "wb")  # noqa: SIM115 (closed in finally)
     proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "graph-updater", "--partitioned"],
-                            env=settings_env(settings, replica_id="a"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+                            env=settings_env(settings, replica_id="a"), stdout=subprocess.DEVNULL, stderr=stderr,
+                            start_new_session=True)
     b, b_task = shard(settings, "b", trained_checkpoint)
-    a2 = a2_task = None
+    a2 = a2_task = publishing = None
     try:
-        committed: dict[int, int] = {}
         deadline = time.monotonic() + 180
-        while sum(committed.values()) < 1000 or b.stats.clicks == 0 or b.shard is None or \
-                len(b.shard.user_partitions) == settings.topic_partitions:
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        while b.shard is None or b.rebuild_due or len(b.shard.user_partitions) == settings.topic_partitions:
+            assert proc.poll() is None, (tmp_path / "a.log").read_text()[-3000:]
             assert not b_task.done(), b_task.exception()
-            assert time.monotonic() < deadline, "the two updaters did not both commit clicks"
+            assert time.monotonic() < deadline, "the two updaters did not split the partitions"
             await asyncio.sleep(0.3)
+        publishing = asyncio.ensure_future(stream())
+        committed: dict[int, int] = {}
+        while sum(committed.values()) < 1000:
+            assert proc.poll() is None, (tmp_path / "a.log").read_text()[-3000:]
+            assert not b_task.done(), b_task.exception()
+            assert time.monotonic() < deadline + 60, "the two updaters did not commit clicks"
+            await asyncio.sleep(0.2)
             committed = await committed_offsets(settings.kafka_bootstrap, group, clicks_topic)
         assert 0 < len(b.shard.user_partitions) < settings.topic_partitions, "b holds a share, not all"
         assert any(o for p, o in committed.items() if p not in b.shard.user_partitions), "a committed clicks too"
         os.killpg(proc.pid, signal.SIGKILL)  # mid-stream, maybe mid-transaction
         proc.wait()
-        assert sum(committed.values()) < n, "the process must be killed mid-stream"
+        assert sum(committed.values()) < n + len(BAD_CLICKS), "the process must be killed mid-stream"
 
         # its replacement, same replica id: it fences the dead process's open transaction
         a2, a2_task = shard(settings, "a", trained_checkpoint)
@@ -71,13 +93,14 @@ async def test_two_partitioned_updaters_split_the_clicks_and_survive_a_kill(sett
         async def caught_up() -> bool:
             done = await committed_offsets(settings.kafka_bootstrap, group, clicks_topic)
             progress.update(clicks_committed=done)
-            if sum(done.values()) < n:
+            if sum(done.values()) < n + len(BAD_CLICKS):
                 return False
             count, after = await committed_records(settings.kafka_bootstrap, settings.topic(CLICKS_BY_ITEM))
             by_item = await committed_offsets(settings.kafka_bootstrap, group, settings.topic(CLICKS_BY_ITEM))
             progress.update(forwards=count, by_item_after=after, by_item_committed=by_item)
             return count == n and all(by_item.get(p, 0) >= end for p, end in after.items())
 
+        await publishing
         deadline = time.monotonic() + 180
         while not await caught_up():
             assert not b_task.done() and not a2_task.done(), (b_task.exception() if b_task.done()
@@ -92,6 +115,11 @@ async def test_two_partitioned_updaters_split_the_clicks_and_survive_a_kill(sett
         count, _ = await committed_records(settings.kafka_bootstrap, settings.topic(CLICKS_BY_ITEM))
         assert count == n, "every click forwarded to its item's owner exactly once, across the kill"
 
+        letters = [decode(DeadLetter, r.value) async for records in read_up_to(  # written in transactions too
+            settings.kafka_bootstrap, settings.topic("clicks.dlq"), None, isolation_level="read_committed")
+            for r in records]
+        assert sorted((base64.b64decode(d.value_b64), d.error_class) for d in letters) == \
+            sorted((value, kind) for (_, value), kind in zip(BAD_CLICKS, ("InvalidJson", "KeyMismatch"), strict=True))
         shards = [a2.shard, b.shard]
         assert set(a2.shard.user_partitions).isdisjoint(b.shard.user_partitions)
         assert set(a2.shard.user_partitions) | set(b.shard.user_partitions) == set(range(settings.topic_partitions))
@@ -125,6 +153,9 @@ async def test_two_partitioned_updaters_split_the_clicks_and_survive_a_kill(sett
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+        stderr.close()
+        if publishing is not None:
+            publishing.cancel()
         for task in (b_task, a2_task):
             if task is not None:
                 task.cancel()
