@@ -94,6 +94,19 @@ def graph_table(d: dict) -> str:
             + f"\n\n100k = all {d['retrieval_users_available']:,} Book-Crossing users with a vector.")
 
 
+def partitioned_table(d: dict) -> str:
+    """The partitioned updaters' drain (``graph_bench --only partitioned``) beside the one-process updater."""
+    one = d["partitioned_one_process_clicks_per_s"]
+    rows = [("one-process updater", fmt(one, 0), "1.00")]
+    for n in (1, 2):
+        rate = d[f"partitioned_drain_clicks_per_s_{n}"]
+        rows.append((f"{n} partitioned updater process{'es' if n > 1 else ''}", fmt(rate, 0), f"{rate / one:.2f}"))
+    isa = "AVX-512" if "avx512f" in d["machine"]["matrix_isa"] else "AVX2"
+    return "\n".join([f"| updaters ({d['partitioned_clicks']:,} Book-Crossing clicks, {d['machine']['cores']} cores, "
+                      f"{isa}) | clicks/s | vs one process |", "|---|---|---|"]
+                     + [f"| {a} | {b} | {c} |" for a, b, c in rows])
+
+
 def accuracy_table(results: list[dict]) -> str:
     """One row per dataset and configuration, the baseline first; AUC as mean ± sd over seeds."""
     head = ("| dataset (test rows: warm / cold) | configuration | AUC | AUC warm | AUC cold | log loss | ECE | "
@@ -300,7 +313,8 @@ def main() -> None:
     if e2e:
         print()
         print(e2e_table(e2e))
-    for name, table in (("neighbour_evidence.json", neighbour_table), ("paper_table.json", paper_table),
+    for name, table in (("machines/graph_partitioned_avx512.json", partitioned_table),
+                        ("neighbour_evidence.json", neighbour_table), ("paper_table.json", paper_table),
                         ("own_data.json", own_data_table),
                         ("reliability.json", reliability_table),
                         ("containers.json", containers_table)):
