@@ -101,6 +101,12 @@ def partitioned_table(d: dict) -> str:
     for n in (1, 2):
         rate = d[f"partitioned_drain_clicks_per_s_{n}"]
         rows.append((f"{n} partitioned updater process{'es' if n > 1 else ''}", fmt(rate, 0), f"{rate / one:.2f}"))
+    for n in (1, 2):
+        p50, p99 = (d.get(f"partitioned_freshness_{q}_ms_at_5000_{n}") for q in ("p50", "p99"))
+        if p50 is not None:
+            rows.append((f"… freshness p50 / p99 at 5,000 clicks/s offered, {n} partitioned",
+                         " ; ".join(f"{fmt(a, 0)} / {fmt(b, 0)} ms" for a, b in zip(p50, p99, strict=True)),
+                         "per process"))
     isa = "AVX-512" if "avx512f" in d["machine"]["matrix_isa"] else "AVX2"
     return "\n".join([f"| updaters ({d['partitioned_clicks']:,} Book-Crossing clicks, {d['machine']['cores']} cores, "
                       f"{isa}) | clicks/s | vs one process |", "|---|---|---|"]
