@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotAvailableError
 from tqdm import tqdm
 
 from bench.machine import machine
@@ -308,7 +309,11 @@ async def drain_partitioned(settings: Settings, ckpt: Path, clicks, processes: i
         while True:
             if any(p.poll() is not None for p in procs):
                 raise RuntimeError(f"a partitioned updater exited: see {logs}")
-            (described,) = await admin.describe_consumer_groups([group])
+            try:
+                (described,) = await admin.describe_consumer_groups([group])
+            except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError):
+                await asyncio.sleep(0.5)  # a fresh broker creates its offsets topic first
+                continue
             group_state = described.to_object()["groups"][0]
             if group_state["state"] == "Stable" and len(group_state["members"]) == processes and shards_ready(paths):
                 break
