@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import socket
 import time
@@ -212,6 +213,7 @@ class ShardLoop(ConsumerRebalanceListener):
         users = {tp.partition for tp in assigned if tp.topic == self.topics[CLICKS]}
         items = {tp.partition for tp in assigned if tp.topic == self.topics[CLICKS_BY_ITEM]}
         before = self.shard
+        gc.unfreeze()  # the previous share's objects may be collected again once dropped
         # CPU-heavy steps run in a thread: the event loop keeps the group's heartbeats going (a rebuild longer
         # than the session timeout would otherwise cost the membership and start another rebalance)
         base = await asyncio.to_thread(self.initial)
@@ -250,6 +252,9 @@ class ShardLoop(ConsumerRebalanceListener):
         async with self.producer.transaction():
             await self.send_keyed(self.topics[NODE_LAYERS], self.layer_partitions,
                                   shard.layer_values(recomputed).items())
+        del before
+        gc.collect()
+        gc.freeze()  # millions of long-lived objects: keep them out of every later GC pass (as graph_updater.service)
         self.rebuilds += 1
         log.info("graph_shard_ready", user_partitions=sorted(users), item_partitions=sorted(items),
                  users=len(shard.histories), items=len(shard.item_reactions), replayed=replayed)
