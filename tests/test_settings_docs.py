@@ -30,12 +30,15 @@ def test_compose_file_declares_real_commands_known_settings_and_durable_state():
     root = README.parent
     compose = yaml.safe_load((root / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"kafka", "worker", "qdrant", "graph-updater", "scorer"} <= set(services)
+    assert {"kafka", "worker", "qdrant", "graph-updater", "graph-shard", "scorer"} <= set(services)
     assert services["worker"]["command"] == ["worker"] and "replicas" in services["worker"]["deploy"]
     assert services["graph-updater"]["command"] == ["graph-updater"]
+    assert services["graph-shard"]["command"] == ["graph-updater", "--partitioned"]
+    assert "replicas" in services["graph-shard"]["deploy"]
+    assert set(services["scorer"]["profiles"]) >= set(services["graph-shard"]["profiles"]), "scorers run with them"
     assert services["scorer"]["command"] == ["scorer"] and "replicas" in services["scorer"]["deploy"]
     assert services["kafka"]["image"] == "exitrec-kafka:latest"
-    for name in ("worker", "graph-updater", "scorer"):
+    for name in ("worker", "graph-updater", "graph-shard", "scorer"):
         env = services[name]["environment"]
         assert services[name]["image"] == "exitrec-worker:latest"
         unknown = [k for k in env if k.removeprefix("EXITREC_").lower() not in Settings.model_fields]
