@@ -63,6 +63,11 @@ from schemas.messages import DEAD_LETTER_KEY_BYTES
 log = structlog.get_logger("graph_updater")
 
 
+class PartitionCountError(ValueError):
+    """``clicks`` and ``clicks-by-item`` differ in partition count: a user's and an item's owners would not
+    follow the same partitioner arithmetic."""
+
+
 def shard_group(settings: Settings) -> str:
     """The consumer group the partitioned updaters share (not the one-process updater's: their offsets differ)."""
     return f"{settings.consumer_group}.graph-shards"
@@ -103,8 +108,10 @@ class ShardLoop(ConsumerRebalanceListener):
         await create_topics(s)
         counts = {name: len(await partition_ids(s.kafka_bootstrap, t)) for name, t in self.topics.items()}
         if counts[CLICKS] != counts[CLICKS_BY_ITEM]:
-            raise ValueError(f"{self.topics[CLICKS]} has {counts[CLICKS]} partitions and {self.topics[CLICKS_BY_ITEM]} "
-                             f"{counts[CLICKS_BY_ITEM]}: partitioned updaters need equal counts")
+            raise PartitionCountError(
+                f"{self.topics[CLICKS]} has {counts[CLICKS]} partitions but {self.topics[CLICKS_BY_ITEM]} has "
+                f"{counts[CLICKS_BY_ITEM]}: partitioned updaters need equal counts; recreate "
+                f"{self.topics[CLICKS_BY_ITEM]} with {counts[CLICKS]} partitions")
         self.partitions, self.layer_partitions = counts[CLICKS], counts[NODE_LAYERS]
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap, group_id=self.group, enable_auto_commit=False,

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from kafka_io import settings_env, wait_for
 
 from graph_updater import checkpoint
@@ -163,3 +164,18 @@ async def test_two_partitioned_updaters_split_the_clicks_and_survive_a_kill(sett
         for loop in (b, a2):
             if loop is not None:
                 loop.store.close()
+
+
+async def test_unequal_partition_counts_fail_in_one_line(settings, tmp_path):
+    """clicks-by-item with another partition count than clicks: the CLI exits with one line naming the fix."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(settings.topic(CLICKS_BY_ITEM), 2, 1)])
+    finally:
+        await admin.close()
+    done = subprocess.run([sys.executable, "-m", "worker.cli", "graph-updater", "--partitioned"],
+                          env=settings_env(settings), capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("Error: ") and "recreate" in lines[-1] and "Traceback" not in done.stderr

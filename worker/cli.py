@@ -263,9 +263,12 @@ def graph_updater(partitioned: bool) -> None:
 
     settings = _settings()
     if partitioned:
-        from graph_updater.partitioned import run_shard
+        from graph_updater.partitioned import PartitionCountError, run_shard
 
-        asyncio.run(run_shard(settings))
+        try:
+            asyncio.run(run_shard(settings))
+        except PartitionCountError as exc:
+            raise click.ClickException(str(exc)) from None
         return
     state = asyncio.run(rebuild(settings))
     asyncio.set_event_loop(asyncio.new_event_loop())
