@@ -54,13 +54,15 @@ from graph_updater.service import initial_updater, store_for
 from graph_updater.shard import ShardUpdater, parse_item_click, partition_of
 from graph_updater.store import VectorStore
 from infra.runtime.app import CLICKS, CLICKS_BY_ITEM, DLQ_SUFFIX, NODE_LAYERS, create_topics
-from infra.runtime.batches import split_valid
+from infra.runtime.batches import partition_lags, split_valid
+from infra.runtime.monitoring import HealthServer, WorkerMetrics
 from infra.runtime.settings import Settings
 from infra.runtime.topic_reads import partition_ids, read_up_to
 from schemas.codec import dead_letter, encode
 from schemas.messages import DEAD_LETTER_KEY_BYTES
 
 log = structlog.get_logger("graph_updater")
+METRICS_LOOP = "shard"
 
 
 class PartitionCountError(ValueError):
@@ -83,6 +85,7 @@ class ShardLoop(ConsumerRebalanceListener):
         self.group = shard_group(settings)
         self.topics = {name: settings.topic(name) for name in (CLICKS, CLICKS_BY_ITEM, NODE_LAYERS)}
         self.stats = UpdaterStats()
+        self.metrics = WorkerMetrics()  # the click path's series under loop="shard" (infra.runtime.monitoring)
         self.rebuilds = 0
         self.shard: ShardUpdater | None = None
         self.lock = asyncio.Lock()  # held by a batch from its transaction's start to its commit
@@ -195,6 +198,11 @@ class ShardLoop(ConsumerRebalanceListener):
         self.stats.batches += 1
         done_ms = time.time() * 1000
         self.stats.freshness_ms.extend(done_ms - r.timestamp for r in click_records)
+        self.metrics.batch(METRICS_LOOP, len(click_records) + len(item_records))
+        self.metrics.vectors_written.inc(len(records))
+        if bad or bad_items:
+            self.metrics.dead_letters.labels(self.settings.topic(CLICKS + DLQ_SUFFIX)).inc(len(bad) + len(bad_items))
+        self.metrics.partitions(METRICS_LOOP, await partition_lags(self.consumer))
 
     async def send_keyed(self, topic: str, partitions: int, records: Iterable[tuple[str, bytes]]) -> None:
         """Send ``(key, value)`` records to ``topic`` (of ``partitions``) in the open transaction, each where Kafka's
@@ -272,6 +280,12 @@ async def run_shard(settings: Settings) -> None:
     flight is aborted, its offsets not committed: the partitions' next owner applies it)."""
     store = store_for(settings)
     loop = ShardLoop(settings, store, lambda: initial_updater(settings), private=settings.qdrant_url is None)
+    health = None
+    if settings.metrics_port is not None:  # /metrics, /healthz; /readyz once its share is rebuilt
+        health = HealthServer(loop.metrics, [("share_rebuilt", lambda: loop.shard is not None and not loop.rebuild_due),
+                                             ("store_reachable", lambda: store.count(USER) >= 0)],
+                              port=settings.metrics_port)
+        await health.start()
     task = asyncio.ensure_future(loop.run())
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
@@ -283,4 +297,6 @@ async def run_shard(settings: Settings) -> None:
                  freshness_p50_ms=round(float(np.percentile(fresh, 50)), 1),
                  freshness_p99_ms=round(float(np.percentile(fresh, 99)), 1))
     finally:
+        if health is not None:
+            await health.stop()
         store.close()

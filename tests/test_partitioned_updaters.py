@@ -6,9 +6,12 @@ import asyncio
 import base64
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -32,6 +35,17 @@ from worker.replay import publish
 pytestmark = pytest.mark.integration
 BAD_CLICKS = [(b"196", b"not json at all"),
               (b"someone-else", b'{"event_id":"x3","user_id":"196","item_id":"1","label":1,"ts":900000000000}')]
+
+
+def ready(port: int) -> int | None:
+    """The status of a partitioned updater's ``/readyz`` (None while nothing answers)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as page:
+            return page.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError:
+        return None
 
 
 def shard(settings, replica: str, trained_checkpoint) -> tuple[ShardLoop, asyncio.Future]:
@@ -60,9 +74,12 @@ async def test_two_partitioned_updaters_split_the_clicks_and_survive_a_kill(sett
 
     # updater "a" in its own process (the CLI), updater "b" in this one; they split the partitions
     stderr = open(tmp_path / "a.log", "wb")  # noqa: SIM115 (closed in finally)
+    with socket.socket() as probe:  # a free port for a's /metrics, /readyz
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "graph-updater", "--partitioned"],
-                            env=settings_env(settings, replica_id="a"), stdout=subprocess.DEVNULL, stderr=stderr,
-                            start_new_session=True)
+                            env=settings_env(settings, replica_id="a", metrics_port=port), stdout=subprocess.DEVNULL,
+                            stderr=stderr, start_new_session=True)
     b, b_task = shard(settings, "b", trained_checkpoint)
     a2 = a2_task = publishing = None
     try:
@@ -71,6 +88,10 @@ async def test_two_partitioned_updaters_split_the_clicks_and_survive_a_kill(sett
             assert proc.poll() is None, (tmp_path / "a.log").read_text()[-3000:]
             assert not b_task.done(), b_task.exception()
             assert time.monotonic() < deadline, "the two updaters did not split the partitions"
+            await asyncio.sleep(0.3)
+        while ready(port) != 200:  # a's endpoint says when its share is rebuilt
+            assert proc.poll() is None, (tmp_path / "a.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "a never reported ready"
             await asyncio.sleep(0.3)
         publishing = asyncio.ensure_future(stream())
         committed: dict[int, int] = {}
@@ -82,6 +103,8 @@ async def test_two_partitioned_updaters_split_the_clicks_and_survive_a_kill(sett
             committed = await committed_offsets(settings.kafka_bootstrap, group, clicks_topic)
         assert 0 < len(b.shard.user_partitions) < settings.topic_partitions, "b holds a share, not all"
         assert any(o for p, o in committed.items() if p not in b.shard.user_partitions), "a committed clicks too"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+            assert 'exitrec_consumer_lag{loop="shard"' in page.read().decode()
         os.killpg(proc.pid, signal.SIGKILL)  # mid-stream, maybe mid-transaction
         proc.wait()
         assert sum(committed.values()) < n + len(BAD_CLICKS), "the process must be killed mid-stream"
@@ -121,6 +144,10 @@ async def test_two_partitioned_updaters_split_the_clicks_and_survive_a_kill(sett
             for r in records]
         assert sorted((base64.b64decode(d.value_b64), d.error_class) for d in letters) == \
             sorted((value, kind) for (_, value), kind in zip(BAD_CLICKS, ("InvalidJson", "KeyMismatch"), strict=True))
+        exposition = b.metrics.exposition().decode()
+        assert f'exitrec_batches_total{{loop="shard"}} {float(b.stats.batches)}' in exposition
+        lags = [line for line in exposition.splitlines() if line.startswith('exitrec_consumer_lag{loop="shard"')]
+        assert len(lags) == len(b.shard.user_partitions) + len(b.shard.item_partitions), "a lag series per partition"
         shards = [a2.shard, b.shard]
         assert set(a2.shard.user_partitions).isdisjoint(b.shard.user_partitions)
         assert set(a2.shard.user_partitions) | set(b.shard.user_partitions) == set(range(settings.topic_partitions))

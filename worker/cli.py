@@ -264,10 +264,11 @@ def graph_updater(partitioned: bool) -> None:
     settings = _settings()
     if partitioned:
         from graph_updater.partitioned import PartitionCountError, run_shard
+        from infra.runtime.monitoring import MetricsPortTaken
 
         try:
             asyncio.run(run_shard(settings))
-        except PartitionCountError as exc:
+        except (PartitionCountError, MetricsPortTaken) as exc:
             raise click.ClickException(str(exc)) from None
         return
     state = asyncio.run(rebuild(settings))

@@ -5,7 +5,8 @@ process in tests and the demo) with these series:
 
 =====================================  ======================================================================
 ``exitrec_consumer_lag{loop,topic,partition}``  records between the loop's position and the partition's end
-``exitrec_records_total{loop}``        input records taken (valid or not); ``loop`` is ``click`` or ``impression``
+``exitrec_records_total{loop}``        input records taken (valid or not); ``loop`` is ``click``, ``impression``,
+                                       or ``shard`` (a partitioned graph updater: clicks and clicks-by-item)
 ``exitrec_batches_total{loop}``        micro-batches processed
 ``exitrec_batch_size{loop}``           histogram of records per micro-batch
 ``exitrec_score_latency_seconds``      histogram: impression produced (record timestamp) -> its scores sent
