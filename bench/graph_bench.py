@@ -54,7 +54,7 @@ from graph_updater.service import prepare
 from graph_updater.store import EdgeStore, open_store
 from graph_updater.train import train_offline
 from infra.kafka import broker
-from infra.runtime.app import create_topics
+from infra.runtime.app import CLICKS, CLICKS_BY_ITEM, create_topics
 from infra.runtime.logging import configure_logging
 from infra.runtime.settings import Settings
 from infra.runtime.topic_reads import committed_records
@@ -295,7 +295,7 @@ async def drain_partitioned(settings: Settings, ckpt: Path, clicks, processes: i
     it logs them when stopped."""
     settings = settings.model_copy(update={"graph_checkpoint": ckpt})
     await create_topics(settings)
-    group, topic, by_item = shard_group(settings), settings.topic("clicks"), settings.topic("clicks-by-item")
+    group, topic, by_item = shard_group(settings), settings.topic(CLICKS), settings.topic(CLICKS_BY_ITEM)
     procs, paths = [], [logs / f"shard-{processes}-{k}.log" for k in range(processes)]
     for k, path in enumerate(paths):
         env = {**os.environ, **settings.model_copy(update={"replica_id": f"p{k}"}).environment()}
@@ -305,10 +305,14 @@ async def drain_partitioned(settings: Settings, ckpt: Path, clicks, processes: i
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     producer = mp.get_context("spawn").Process(target=_produce, args=(settings.kafka_bootstrap, topic, clicks, rate))
+
+    def alive() -> None:
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"a partitioned updater exited: see {logs}")
+
     try:
         while True:
-            if any(p.poll() is not None for p in procs):
-                raise RuntimeError(f"a partitioned updater exited: see {logs}")
+            alive()
             try:
                 (described,) = await admin.describe_consumer_groups([group])
             except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError):
@@ -322,8 +326,7 @@ async def drain_partitioned(settings: Settings, ckpt: Path, clicks, processes: i
         progress = tqdm(total=len(clicks), desc=f"{processes} partitioned updater(s)", unit="click")
         done = started = first = 0
         while done < len(clicks):
-            if any(p.poll() is not None for p in procs):
-                raise RuntimeError(f"a partitioned updater exited: see {logs}")
+            alive()
             await asyncio.sleep(0.1)
             done = sum((await committed_offsets(settings.kafka_bootstrap, group, topic, admin)).values())
             if done and not started:
@@ -344,7 +347,7 @@ async def drain_partitioned(settings: Settings, ckpt: Path, clicks, processes: i
         for p in procs:
             p.terminate()
             p.wait()
-        if producer.is_alive() or producer.exitcode is not None:
+        if producer.pid is not None:  # started
             producer.join()
     stopped = [json.loads(line) for path in paths for line in path.read_text().splitlines()
                if '"graph_shard_stopped"' in line]

@@ -157,19 +157,24 @@ class LightGCNGraph:
 
     def link(self, u: int, i: int, present: bool) -> bool:
         """Make the edge between nodes ``u`` and ``i`` present or absent; True if that changed it."""
-        nbrs = self.adj[u]
-        if present == (i in nbrs):
+        if not self.link_side(u, i, present):
+            return False
+        self.link_side(i, u, present)
+        return True
+
+    def link_side(self, v: int, w: int, present: bool) -> bool:
+        """Make ``w`` a neighbour of ``v`` or not, on ``v``'s side only (adjacency set and degree); True if that
+        changed it. :meth:`link` sets both sides; a partitioned updater owns one side of an edge
+        (:mod:`graph_updater.shard`)."""
+        nbrs = self.adj[v]
+        if present == (w in nbrs):
             return False
         if present:
-            nbrs.add(i)
-            self.adj[i].add(u)
-            step = 1
+            nbrs.add(w)
+            self.deg[v] += 1
         else:
-            nbrs.discard(i)
-            self.adj[i].discard(u)
-            step = -1
-        self.deg[u] += step
-        self.deg[i] += step
+            nbrs.discard(w)
+            self.deg[v] -= 1
         return True
 
     def hops(self, nodes: Iterable[int], radius: int) -> np.ndarray:

@@ -54,12 +54,11 @@ from graph_updater.service import initial_updater, store_for
 from graph_updater.shard import ShardUpdater, parse_item_click, partition_of
 from graph_updater.store import VectorStore
 from infra.runtime.app import CLICKS, CLICKS_BY_ITEM, DLQ_SUFFIX, NODE_LAYERS, create_topics
-from infra.runtime.batches import partition_lags, split_valid
+from infra.runtime.batches import dead_letter_of, log_dead_letter, partition_lags, split_valid
 from infra.runtime.monitoring import HealthServer, WorkerMetrics
 from infra.runtime.settings import Settings
 from infra.runtime.topic_reads import partition_ids, read_up_to
-from schemas.codec import dead_letter, encode
-from schemas.messages import DEAD_LETTER_KEY_BYTES
+from schemas.codec import encode
 
 log = structlog.get_logger("graph_updater")
 METRICS_LOOP = "shard"
@@ -177,11 +176,9 @@ class ShardLoop(ConsumerRebalanceListener):
         await producer.begin_transaction()
         try:
             for record, err in bad + bad_items:
-                letter = dead_letter(record.topic, record.partition, record.offset, record.key, record.value, err)
-                await producer.send(self.settings.topic(CLICKS + DLQ_SUFFIX), encode(letter),
-                                    key=None if record.key is None else record.key[:DEAD_LETTER_KEY_BYTES])
-                log.warning("click_dead_lettered", topic=record.topic, partition=record.partition,
-                            offset=record.offset, error_class=letter.error_class)
+                key, letter = dead_letter_of(record, err)
+                await producer.send(self.settings.topic(CLICKS + DLQ_SUFFIX), encode(letter), key=key)
+                log_dead_letter("click_dead_lettered", record, letter)
             forwards, records, layers = self.shard.step([c for c, _ in clicks], [c for c, _ in item_clicks])
             await self.send_keyed(items_topic, self.partitions, ((f.item_id, encode(f)) for f in forwards))
             await upsert_with_retry(self.store, records, self.stats)

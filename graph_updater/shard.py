@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from aiokafka.partitioner import murmur2
 
-from graph_updater.graph import ITEM, USER
+from graph_updater.graph import ITEM, USER, node_key
 from graph_updater.online import GraphUpdater, VectorRecord
 from schemas.codec import InvalidMessage, decode
 from schemas.messages import Click, ItemClick
@@ -95,17 +95,8 @@ class ShardUpdater(GraphUpdater):
     def owned_nodes(self) -> list[int]:
         """Every node this updater writes: its users with a history and its items with reaction counts."""
         index = self.graph.index
-        return ([index[f"{USER}:{u}"] for u in self.histories]
-                + [index[f"{ITEM}:{i}"] for i in self.item_reactions])
-
-    def _half_link(self, v: int, w: int, present: bool) -> bool:
-        """Make ``w`` a neighbour of the owned node ``v`` (or not); only ``v``'s side: ``w``'s owner does its own."""
-        nbrs = self.graph.adj[v]
-        if present == (w in nbrs):
-            return False
-        (nbrs.add if present else nbrs.discard)(w)
-        self.graph.deg[v] += 1 if present else -1
-        return True
+        return ([index[node_key(USER, u)] for u in self.histories]
+                + [index[node_key(ITEM, i)] for i in self.item_reactions])
 
     def apply_users(self, clicks: Sequence[Click]) -> tuple[list[ItemClick], set[int], set[int]]:
         """The user side of clicks of owned users: histories and user edges. Returns the clicks to forward to
@@ -117,7 +108,7 @@ class ShardUpdater(GraphUpdater):
                 continue
             u, i = self.graph.ensure_node(USER, c.user_id), self.graph.ensure_node(ITEM, c.item_id)
             linked = c.label == 1
-            edge = (1 if linked else -1) if self._half_link(u, i, linked) else 0
+            edge = (1 if linked else -1) if self.graph.link_side(u, i, linked) else 0
             if edge:
                 touched.add(u)
             reacting.add(u)
@@ -134,7 +125,7 @@ class ShardUpdater(GraphUpdater):
             counts = self.item_reactions.setdefault(c.item_id, [0, 0])
             counts[0 if c.label == 1 else 1] += 1
             i, u = self.graph.ensure_node(ITEM, c.item_id), self.graph.ensure_node(USER, c.user_id)
-            if c.edge and self._half_link(i, u, c.edge > 0):
+            if c.edge and self.graph.link_side(i, u, c.edge > 0):
                 touched.add(i)
             reacting.add(i)
         return reacting, touched

@@ -2,6 +2,8 @@
 
 - :func:`split_valid`: decode every record with the loop's parser into ``(message, record)`` pairs, and
   ``(record, error)`` pairs for the ones that are not valid;
+- :func:`dead_letter_of` / :func:`log_dead_letter`: the dead-letter record of a failed input and its log line
+  (also what the partitioned graph updaters send inside their transactions);
 - :func:`send_dead_letter`: produce the dead-letter record of a failed input (original bytes, reason), await its
   delivery, log it;
 - :func:`run_batches`: an aiokafka consumer in a group with manual commits: ``getmany`` up to ``batch_size``
@@ -28,7 +30,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from infra.runtime.monitoring import WorkerMetrics
 from infra.runtime.settings import Settings
 from schemas.codec import InvalidMessage, dead_letter, encode
-from schemas.messages import DEAD_LETTER_KEY_BYTES
+from schemas.messages import DEAD_LETTER_KEY_BYTES, DeadLetter
 
 log = structlog.get_logger("worker")
 M = TypeVar("M")
@@ -46,14 +48,23 @@ def split_valid(records: Sequence[ConsumerRecord], parse: Callable[[bytes | None
     return good, bad
 
 
-async def send_dead_letter(topic: faust.TopicT, record: ConsumerRecord, err: Exception, event: str) -> None:
-    """Dead-letter ``record`` on ``topic`` (key = its original key, cut like the letter's copy of it) and wait
-    until it is delivered."""
+def dead_letter_of(record: ConsumerRecord, err: Exception) -> tuple[bytes | None, DeadLetter]:
+    """The dead-letter record of ``record``: its key (the original one, cut like the letter's copy of it) and
+    the letter."""
     letter = dead_letter(record.topic, record.partition, record.offset, record.key, record.value, err)
-    key = None if record.key is None else record.key[:DEAD_LETTER_KEY_BYTES]
+    return (None if record.key is None else record.key[:DEAD_LETTER_KEY_BYTES]), letter
+
+
+def log_dead_letter(event: str, record: ConsumerRecord, letter: DeadLetter) -> None:
+    log.warning(event, topic=record.topic, partition=record.partition, offset=record.offset,
+                error_class=letter.error_class, reason=letter.error_message[:300])
+
+
+async def send_dead_letter(topic: faust.TopicT, record: ConsumerRecord, err: Exception, event: str) -> None:
+    """Dead-letter ``record`` on ``topic`` (:func:`dead_letter_of`) and wait until it is delivered."""
+    key, letter = dead_letter_of(record, err)
     await (await topic.send(key=key, value=encode(letter)))
-    log.warning(event, partition=record.partition, offset=record.offset, error_class=letter.error_class,
-                reason=letter.error_message[:300])
+    log_dead_letter(event, record, letter)
 
 
 async def partition_lags(consumer: AIOKafkaConsumer) -> dict[tuple[str, int], int]:
