@@ -349,11 +349,12 @@ async def drain_partitioned(settings: Settings, ckpt: Path, clicks, processes: i
             p.wait()
         if producer.pid is not None:  # started
             producer.join()
-    stopped = [json.loads(line) for path in paths for line in path.read_text().splitlines()
-               if '"graph_shard_stopped"' in line]
+    events = [json.loads(line) for path in paths for line in path.read_text().splitlines() if line.startswith("{")]
+    stopped = [e for e in events if e["event"] == "graph_shard_stopped"]
     return {"clicks_per_s": round((len(clicks) - first) / elapsed, 1), "timed_clicks": len(clicks) - first,
             "seconds": round(elapsed, 2), "freshness_p50_ms": [e["freshness_p50_ms"] for e in stopped],
-            "freshness_p99_ms": [e["freshness_p99_ms"] for e in stopped]}
+            "freshness_p99_ms": [e["freshness_p99_ms"] for e in stopped],
+            "rebuild_s": [e["seconds"] for e in events if e["event"] == "graph_shard_ready"]}
 
 
 def partitioned(base: Settings, ckpt: Path, data_dir: Path, work: Path, quick: bool) -> dict:

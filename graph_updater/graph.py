@@ -56,6 +56,7 @@ def propagated(edges: np.ndarray, base: np.ndarray, num_layers: int) -> np.ndarr
     deg = np.bincount(row, minlength=n).astype(np.float32)
     inv_sqrt = np.where(deg > 0, 1.0 / np.sqrt(np.maximum(deg, 1)), 0.0).astype(np.float32)
     adjacency = scipy.sparse.csr_matrix((inv_sqrt[row] * inv_sqrt[col], (row, col)), shape=(n, n))
+    adjacency.sort_indices()  # each row summed in node order: the same bits whatever order the edges came in
     layers = np.empty((num_layers + 1, n, base.shape[1]), dtype=np.float32)
     layers[0] = base
     for k in range(1, num_layers + 1):
@@ -74,6 +75,15 @@ class LightGCNGraph:
         self.layers = np.zeros((num_layers + 1, max(capacity, 16), dim), dtype=np.float32)
         self.trained = np.zeros(max(capacity, 16), dtype=bool)  # base embedding learned (vs folded in)
         self.deg = np.zeros(max(capacity, 16), dtype=np.float32)  # len(adj[v]), kept in step with adj
+
+    @classmethod
+    def of_nodes(cls, keys: Iterable[str], dim: int, num_layers: int) -> LightGCNGraph:
+        """A graph holding the nodes ``keys`` in that order (room for 25% more), no edges, zero layers."""
+        keys = list(keys)
+        graph = cls(dim, num_layers, capacity=len(keys) * 5 // 4)
+        graph.keys, graph.index = keys, {k: v for v, k in enumerate(keys)}
+        graph.adj = [set() for _ in keys]
+        return graph
 
     # ---- registry -------------------------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -40,6 +40,14 @@ def store_for(settings: Settings) -> VectorStore:
                       settings.collection_prefix)
 
 
+def initial_arrays(settings: Settings) -> checkpoint.CheckpointArrays:
+    """:func:`initial_updater`'s start as arrays (:func:`~graph_updater.checkpoint.load_arrays`), what partitioned
+    updaters prune to their share."""
+    if settings.graph_checkpoint is None:
+        return checkpoint.CheckpointArrays.empty(DEFAULT_DIM, DEFAULT_LAYERS)
+    return checkpoint.load_arrays(settings.graph_checkpoint)
+
+
 def initial_updater(settings: Settings) -> GraphUpdater:
     """The updater from ``settings.graph_checkpoint``, or an empty graph (cold deployment) when none is set."""
     if settings.graph_checkpoint is None:

@@ -21,7 +21,10 @@ neighbour on another owner is read as last published, at most one exchange behin
 degree has not arrived yet (an item first liked in this very batch) counts with degree 1.
 
 State per updater: its owned nodes' histories, counts and adjacency; the layers of every node (the
-``node-layers`` table, ``(K+1) x dim`` float32 each, like a faust global table).
+``node-layers`` table, ``(K+1) x dim`` float32 each, like a faust global table). A share starts from the
+checkpoint's arrays (:class:`~graph_updater.checkpoint.CheckpointArrays`): every node's degree and layers by
+array operations over the whole graph, the Python state (histories, counts, adjacency sets) of the owned nodes
+only — so a rebuild costs in proportion to the share, not to the whole checkpoint.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from aiokafka.partitioner import murmur2
 
-from graph_updater.graph import ITEM, USER, node_key
+from graph_updater.checkpoint import CheckpointArrays, history_event_id
+from graph_updater.graph import ITEM, USER, LightGCNGraph, node_key, propagated
 from graph_updater.online import GraphUpdater, VectorRecord
 from schemas.codec import InvalidMessage, decode
 from schemas.messages import Click, ItemClick
@@ -73,20 +77,41 @@ def decode_layers(value: bytes, num_layers: int, dim: int) -> tuple[float, bool,
 
 class ShardUpdater(GraphUpdater):
     """The state of the updater that owns ``user_partitions`` of ``clicks`` and ``item_partitions`` of
-    ``clicks-by-item`` (both with ``partitions`` partitions), started from a whole checkpoint ``base`` and
-    pruned to what it owns (other nodes keep their degree and layers, as read from the checkpoint, until their
-    owner publishes newer ones)."""
+    ``clicks-by-item`` (both with ``partitions`` partitions), started from the whole ``checkpoint``: every node's
+    degree and layers as the checkpoint's full propagation gives them (other owners' nodes keep those until
+    their owner publishes newer ones), the owned nodes' adjacency, histories and counts as
+    :func:`~graph_updater.checkpoint.load` would build them."""
 
-    def __init__(self, base: GraphUpdater, user_partitions: Iterable[int], item_partitions: Iterable[int],
-                 partitions: int) -> None:
-        super().__init__(base.graph, recent_n=base.recent_n, radius=0)
+    def __init__(self, checkpoint: CheckpointArrays, user_partitions: Iterable[int],
+                 item_partitions: Iterable[int], partitions: int, recent_n: int = 20) -> None:
+        graph = LightGCNGraph.of_nodes(checkpoint.keys, checkpoint.dim, checkpoint.num_layers)
+        super().__init__(graph, recent_n=recent_n, radius=0)
         self.partitions = partitions
         self.user_partitions, self.item_partitions = frozenset(user_partitions), frozenset(item_partitions)
-        self.histories = {u: h for u, h in base.histories.items() if self.owns(USER, u)}
-        self.item_reactions = {i: c for i, c in base.item_reactions.items() if self.owns(ITEM, i)}
-        for v, key in enumerate(self.graph.keys):
-            if not self.owns(*key.split(":", 1)):
-                self.graph.adj[v] = set()  # the owner's; the degree stays (a neighbour's refresh reads it)
+        n, edges, history = len(graph), checkpoint.edges, checkpoint.history
+        if n:
+            graph.set_base(checkpoint.base, checkpoint.trained)
+            graph.deg[:n] = np.bincount(edges.ravel(), minlength=n)
+            graph.layers[:, :n] = propagated(edges, checkpoint.base, graph.num_layers)
+        owned = self.owned_mask(checkpoint)
+        for u, i in edges[:, owned[edges[0]]].T.tolist():
+            graph.adj[u].add(i)
+        for u, i in edges[:, owned[edges[1]]].T.tolist():
+            graph.adj[i].add(u)
+        rows = np.flatnonzero(owned[checkpoint.user_nodes])  # the owned users' reactions, in order
+        for k, user, item, label, ts in zip(rows.tolist(), history.users[rows].tolist(),
+                                            history.items[rows].tolist(), history.labels[rows].tolist(),
+                                            history.ts[rows].tolist(), strict=True):
+            self.history(user).record(history_event_id(history, k), item, label, ts)
+        rows = np.flatnonzero(owned[checkpoint.item_nodes])  # the owned items' reactions
+        for item, label in zip(history.items[rows].tolist(), history.labels[rows].tolist(), strict=True):
+            self.item_reactions.setdefault(item, [0, 0])[0 if label == 1 else 1] += 1
+
+    def owned_mask(self, checkpoint: CheckpointArrays) -> np.ndarray:
+        """Whether this updater owns each node of ``checkpoint``."""
+        users = np.fromiter((key.startswith(USER + ":") for key in checkpoint.keys), bool, len(checkpoint.keys))
+        parts = checkpoint.node_partitions(self.partitions, partition_of)
+        return np.where(users, np.isin(parts, list(self.user_partitions)), np.isin(parts, list(self.item_partitions)))
 
     def owns(self, kind: str, external_id: str) -> bool:
         mine = self.user_partitions if kind == USER else self.item_partitions

@@ -50,7 +50,7 @@ def ready(port: int) -> int | None:
 
 def shard(settings, replica: str, trained_checkpoint) -> tuple[ShardLoop, asyncio.Future]:
     loop = ShardLoop(settings.model_copy(update={"replica_id": replica}), EdgeStore(),
-                     lambda: checkpoint.load(trained_checkpoint)[0], private=True)
+                     lambda: checkpoint.load_arrays(trained_checkpoint), private=True)
     return loop, asyncio.ensure_future(loop.run())
 
 

@@ -23,13 +23,19 @@ def whole_updater(split):
     return updater
 
 
+def arrays_of(updater, split) -> checkpoint.CheckpointArrays:
+    """The arrays a checkpoint of ``updater`` (built from ``split.train``) reads back as."""
+    g = updater.graph
+    return checkpoint.CheckpointArrays.of(split.train, g.keys, g.base(), g.trained[: len(g)], g.num_layers)
+
+
 def run_both(split, n: int, batch: int = 250):
     """The first ``n`` stream clicks through one process and through two shards (partitions 0,1 and 2,3 of both
     topics); each round every shard takes its users' clicks and the forwards of the round before, then adopts
     the layers the other published."""
     one = whole_updater(split)
-    shards = [ShardUpdater(whole_updater(split), {0, 1}, {0, 1}, PARTITIONS),
-              ShardUpdater(whole_updater(split), {2, 3}, {2, 3}, PARTITIONS)]
+    arrays = arrays_of(one, split)
+    shards = [ShardUpdater(arrays, {0, 1}, {0, 1}, PARTITIONS), ShardUpdater(arrays, {2, 3}, {2, 3}, PARTITIONS)]
     clicks = clicks_of(split.stream.take(slice(0, n)), first_row=len(split.train))
     pending: list[list] = [[], []]
     rounds = [clicks[s:s + batch] for s in range(0, n, batch)] + [[]]  # a last round delivers the last forwards
@@ -56,6 +62,46 @@ def test_partition_of_is_the_producers_default_partitioner():
     partitioner = DefaultPartitioner()
     for key in ["196", "u-1", "item:42", "x" * 40]:
         assert partition_of(key, 7) == partitioner(key.encode(), list(range(7)), list(range(7)))
+
+
+def test_a_share_from_the_checkpoint_arrays_is_the_whole_checkpoint_pruned(split):
+    """What a rebuild starts from: the owned nodes' histories, counts and adjacency as the whole checkpoint's
+    one-pass build holds them, every node's degree, trained flag and layers bit for bit."""
+    whole = whole_updater(split)
+    arrays = arrays_of(whole, split)
+    g = whole.graph
+    n = len(g)
+    for users, items in (({0, 1}, {2}), ({3}, {0, 1, 3})):
+        shard = ShardUpdater(arrays, users, items, PARTITIONS)
+        assert shard.graph.keys == g.keys
+        np.testing.assert_array_equal(shard.graph.deg[:n], g.deg[:n])
+        np.testing.assert_array_equal(shard.graph.trained[:n], g.trained[:n])
+        np.testing.assert_array_equal(shard.graph.layers[:, :n], g.layers[:, :n])
+        mine = [shard.owns(*key.split(":", 1)) for key in g.keys]
+        assert 0 < sum(mine) < n
+        for v, owned in enumerate(mine):
+            assert shard.graph.adj[v] == (g.adj[v] if owned else set()), g.keys[v]
+        expected = {u: h for u, h in whole.histories.items() if shard.owns(USER, u)}
+        assert shard.histories.keys() == expected.keys()
+        for user, h in expected.items():
+            mine_h = shard.histories[user]
+            assert (mine_h.liked, mine_h.disliked, mine_h.recent) == (h.liked, h.disliked, h.recent), user
+            assert list(mine_h.liked) == list(h.liked), "reaction order (the payload's latest keys) kept"
+        assert shard.item_reactions == {i: c for i, c in whole.item_reactions.items() if shard.owns(ITEM, i)}
+
+
+def test_arrays_of_a_history_keep_the_latest_reaction_per_pair():
+    from graph_updater.datasets import Interactions
+
+    users = np.array(["a", "a", "b", "a", "b"], dtype=object)
+    items = np.array(["x", "y", "x", "x", "y"], dtype=object)
+    history = Interactions("h", users, items, np.array([1, 1, 0, 0, 1], np.int8), np.arange(5, dtype=np.int64))
+    keys = ["u:a", "i:x", "i:y", "u:b"]
+    arrays = checkpoint.CheckpointArrays.of(history, keys, np.zeros((4, 2), np.float32), True, 1)
+    # a-x liked then disliked: gone; a-y liked; b-x disliked; b-y liked
+    assert sorted(map(tuple, arrays.edges.T.tolist())) == [(0, 2), (3, 2)]
+    with pytest.raises(ValueError, match="no embedding"):
+        checkpoint.CheckpointArrays.of(history, keys[:3], np.zeros((3, 2), np.float32), True, 1)
 
 
 def test_layers_round_trip_and_a_wrong_size_is_refused():
@@ -101,7 +147,7 @@ def test_two_shards_hold_one_process_state_and_close_vectors(split):
 
 
 def test_a_shard_keeps_its_own_layers_over_published_ones(split):
-    shard = ShardUpdater(whole_updater(split), {0, 1}, {0, 1}, PARTITIONS)
+    shard = ShardUpdater(arrays_of(whole_updater(split), split), {0, 1}, {0, 1}, PARTITIONS)
     g = shard.graph
     mine = next(k for k in g.keys if shard.owns(*k.split(":", 1)))
     other = next(k for k in g.keys if not shard.owns(*k.split(":", 1)))
