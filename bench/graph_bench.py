@@ -294,7 +294,7 @@ async def drain_partitioned(settings: Settings, ckpt: Path, clicks, processes: i
     item side done too), and each process's freshness p50 / p99 (click produced -> its user's point written), as
     it logs them when stopped."""
     settings = settings.model_copy(update={"graph_checkpoint": ckpt})
-    await create_topics(settings)
+    await create_topics(settings, partitioned=True)
     group, topic, by_item = shard_group(settings), settings.topic(CLICKS), settings.topic(CLICKS_BY_ITEM)
     procs, paths = [], [logs / f"shard-{processes}-{k}.log" for k in range(processes)]
     for k, path in enumerate(paths):

@@ -109,7 +109,7 @@ class ShardLoop(ConsumerRebalanceListener):
     # ---- the loop -------------------------------------------------------------------------------------------
     async def run(self) -> None:
         s = self.settings
-        await create_topics(s)
+        await create_topics(s, partitioned=True)
         counts = {name: len(await partition_ids(s.kafka_bootstrap, t)) for name, t in self.topics.items()}
         if counts[CLICKS] != counts[CLICKS_BY_ITEM]:
             raise PartitionCountError(

@@ -59,3 +59,32 @@ async def test_a_pipelined_batch_commits_after_its_outputs_and_in_order(settings
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)
         await producer.stop()
+
+
+async def test_the_partitioned_updaters_topics_exist_only_where_they_run(settings):
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from infra.runtime.app import CONTRACT_TOPICS, PARTITIONED_TOPICS
+
+    async def topics() -> set[str]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            return {t for t in await admin.list_topics() if t.startswith(settings.topic_prefix)}
+        finally:
+            await admin.close()
+
+    async def listed(names: tuple[str, ...]) -> set[str]:  # a created topic reaches the metadata shortly after
+        expected = {settings.topic(name) for name in names}
+        for _ in range(100):
+            if (now := await topics()) == expected:
+                break
+            await asyncio.sleep(0.1)
+        return now
+
+    contract = {settings.topic(name) for name in CONTRACT_TOPICS}
+    assert sorted(await create_topics(settings)) == sorted(contract)
+    assert await listed(CONTRACT_TOPICS) == contract
+    assert await create_topics(settings, partitioned=True) == [settings.topic(name) for name in PARTITIONED_TOPICS]
+    assert await listed(CONTRACT_TOPICS + PARTITIONED_TOPICS) == contract | {
+        settings.topic(name) for name in PARTITIONED_TOPICS}

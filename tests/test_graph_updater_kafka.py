@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
+from graph_reference import exact_reference, ingest_stream
 from kafka_io import read_topic, settings_env, wait_for
 
 from graph_updater import checkpoint
@@ -27,11 +28,7 @@ pytestmark = pytest.mark.integration
 
 def reference(split, n_stream: int):
     """What the graph must hold after the first ``n_stream`` stream clicks, applied in one offline pass."""
-    ref = checkpoint.build_updater(split.train, dim=32, num_layers=3)
-    stream = split.stream.take(slice(0, n_stream))
-    ref.ingest([f"s{k}" for k in range(n_stream)], stream.users, stream.items, stream.labels.tolist(),
-               stream.ts.tolist())
-    return ref
+    return ingest_stream(checkpoint.build_updater(split.train, dim=32, num_layers=3), split, n_stream)
 
 
 def assert_same_state(updater, ref) -> None:
@@ -146,11 +143,7 @@ async def test_restart_mid_stream_loses_nothing(settings, split, trained_checkpo
     # its exact propagation, whatever the batch boundaries and the refinements the live process ran
     third = await prepare(settings)
     assert third.replayed == n and second.stats.refinements >= 1, "the live run crossed a refinement"
-    ref = checkpoint.load(trained_checkpoint)[0]  # the checkpoint's trained base embeddings, one pass
-    stream = split.stream.take(slice(0, n))
-    ref.ingest([f"s{k}" for k in range(n)], stream.users, stream.items, stream.labels.tolist(), stream.ts.tolist())
-    ref.graph.fold_in(range(len(ref.graph)))
-    ref.graph.propagate_full()
+    ref = exact_reference(trained_checkpoint, split, n)  # the checkpoint's trained base embeddings, one pass
     expected = {(r.kind, r.external_id): r for r in ref.all_records()}
     for (kind, external_id), record in expected.items():
         vector, payload = third.store.get(kind, external_id)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from graph_reference import exact_reference
 from kafka_io import settings_env, wait_for
 
 from graph_updater import checkpoint
@@ -153,12 +154,7 @@ async def test_two_partitioned_updaters_split_the_clicks_and_survive_a_kill(sett
         assert set(a2.shard.user_partitions) | set(b.shard.user_partitions) == set(range(settings.topic_partitions))
 
         # the union of what the two wrote equals one process's one pass over the same clicks
-        ref = checkpoint.load(trained_checkpoint)[0]
-        stream = split.stream.take(slice(0, n))
-        ref.ingest([f"s{k}" for k in range(n)], stream.users, stream.items, stream.labels.tolist(),
-                   stream.ts.tolist())
-        ref.graph.fold_in(range(len(ref.graph)))
-        ref.graph.propagate_full()
+        ref = exact_reference(trained_checkpoint, split, n)
         cos = []
         for record in ref.all_records():
             (loop,) = [s for s in (a2, b) if s.shard.owns(record.kind, record.external_id)]

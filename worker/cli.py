@@ -140,11 +140,12 @@ def kafka_status() -> None:
 
 
 @main.command("topics")
-def topics() -> None:
+@click.option("--partitioned", is_flag=True, help="also the partitioned updaters' clicks-by-item and node-layers")
+def topics(partitioned: bool) -> None:
     """Create the contract topics that are missing (partitions from EXITREC_TOPIC_PARTITIONS)."""
     from infra.runtime.app import create_topics
 
-    created = asyncio.run(create_topics(_settings()))
+    created = asyncio.run(create_topics(_settings(), partitioned=partitioned))
     click.echo(f"created: {', '.join(created) if created else 'none (all exist)'}")
 
 

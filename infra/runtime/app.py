@@ -20,8 +20,9 @@ CLICKS, IMPRESSIONS, SCORES, TELEMETRY = "clicks", "impressions", "ctr-scores", 
 CLICKS_BY_ITEM, NODE_LAYERS = "clicks-by-item", "node-layers"  # between partitioned graph updaters
 ITEMS = "items"
 DLQ_SUFFIX = ".dlq"
-ALL_TOPICS = (CLICKS, CLICKS + DLQ_SUFFIX, IMPRESSIONS, IMPRESSIONS + DLQ_SUFFIX, SCORES, TELEMETRY, ITEMS,
-              ITEMS + DLQ_SUFFIX, CLICKS_BY_ITEM, NODE_LAYERS)
+CONTRACT_TOPICS = (CLICKS, CLICKS + DLQ_SUFFIX, IMPRESSIONS, IMPRESSIONS + DLQ_SUFFIX, SCORES, TELEMETRY, ITEMS,
+                   ITEMS + DLQ_SUFFIX)
+PARTITIONED_TOPICS = (CLICKS_BY_ITEM, NODE_LAYERS)  # created only where partitioned updaters run
 TOPIC_CONFIGS = {CLICKS: {"retention.ms": "-1"},  # the click log is the updater's record (recovery)
                  ITEMS: {"cleanup.policy": "compact"},  # the catalogue: the latest record per item, kept
                  CLICKS_BY_ITEM: {"retention.ms": "-1"},  # an item owner's record, as clicks is a user owner's
@@ -86,10 +87,11 @@ def declare_topics(app: faust.App, settings: Settings) -> Topics:
     )
 
 
-async def create_topics(settings: Settings, attempts: int = 60) -> list[str]:
-    """Create every topic that does not exist yet (``topic_partitions`` partitions, replication 1, unlimited
-    retention for ``clicks``, compaction for ``items``); return the names created. Run before consumers start,
-    so that a consumer group never starts on a missing topic and misses its partitions."""
+async def create_topics(settings: Settings, attempts: int = 60, partitioned: bool = False) -> list[str]:
+    """Create every contract topic that does not exist yet, and with ``partitioned`` the partitioned updaters'
+    :data:`PARTITIONED_TOPICS` (``topic_partitions`` partitions, replication 1, the configs of
+    :data:`TOPIC_CONFIGS`); return the names created. Run before consumers start, so that a consumer group never
+    starts on a missing topic and misses its partitions."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
@@ -103,7 +105,8 @@ async def create_topics(settings: Settings, attempts: int = 60) -> list[str]:
                 await asyncio.sleep(0.5)
         missing = [NewTopic(settings.topic(name), settings.topic_partitions, 1,
                             topic_configs=TOPIC_CONFIGS.get(name, {}))
-                   for name in ALL_TOPICS if settings.topic(name) not in existing]
+                   for name in CONTRACT_TOPICS + (PARTITIONED_TOPICS if partitioned else ())
+                   if settings.topic(name) not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # another replica created it first
                 await admin.create_topics(missing)
