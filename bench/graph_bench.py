@@ -19,8 +19,9 @@
    exact top-20 (``retrieval_1m``).
 5. **Memory**: the updater's state per node and per edge (``memory``), projected to 10M users / 500M edges.
 6. **Partitioned**: the same backlog drained by 1 and by 2 partitioned updater processes
-   (:mod:`graph_updater.partitioned`) beside the one-process updater's drain in the same run, and their
-   freshness at 5,000 clicks/s offered (each process's p50 / p99, as it logs them when stopped).
+   (:mod:`graph_updater.partitioned`) beside the one-process updater's drain in the same run, their
+   freshness at 5,000 clicks/s offered (each process's p50 / p99, as it logs them when stopped), and a scale-out:
+   a second process joining one that has drained the backlog (each one's rebuild seconds, the stall).
 """
 
 from __future__ import annotations
@@ -285,6 +286,61 @@ def shards_ready(logs: list[Path]) -> bool:
     return True
 
 
+def spawn_shard(settings: Settings, replica: str, path: Path) -> subprocess.Popen:
+    """``exitrec graph-updater --partitioned`` as replica ``replica`` in its own process, its log in ``path``."""
+    env = {**os.environ, **settings.model_copy(update={"replica_id": replica}).environment()}
+    with open(path, "wb") as log_file:
+        return subprocess.Popen([sys.executable, "-m", "worker.cli", "graph-updater", "--partitioned"],
+                                env=env, stdout=log_file, stderr=subprocess.STDOUT)
+
+
+async def until_shards_ready(admin: AIOKafkaAdminClient, group: str, procs: list, paths: list[Path]) -> None:
+    """Wait until the group is stable with one member per process and each has rebuilt its latest share."""
+    while True:
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"a partitioned updater exited: see {paths}")
+        try:
+            (described,) = await admin.describe_consumer_groups([group])
+        except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError):
+            await asyncio.sleep(0.5)  # a fresh broker creates its offsets topic first
+            continue
+        group_state = described.to_object()["groups"][0]
+        if group_state["state"] == "Stable" and len(group_state["members"]) == len(procs) and shards_ready(paths):
+            return
+        await asyncio.sleep(0.5)
+
+
+async def until_drained(settings: Settings, admin: AIOKafkaAdminClient, n: int, procs: list, paths: list[Path],
+                        desc: str) -> tuple[float, int]:
+    """Wait until ``n`` clicks are committed by the partitioned updaters and every forward to ``clicks-by-item``
+    is committed too (the item side done). Returns the time of the first committed batch and the clicks
+    committed then."""
+    group, topic, by_item = shard_group(settings), settings.topic(CLICKS), settings.topic(CLICKS_BY_ITEM)
+    progress = tqdm(total=n, desc=desc, unit="click")
+    done = started = first = 0
+    while done < n:
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"a partitioned updater exited: see {paths}")
+        await asyncio.sleep(0.1)
+        done = sum((await committed_offsets(settings.kafka_bootstrap, group, topic, admin)).values())
+        if done and not started:
+            started, first = time.perf_counter(), done
+        progress.update(done - progress.n)
+    progress.close()
+    _, after = await committed_records(settings.kafka_bootstrap, by_item)
+    while True:
+        committed = await committed_offsets(settings.kafka_bootstrap, group, by_item, admin)
+        if all(committed.get(p, 0) >= end for p, end in after.items()):
+            return started, first
+        await asyncio.sleep(0.05)
+
+
+def shard_events(paths: list[Path], event: str) -> list[dict]:
+    """The ``event`` lines the partitioned updaters logged (JSON), in log order per process."""
+    return [e for path in paths for line in path.read_text().splitlines() if line.startswith("{")
+            for e in [json.loads(line)] if e["event"] == event]
+
+
 async def drain_partitioned(settings: Settings, ckpt: Path, clicks, processes: int, logs: Path,
                             rate: float | None = None) -> dict:
     """``clicks`` drained by ``processes`` partitioned updaters, each ``exitrec graph-updater --partitioned`` in
@@ -292,53 +348,20 @@ async def drain_partitioned(settings: Settings, ckpt: Path, clicks, processes: i
     its share); then a separate process produces the clicks, as fast as it can or paced at ``rate``. Clicks/s
     from the first committed batch until every click and every forward to ``clicks-by-item`` is committed (the
     item side done too), and each process's freshness p50 / p99 (click produced -> its user's point written), as
-    it logs them when stopped."""
+    it logs them when stopped, and its rebuild seconds."""
     settings = settings.model_copy(update={"graph_checkpoint": ckpt})
     await create_topics(settings, partitioned=True)
-    group, topic, by_item = shard_group(settings), settings.topic(CLICKS), settings.topic(CLICKS_BY_ITEM)
-    procs, paths = [], [logs / f"shard-{processes}-{k}.log" for k in range(processes)]
-    for k, path in enumerate(paths):
-        env = {**os.environ, **settings.model_copy(update={"replica_id": f"p{k}"}).environment()}
-        with open(path, "wb") as log_file:
-            procs.append(subprocess.Popen([sys.executable, "-m", "worker.cli", "graph-updater", "--partitioned"],
-                                          env=env, stdout=log_file, stderr=subprocess.STDOUT))
+    paths = [logs / f"shard-{processes}-{k}.log" for k in range(processes)]
+    procs = [spawn_shard(settings, f"p{k}", path) for k, path in enumerate(paths)]
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
-    producer = mp.get_context("spawn").Process(target=_produce, args=(settings.kafka_bootstrap, topic, clicks, rate))
-
-    def alive() -> None:
-        if any(p.poll() is not None for p in procs):
-            raise RuntimeError(f"a partitioned updater exited: see {logs}")
-
+    producer = mp.get_context("spawn").Process(target=_produce,
+                                               args=(settings.kafka_bootstrap, settings.topic(CLICKS), clicks, rate))
     try:
-        while True:
-            alive()
-            try:
-                (described,) = await admin.describe_consumer_groups([group])
-            except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError):
-                await asyncio.sleep(0.5)  # a fresh broker creates its offsets topic first
-                continue
-            group_state = described.to_object()["groups"][0]
-            if group_state["state"] == "Stable" and len(group_state["members"]) == processes and shards_ready(paths):
-                break
-            await asyncio.sleep(0.5)
+        await until_shards_ready(admin, shard_group(settings), procs, paths)
         producer.start()
-        progress = tqdm(total=len(clicks), desc=f"{processes} partitioned updater(s)", unit="click")
-        done = started = first = 0
-        while done < len(clicks):
-            alive()
-            await asyncio.sleep(0.1)
-            done = sum((await committed_offsets(settings.kafka_bootstrap, group, topic, admin)).values())
-            if done and not started:
-                started, first = time.perf_counter(), done
-            progress.update(done - progress.n)
-        progress.close()
-        _, after = await committed_records(settings.kafka_bootstrap, by_item)
-        while True:
-            committed = await committed_offsets(settings.kafka_bootstrap, group, by_item, admin)
-            if all(committed.get(p, 0) >= end for p, end in after.items()):
-                break
-            await asyncio.sleep(0.05)
+        started, first = await until_drained(settings, admin, len(clicks), procs, paths,
+                                             f"{processes} partitioned updater(s)")
         elapsed = time.perf_counter() - started
         if not shards_ready(paths):
             raise RuntimeError(f"the partitions moved during the drain: see {logs}")
@@ -349,12 +372,41 @@ async def drain_partitioned(settings: Settings, ckpt: Path, clicks, processes: i
             p.wait()
         if producer.pid is not None:  # started
             producer.join()
-    events = [json.loads(line) for path in paths for line in path.read_text().splitlines() if line.startswith("{")]
-    stopped = [e for e in events if e["event"] == "graph_shard_stopped"]
+    stopped = shard_events(paths, "graph_shard_stopped")
     return {"clicks_per_s": round((len(clicks) - first) / elapsed, 1), "timed_clicks": len(clicks) - first,
             "seconds": round(elapsed, 2), "freshness_p50_ms": [e["freshness_p50_ms"] for e in stopped],
             "freshness_p99_ms": [e["freshness_p99_ms"] for e in stopped],
-            "rebuild_s": [e["seconds"] for e in events if e["event"] == "graph_shard_ready"]}
+            "rebuild_s": [e["seconds"] for e in shard_events(paths, "graph_shard_ready")]}
+
+
+async def scale_out(settings: Settings, ckpt: Path, clicks, logs: Path) -> dict:
+    """One partitioned updater drains ``clicks`` (produced before it starts), then a second joins: the seconds of
+    each process's rebuild for the new assignment (the first keeps half its partitions, the second takes the
+    other half: both replay their partitions' committed log) and the stall, from the second's start until both
+    are ready again."""
+    settings = settings.model_copy(update={"graph_checkpoint": ckpt})
+    await create_topics(settings, partitioned=True)
+    paths = [logs / f"scale-out-{k}.log" for k in range(2)]
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    await publish(settings.kafka_bootstrap, settings.topic(CLICKS), clicks, None, progress=False)
+    procs = [spawn_shard(settings, "p0", paths[0])]
+    try:
+        await until_shards_ready(admin, shard_group(settings), procs, paths[:1])
+        await until_drained(settings, admin, len(clicks), procs, paths[:1], "one partitioned updater")
+        joined = time.perf_counter()
+        procs.append(spawn_shard(settings, "p1", paths[1]))
+        await until_shards_ready(admin, shard_group(settings), procs, paths)
+        stall = time.perf_counter() - joined
+    finally:
+        await admin.close()
+        for p in procs:
+            p.terminate()
+            p.wait()
+    staying, joining = (shard_events([path], "graph_shard_ready")[-1] for path in paths)
+    return {"scale_out_clicks": len(clicks), "scale_out_stall_s": round(stall, 2),
+            "scale_out_rebuild_s_staying": staying["seconds"], "scale_out_rebuild_s_joining": joining["seconds"],
+            "scale_out_replayed": [staying["replayed"], joining["replayed"]]}
 
 
 def partitioned(base: Settings, ckpt: Path, data_dir: Path, work: Path, quick: bool) -> dict:
@@ -380,6 +432,9 @@ def partitioned(base: Settings, ckpt: Path, data_dir: Path, work: Path, quick: b
             ckpt, fresh_clicks, n, work, rate=HIGH_RATE))
         out[f"partitioned_freshness_p50_ms_at_{HIGH_RATE:.0f}_{n}"] = fresh["freshness_p50_ms"]
         out[f"partitioned_freshness_p99_ms_at_{HIGH_RATE:.0f}_{n}"] = fresh["freshness_p99_ms"]
+    grown = asyncio.run(scale_out(base.model_copy(update={"topic_prefix": f"{tag}s.", "consumer_group": f"{tag}s",
+                                                          "updater_batch_size": 4096}), ckpt, stream, work))
+    out.update({f"partitioned_{key}": value for key, value in grown.items()})
     return out
 
 

@@ -107,6 +107,11 @@ def partitioned_table(d: dict) -> str:
             rows.append((f"… freshness p50 / p99 at 5,000 clicks/s offered, {n} partitioned",
                          " ; ".join(f"{fmt(a, 0)} / {fmt(b, 0)} ms" for a, b in zip(p50, p99, strict=True)),
                          "per process"))
+    if "partitioned_scale_out_stall_s" in d:
+        staying, joining, stall = (fmt(d[f"partitioned_scale_out_{key}"], 1)
+                                   for key in ("rebuild_s_staying", "rebuild_s_joining", "stall_s"))
+        rows.append(("… a second process joins one that drained them: rebuild staying / joining; stall",
+                     f"{staying} / {joining} s; {stall} s", "seconds"))
     isa = "AVX-512" if "avx512f" in d["machine"]["matrix_isa"] else "AVX2"
     return "\n".join([f"| updaters ({d['partitioned_clicks']:,} Book-Crossing clicks, {d['machine']['cores']} cores, "
                       f"{isa}) | clicks/s | vs one process |", "|---|---|---|"]

@@ -17,7 +17,8 @@ A forward is therefore produced exactly once per applied click, and consumers re
 A change of assignment (start, a process joining, leaving or dying) rebuilds the process's state before its next
 batch: the checkpoint (read once per process, as arrays) pruned to the new share, every published layer, then
 the committed records of its partitions of both topics replayed (no forwards: they were committed with their
-clicks), the replayed nodes refreshed and written whole; the consumer then seeks each of its partitions to where
+clicks), the replayed nodes refreshed, the points of the nodes it did not own before written whole (those it
+kept hold their committed state already); the consumer then seeks each of its partitions to where
 that replay stopped, and records fetched before are dropped (aiokafka does not reset the position of a partition
 kept across a rebalance: dropping such records without the seek lost them, measured under load). With a private
 (embedded) store the points of nodes it no longer owns are deleted; with a shared Qdrant server their new owner
@@ -48,7 +49,7 @@ from aiokafka.errors import IllegalStateError
 
 from graph_updater.agent import UpdaterStats, upsert_with_retry
 from graph_updater.checkpoint import CheckpointArrays
-from graph_updater.graph import ITEM, USER
+from graph_updater.graph import ITEM, USER, node_key
 from graph_updater.online import parse_click
 from graph_updater.recovery import committed_offsets
 from graph_updater.service import initial_arrays, store_for
@@ -231,7 +232,7 @@ class ShardLoop(ConsumerRebalanceListener):
         gc.unfreeze()  # the previous share's objects may be collected again once dropped
         gc.disable()  # no collection passes over the share's objects while they are built: 2.3x faster to build
         try:
-            replayed = await self.rebuild_share(users, items)
+            replayed = await self.rebuild_share(users, items, before)
         finally:
             gc.enable()
         if before is not None and self.private:  # points of nodes another process owns now
@@ -247,11 +248,15 @@ class ShardLoop(ConsumerRebalanceListener):
                  users=len(self.shard.histories), items=len(self.shard.item_reactions), replayed=replayed,
                  seconds=round(time.perf_counter() - started, 2))
 
-    async def rebuild_share(self, users: set[int], items: set[int]) -> int:
-        """Build the share of ``users`` / ``items`` partitions, write its points and publish its layers; return
-        how many committed records were replayed. CPU-heavy steps run in a thread: the event loop keeps the
-        group's heartbeats going (a rebuild longer than the session timeout would otherwise cost the membership
-        and start another rebalance)."""
+    async def rebuild_share(self, users: set[int], items: set[int], before: ShardUpdater | None) -> int:
+        """Build the share of ``users`` / ``items`` partitions, write the points of the nodes ``before`` (the
+        previous share) did not own and publish its layers; return how many committed records were replayed.
+        The nodes both shares own keep their points: every batch the previous share applied was committed (a
+        revocation waits for the batch in flight; a failed one stops the process), and the rebuild replays exactly
+        the committed records, so the store holds their current payloads, and their vectors as the live process
+        computed them. CPU-heavy steps run in a thread: the event loop keeps the group's heartbeats going (a
+        rebuild longer than the session timeout would otherwise cost the membership and start another
+        rebalance)."""
         s = self.settings
         if self.checkpoint is None:
             self.checkpoint = await asyncio.to_thread(self.initial)
@@ -282,7 +287,10 @@ class ShardLoop(ConsumerRebalanceListener):
                 replayed += len(valid)
         recomputed = await asyncio.to_thread(shard.graph.refresh, changed, 0)
         self.store.ensure_collections(shard.graph.dim)
-        records = await asyncio.to_thread(shard.records, shard.owned_nodes(), True)
+        held = set() if before is None else {node_key(USER, u) for u in before.histories} | {
+            node_key(ITEM, i) for i in before.item_reactions}
+        acquired = [v for v in shard.owned_nodes() if shard.graph.keys[v] not in held]
+        records = await asyncio.to_thread(shard.records, acquired, True)
         await upsert_with_retry(self.store, records, self.stats)
         async with self.producer.transaction():
             await self.send_keyed(self.topics[NODE_LAYERS], self.layer_partitions,
