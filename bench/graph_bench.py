@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -403,10 +404,18 @@ async def scale_out(settings: Settings, ckpt: Path, clicks, logs: Path) -> dict:
         for p in procs:
             p.terminate()
             p.wait()
-    staying, joining = (shard_events([path], "graph_shard_ready")[-1] for path in paths)
+    rebuilds = [rebuild_seconds(path) for path in paths]
     return {"scale_out_clicks": len(clicks), "scale_out_stall_s": round(stall, 2),
-            "scale_out_rebuild_s_staying": staying["seconds"], "scale_out_rebuild_s_joining": joining["seconds"],
-            "scale_out_replayed": [staying["replayed"], joining["replayed"]]}
+            "scale_out_rebuild_s_staying": rebuilds[0][0], "scale_out_rebuild_s_joining": rebuilds[1][0],
+            "scale_out_replayed": [rebuilds[0][1], rebuilds[1][1]]}
+
+
+def rebuild_seconds(path: Path) -> tuple[float, int]:
+    """A partitioned updater's latest rebuild: seconds from its ``graph_shard_assigned`` to its
+    ``graph_shard_ready`` log line, and the committed records it replayed."""
+    assigned, ready = (shard_events([path], event)[-1] for event in ("graph_shard_assigned", "graph_shard_ready"))
+    at = [datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")) for e in (assigned, ready)]
+    return round((at[1] - at[0]).total_seconds(), 2), ready["replayed"]
 
 
 def partitioned(base: Settings, ckpt: Path, data_dir: Path, work: Path, quick: bool) -> dict:
