@@ -196,6 +196,14 @@ def paired(aucs: list[float], reference: list[float] | None) -> str:
     return f"{diff.mean():+.3f} ± {diff.std(ddof=1):.3f}"
 
 
+def paper_order(name: str) -> tuple[int, int, int]:
+    """Sort key of a paper-table configuration ``<retriever>_<full|exit>[_dlr|_nodlr]``: by retriever, then the
+    model (frozen heads, depth-aware fine-tuning, plain fine-tuning), full depth before early exit."""
+    retriever, depth, *model = name.split("_")
+    return (("none", "text", "gcn").index(retriever), ([], ["dlr"], ["nodlr"]).index(model),
+            ("full", "exit").index(depth))
+
+
 def paper_table(d: dict) -> str:
     """Per dataset the classical baseline, then each configuration: AUC mean ± sd over row blocks (seeds), speed,
     retrieval time, exit depth; the paper's reported figure where it gives one."""
@@ -209,7 +217,7 @@ def paper_table(d: dict) -> str:
         lines.append(f"| {where} | baseline: LR on rates and counts, same rows | {fmt(r['baseline_auc'])} ± "
                      f"{fmt(r['baseline_auc_sd'])} | {paired(r['baseline_auc_per_seed'], reference)} | — | — | — | "
                      "— | — |")
-        for name, c in r["configs"].items():
+        for name, c in sorted(r["configs"].items(), key=lambda item: paper_order(item[0])):
             reported = "; ".join(f"{fmt(paper[key], 4 if unit == 'AUC' else 2)} {unit}"
                                  for key, unit in PAPER_COLUMNS.get(name, ()) if key in paper) or "—"
             delta = paired(c["auc_per_seed"], reference) if name != "gcn_full" else "—"
