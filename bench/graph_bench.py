@@ -411,11 +411,15 @@ async def scale_out(settings: Settings, ckpt: Path, clicks, logs: Path) -> dict:
 
 
 def rebuild_seconds(path: Path) -> tuple[float, int]:
-    """A partitioned updater's latest rebuild: seconds from its ``graph_shard_assigned`` to its
-    ``graph_shard_ready`` log line, and the committed records it replayed."""
-    assigned, ready = (shard_events([path], event)[-1] for event in ("graph_shard_assigned", "graph_shard_ready"))
-    at = [datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")) for e in (assigned, ready)]
-    return round((at[1] - at[0]).total_seconds(), 2), ready["replayed"]
+    """A partitioned updater's latest rebuild: seconds from the ``graph_shard_assigned`` log line before its
+    latest ``graph_shard_ready`` to that line (an assignment logged after it, as processes stop, is not one it
+    rebuilt for), and the committed records it replayed."""
+    events = shard_events([path], "graph_shard_assigned") + shard_events([path], "graph_shard_ready")
+    events.sort(key=lambda e: e["timestamp"])
+    last = max(k for k, e in enumerate(events) if e["event"] == "graph_shard_ready")
+    assigned = max(k for k, e in enumerate(events[:last]) if e["event"] == "graph_shard_assigned")
+    at = [datetime.fromisoformat(events[k]["timestamp"].replace("Z", "+00:00")) for k in (assigned, last)]
+    return round((at[1] - at[0]).total_seconds(), 2), events[last]["replayed"]
 
 
 def partitioned(base: Settings, ckpt: Path, data_dir: Path, work: Path, quick: bool) -> dict:
