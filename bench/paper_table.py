@@ -69,6 +69,7 @@ CONFIGS = {
     "gcn_full_nodlr": {"retriever": "gcn", "exit_rule": "never"},
     "gcn_exit_nodlr": {"retriever": "gcn", "exit_rule": "calibrated"},
 }
+N_VAL = 1000  # validation samples by default (calibration and the exit rule's certification)
 LAYER_LR_DECAY = {"gcn_full_dlr": 0.8, "gcn_exit_dlr": 0.8, "gcn_full_nodlr": 1.0, "gcn_exit_nodlr": 1.0}
 # Reported in or about the paper (ARCHITECTURE.md: second-hand, unverified); AUC in [0, 1].
 PAPER = {"bookcrossing": {"gcn_auc": 0.7251, "text_auc": 0.6905},
@@ -82,12 +83,13 @@ def paper_model(settings: Settings, dataset: str, config: str, args) -> Path:
     from scorer.experiment import train_checkpoint
 
     retriever = CONFIGS[config]["retriever"]
+    validation = "" if args.n_val == N_VAL else f"-val{args.n_val}"  # the default's folders keep their names
     if config in LAYER_LR_DECAY:
         decay = LAYER_LR_DECAY[config]
-        folder = settings.cache_dir / "models" / f"paper-{dataset}-full-decay{decay}-{args.tune_train}"
+        folder = settings.cache_dir / "models" / f"paper-{dataset}-full-decay{decay}-{args.tune_train}{validation}"
         how = {"n_train": args.tune_train, "regime": "full", "epochs": 1, "decay": decay}  # same rows as frozen
     else:
-        folder = settings.cache_dir / "models" / f"paper-{dataset}-{retriever}-{args.n_train}"
+        folder = settings.cache_dir / "models" / f"paper-{dataset}-{retriever}-{args.n_train}{validation}"
         how = {"n_train": args.n_train, "regime": "frozen"}
     if not (folder / "calibration.json").exists():
         print(f"  training the {retriever} model of {dataset} ({how}) ...", flush=True)
@@ -253,7 +255,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="consecutive disjoint row blocks")
     parser.add_argument("--capacity", type=int, default=1000, help="requests sent at once (requests/s)")
     parser.add_argument("--n-train", type=int, default=3000, help="training samples of each retriever's model")
-    parser.add_argument("--n-val", type=int, default=1000, help="validation samples (calibration, exit rule)")
+    parser.add_argument("--n-val", type=int, default=N_VAL, help="validation samples (calibration, exit rule)")
     parser.add_argument("--tune-train", type=int, default=3000,
                         help="fine-tuning samples of the depth-aware learning-rate pair")
     parser.add_argument("--dlr-datasets", default=",".join(DATASETS),
