@@ -339,6 +339,7 @@ def main() -> None:
         print(e2e_table(e2e))
     for name, table in (("machines/graph_partitioned_avx512.json", partitioned_table),
                         ("neighbour_evidence.json", neighbour_table), ("paper_table.json", paper_table),
+                        ("machines/paper_table_bookcrossing_nval3000.json", paper_table),
                         ("own_data.json", own_data_table),
                         ("reliability.json", reliability_table),
                         ("containers.json", containers_table)):
