@@ -157,3 +157,20 @@ def test_a_shard_keeps_its_own_layers_over_published_ones(split):
     np.testing.assert_array_equal(g.layers[:, g.index[mine]], before)
     assert g.deg[g.index[other]] == 99.0 and (g.layers[: g.num_layers, g.index[other]] == 1).all()
     assert not g.adj[g.index[other]], "another owner's adjacency is not kept"
+
+
+def test_a_cold_deployment_share_starts_empty_and_takes_clicks():
+    """No checkpoint (``initial_arrays`` without a graph checkpoint): the share has no node until clicks come."""
+    from schemas.messages import Click
+
+    shard = ShardUpdater(checkpoint.CheckpointArrays.empty(8, 2), range(PARTITIONS), range(PARTITIONS), PARTITIONS)
+    assert len(shard.graph) == 0 and not shard.histories
+    clicks = [Click(event_id=f"e{k}", user_id=f"u{k % 3}", item_id=f"i{k % 5}", label=k % 2,
+                    ts=1_600_000_000_000 + k) for k in range(20)]
+    forwards, records, _ = shard.step(clicks, [])
+    assert len(forwards) == 20 and {r.external_id for r in records} == {"u0", "u1", "u2"}
+    _, records, _ = shard.step([], forwards)
+    assert {r.external_id for r in records} == {f"i{k}" for k in range(5)}
+    assert {i: tuple(c) for i, c in shard.item_reactions.items()} == {
+        f"i{k}": (sum(1 for j in range(20) if j % 5 == k and j % 2 == 1),
+                  sum(1 for j in range(20) if j % 5 == k and j % 2 == 0)) for k in range(5)}
