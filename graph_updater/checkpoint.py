@@ -25,16 +25,17 @@ from graph_updater.online import GraphUpdater
 REQUIRED = ("config.json", "embeddings.npz", "history.npz")
 
 
-def history_event_id(history: Interactions, row: int) -> str:
-    """The event id of the history's row ``row`` (unique per row): what the users' recent-events windows hold."""
-    return f"{history.name}-h{row}"
+def history_event_id(name: str, row: int) -> str:
+    """The event id of row ``row`` of the history called ``name`` (unique per row): what the users' recent-events
+    windows hold."""
+    return f"{name}-h{row}"
 
 
 def build_updater(history: Interactions, dim: int, num_layers: int, recent_n: int = 20) -> GraphUpdater:
     """A :class:`GraphUpdater` whose graph and user histories hold ``history`` (layers not yet computed)."""
     nodes = len(set(history.users)) + len(set(history.items))  # users and items never share a node key
     updater = GraphUpdater(LightGCNGraph(dim, num_layers, capacity=nodes * 5 // 4), recent_n=recent_n)  # 25% headroom
-    event_ids = [history_event_id(history, k) for k in range(len(history))]
+    event_ids = [history_event_id(history.name, k) for k in range(len(history))]
     updater.ingest(event_ids, history.users, history.items, history.labels.tolist(), history.ts.tolist())
     return updater
 
@@ -82,17 +83,20 @@ def load(folder: Path, recent_n: int = 20) -> tuple[GraphUpdater, dict]:
 @dataclass(frozen=True)
 class CheckpointArrays:
     """A checkpoint as arrays: ``keys`` (node keys in the graph's order), ``base`` (``(n, dim)``) and ``trained``
-    per node, the ``history`` rows with their user and item nodes (``user_nodes``, ``item_nodes``), and
-    ``edges`` (``(2, E)`` user, item node pairs whose latest history reaction is a like: the graph the history
-    builds, where a later reaction to the same pair wins). What :func:`load` builds, without the Python graph."""
+    per node, the history rows (``history_name``, and per row its user and item nodes ``user_nodes`` /
+    ``item_nodes``, ``labels`` and ``ts``), and ``edges`` (``(2, E)`` user, item node pairs whose latest history
+    reaction is a like: the graph the history builds, where a later reaction to the same pair wins). What
+    :func:`load` builds, without the Python graph and without a string per history row."""
 
     keys: list[str]
     base: np.ndarray
     trained: np.ndarray
     num_layers: int
-    history: Interactions
+    history_name: str
     user_nodes: np.ndarray
     item_nodes: np.ndarray
+    labels: np.ndarray
+    ts: np.ndarray
     edges: np.ndarray
     partitions: dict = field(default_factory=dict, compare=False, repr=False)  # node_partitions' results
 
@@ -114,8 +118,8 @@ class CheckpointArrays:
         last = len(pair) - 1 - np.unique(pair[::-1], return_index=True)[1]  # each pair's latest row
         last = np.sort(last[history.labels[last] == 1])
         trained = np.broadcast_to(np.asarray(trained, dtype=bool), (len(keys),)).copy()
-        return cls(list(keys), np.asarray(base, dtype=np.float32), trained, num_layers, history, users, items,
-                   np.stack([users[last], items[last]]))
+        return cls(list(keys), np.asarray(base, dtype=np.float32), trained, num_layers, history.name, users, items,
+                   np.asarray(history.labels), np.asarray(history.ts), np.stack([users[last], items[last]]))
 
     def node_partitions(self, partitions: int, partition_of: Callable[[str, int], int]) -> np.ndarray:
         """Each node's partition among ``partitions`` by ``partition_of(external id, partitions)`` (computed once

@@ -88,7 +88,7 @@ class ShardUpdater(GraphUpdater):
         super().__init__(graph, recent_n=recent_n, radius=0)
         self.partitions = partitions
         self.user_partitions, self.item_partitions = frozenset(user_partitions), frozenset(item_partitions)
-        n, edges, history = len(graph), checkpoint.edges, checkpoint.history
+        n, edges = len(graph), checkpoint.edges
         if n:
             graph.set_base(checkpoint.base, checkpoint.trained)
             graph.deg[:n] = np.bincount(edges.ravel(), minlength=n)
@@ -98,14 +98,15 @@ class ShardUpdater(GraphUpdater):
             graph.adj[u].add(i)
         for u, i in edges[:, owned[edges[1]]].T.tolist():
             graph.adj[i].add(u)
-        rows = np.flatnonzero(owned[checkpoint.user_nodes])  # the owned users' reactions, in order
-        for k, user, item, label, ts in zip(rows.tolist(), history.users[rows].tolist(),
-                                            history.items[rows].tolist(), history.labels[rows].tolist(),
-                                            history.ts[rows].tolist(), strict=True):
-            self.history(user).record(history_event_id(history, k), item, label, ts)
-        rows = np.flatnonzero(owned[checkpoint.item_nodes])  # the owned items' reactions
-        for item, label in zip(history.items[rows].tolist(), history.labels[rows].tolist(), strict=True):
-            self.item_reactions.setdefault(item, [0, 0])[0 if label == 1 else 1] += 1
+        ids = [key.split(":", 1)[1] for key in checkpoint.keys]  # one string per node, shared by its rows
+        users, items, labels = checkpoint.user_nodes, checkpoint.item_nodes, checkpoint.labels
+        rows = np.flatnonzero(owned[users])  # the owned users' reactions, in order
+        for k, u, i, label, ts in zip(rows.tolist(), users[rows].tolist(), items[rows].tolist(),
+                                      labels[rows].tolist(), checkpoint.ts[rows].tolist(), strict=True):
+            self.history(ids[u]).record(history_event_id(checkpoint.history_name, k), ids[i], label, ts)
+        rows = np.flatnonzero(owned[items])  # the owned items' reactions
+        for i, label in zip(items[rows].tolist(), labels[rows].tolist(), strict=True):
+            self.item_reactions.setdefault(ids[i], [0, 0])[0 if label == 1 else 1] += 1
 
     def owned_mask(self, checkpoint: CheckpointArrays) -> np.ndarray:
         """Whether this updater owns each node of ``checkpoint``."""
