@@ -280,11 +280,23 @@ def shards_ready(logs: list[Path]) -> bool:
     """Every partitioned updater has rebuilt for its latest assignment (its log's ``graph_shard_assigned`` events
     each followed by a ``graph_shard_ready``)."""
     for path in logs:
-        events = [line for line in path.read_text().splitlines() if '"graph_shard_' in line]
-        assigned = sum('"graph_shard_assigned"' in e for e in events)
-        if not assigned or assigned != sum('"graph_shard_ready"' in e for e in events):
+        assigned = len(shard_events([path], "graph_shard_assigned"))
+        if not assigned or assigned != len(shard_events([path], "graph_shard_ready")):
             return False
     return True
+
+
+def shard_events(paths: list[Path], *events: str) -> list[dict]:
+    """The lines the partitioned updaters logged (JSON) for any of ``events``, in log order per process (a line
+    still being written is skipped)."""
+    return [e for path in paths for line in path.read_text().splitlines() if line.startswith("{") and
+            line.endswith("}") for e in [json.loads(line)] if e["event"] in events]
+
+
+def check_running(procs: list, paths: list[Path]) -> None:
+    """Raise if a partitioned updater process has exited (its log names why)."""
+    if any(p.poll() is not None for p in procs):
+        raise RuntimeError(f"a partitioned updater exited: see {paths}")
 
 
 def spawn_shard(settings: Settings, replica: str, path: Path) -> subprocess.Popen:
@@ -298,8 +310,7 @@ def spawn_shard(settings: Settings, replica: str, path: Path) -> subprocess.Pope
 async def until_shards_ready(admin: AIOKafkaAdminClient, group: str, procs: list, paths: list[Path]) -> None:
     """Wait until the group is stable with one member per process and each has rebuilt its latest share."""
     while True:
-        if any(p.poll() is not None for p in procs):
-            raise RuntimeError(f"a partitioned updater exited: see {paths}")
+        check_running(procs, paths)
         try:
             (described,) = await admin.describe_consumer_groups([group])
         except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError):
@@ -320,8 +331,7 @@ async def until_drained(settings: Settings, admin: AIOKafkaAdminClient, n: int, 
     progress = tqdm(total=n, desc=desc, unit="click")
     done = started = first = 0
     while done < n:
-        if any(p.poll() is not None for p in procs):
-            raise RuntimeError(f"a partitioned updater exited: see {paths}")
+        check_running(procs, paths)
         await asyncio.sleep(0.1)
         done = sum((await committed_offsets(settings.kafka_bootstrap, group, topic, admin)).values())
         if done and not started:
@@ -334,12 +344,6 @@ async def until_drained(settings: Settings, admin: AIOKafkaAdminClient, n: int, 
         if all(committed.get(p, 0) >= end for p, end in after.items()):
             return started, first
         await asyncio.sleep(0.05)
-
-
-def shard_events(paths: list[Path], event: str) -> list[dict]:
-    """The ``event`` lines the partitioned updaters logged (JSON), in log order per process."""
-    return [e for path in paths for line in path.read_text().splitlines() if line.startswith("{")
-            for e in [json.loads(line)] if e["event"] == event]
 
 
 async def drain_partitioned(settings: Settings, ckpt: Path, clicks, processes: int, logs: Path,
@@ -414,8 +418,7 @@ def rebuild_seconds(path: Path) -> tuple[float, int]:
     """A partitioned updater's latest rebuild: seconds from the ``graph_shard_assigned`` log line before its
     latest ``graph_shard_ready`` to that line (an assignment logged after it, as processes stop, is not one it
     rebuilt for), and the committed records it replayed."""
-    events = shard_events([path], "graph_shard_assigned") + shard_events([path], "graph_shard_ready")
-    events.sort(key=lambda e: e["timestamp"])
+    events = shard_events([path], "graph_shard_assigned", "graph_shard_ready")
     last = max(k for k, e in enumerate(events) if e["event"] == "graph_shard_ready")
     assigned = max(k for k, e in enumerate(events[:last]) if e["event"] == "graph_shard_assigned")
     at = [datetime.fromisoformat(events[k]["timestamp"].replace("Z", "+00:00")) for k in (assigned, last)]

@@ -49,7 +49,7 @@ from aiokafka.errors import IllegalStateError
 
 from graph_updater.agent import UpdaterStats, upsert_with_retry
 from graph_updater.checkpoint import CheckpointArrays
-from graph_updater.graph import ITEM, USER, node_key
+from graph_updater.graph import ITEM, USER
 from graph_updater.online import parse_click
 from graph_updater.recovery import committed_offsets
 from graph_updater.service import initial_arrays, store_for
@@ -287,8 +287,7 @@ class ShardLoop(ConsumerRebalanceListener):
                 replayed += len(valid)
         recomputed = await asyncio.to_thread(shard.graph.refresh, changed, 0)
         self.store.ensure_collections(shard.graph.dim)
-        held = set() if before is None else {node_key(USER, u) for u in before.histories} | {
-            node_key(ITEM, i) for i in before.item_reactions}
+        held = set() if before is None else {before.graph.keys[v] for v in before.owned_nodes()}
         acquired = [v for v in shard.owned_nodes() if shard.graph.keys[v] not in held]
         records = await asyncio.to_thread(shard.records, acquired, True)
         await upsert_with_retry(self.store, records, self.stats)
