@@ -32,7 +32,8 @@ Configurations (ablations):
 - ``default_bf16``: the default with the backbone in bf16 (AVX512-BF16 here): its states cached again, heads,
   calibration and exit rule fitted on them (``exitrec train-model --precision bf16``); ``precision`` in the
   JSON puts its AUC and requests/s beside fp32's, measured back to back;
-- ``default_int8``: the same with PyTorch's dynamic int8 Linear layers (``--precision int8``);
+- ``default_int8``: the same with PyTorch's dynamic int8 Linear layers after activation smoothing calibrated on the
+  view's training prompts (:mod:`scorer.smoothing`, ``--precision int8``);
 - ``graph_token``: the default plus a graph token (collaborative path "a", :mod:`scorer.model`: the user's and the
   candidate's LightGCN vectors projected into the first input embedding), trained after the same heads through the
   frozen backbone on the latest ``--graph-token-rows`` training rows (``exitrec train-model --graph-token-epochs``).
@@ -54,7 +55,6 @@ import copy
 import hashlib
 import json
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +100,7 @@ def cache_view(model: EarlyExitModel, tokenizer, sets, view: str, args, cache: P
         path = cache / (f"{view}-{split}.pt" if precision == "fp32" else f"{view}-{precision}-{split}.pt")
         samples = getattr(sets, split)
         enc = experiment.encode(tokenizer, samples, args.max_length, sets.prior, view, embeddings)
-        digest, sidecar = prompts_digest(enc, checkpoint.fp32_linears_for(precision)), path.with_suffix(".digest")
+        digest, sidecar = prompts_digest(enc, checkpoint.smoothing_for(precision)), path.with_suffix(".digest")
         if path.exists() and sidecar.exists() and sidecar.read_text() == digest:
             pooled = torch.load(path)
         else:  # new, or cached from other prompts (the sample code changed since): encode again
@@ -111,13 +111,13 @@ def cache_view(model: EarlyExitModel, tokenizer, sets, view: str, args, cache: P
     return out
 
 
-def prompts_digest(enc, fp32_linears: Sequence[str] = ()) -> str:
-    """SHA-256 of the token ids and masks (and of the Linear layers an int8 backbone keeps in fp32, when any):
-    cached states are reused only for exactly the prompts and quantization they came from."""
+def prompts_digest(enc, int8_smoothing: float = 0.0) -> str:
+    """SHA-256 of the token ids and masks (and of an int8 backbone's smoothing strength, when it has one): cached
+    states are reused only for exactly the prompts and quantization they came from."""
     h = hashlib.sha256(enc.ids.numpy().tobytes())
     h.update(enc.mask.numpy().tobytes())
-    if fp32_linears:
-        h.update(",".join(fp32_linears).encode())
+    if int8_smoothing:
+        h.update(f"int8 smoothing {int8_smoothing}".encode())
     return h.hexdigest()
 
 
@@ -326,7 +326,11 @@ def main() -> None:
     for name in args.configs.split(","):
         view, features, precision = CONFIGS[name]
         if precision not in backbones:
-            backbones[precision] = with_precision(copy.deepcopy(base), precision)
+            smoothing = None
+            if precision == "int8":  # smoothing scales from this view's training prompts, as train-model does
+                calibration = experiment.encode(tokenizer, sets.train, args.max_length, sets.prior, view, embeddings)
+                smoothing = checkpoint.int8_scales(base, calibration.ids, calibration.mask)
+            backbones[precision] = with_precision(copy.deepcopy(base), precision, smoothing=smoothing)
         key = view if precision == "fp32" else f"{view}-{precision}"
         if key not in views:
             t0 = time.perf_counter()
@@ -367,7 +371,7 @@ def main() -> None:
                                         {"dataset": args.dataset, "n_train": len(sets.train), "n_val": len(sets.val),
                                          "regime": "frozen", "source": "bench.accuracy_bench seed 0"},
                                         list(features), sets.prior, precision,
-                                        checkpoint.fp32_linears_for(precision))
+                                        int8_smoothing=checkpoint.smoothing_for(precision))
             checkpoint.save(folder, model, tokenizer, card)
             print(f"{name} model saved: {folder}", flush=True)
         c = configs[name]

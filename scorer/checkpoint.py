@@ -4,7 +4,8 @@ Layout: ``config.json`` (base model reference, kind, head layers, pooling, max p
 backbone was fine-tuned, the numeric features the heads read and the prior they are smoothed with, the chosen
 exit rule, the validation curve, metrics), ``heads.safetensors`` (heads and feature scale),
 ``calibration.json`` (per-head probability maps, :mod:`scorer.calibration`), ``tokenizer/``,
-``graph_token.safetensors`` only for a model with a graph token (``graph_dim`` > 0), and ``backbone/``
+``graph_token.safetensors`` only for a model with a graph token (``graph_dim`` > 0), ``smoothing.safetensors``
+only for an int8 backbone with activation smoothing (``int8_smoothing`` > 0, :mod:`scorer.smoothing`), and ``backbone/``
 (``save_pretrained``) only when the backbone was fine-tuned — a frozen backbone is re-resolved from its
 reference. Loading rebuilds the same modules, so outputs are identical; a folder lacking one of its files fails
 with a message naming it.
@@ -28,6 +29,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 from scorer import backbones, calibration
 from scorer.exit_rules import ExitRule, rule_from_dict
 from scorer.model import EarlyExitModel
+from scorer.smoothing import ALPHA, CALIBRATION_ROWS, activation_maxima, scales_of, smooth_linears, smoothing_scales
 
 log = structlog.get_logger("scorer")
 
@@ -45,9 +47,10 @@ class ModelCard:
     features: list[str] = field(default_factory=list)  # scorer.features.FEATURES, or [] (text-only heads)
     prior: float = 0.5  # the positive rate the features' rates are smoothed towards
     precision: str = "fp32"  # backbone weights and activations at inference: fp32, bf16 or int8 (PRECISIONS)
-    # int8: the backbone's Linear layers (name suffixes) kept in fp32 (INT8_FP32_LINEARS when trained); [] in cards
-    # written before the field existed, whose heads were fitted on a backbone with every Linear layer int8
+    # int8: the backbone's Linear layers (name suffixes) kept in fp32: [] since the activations are smoothed (every
+    # Linear int8), each block's attention output projection in cards of 2026-12-05/06, [] before that too
     fp32_linears: list[str] = field(default_factory=list)
+    int8_smoothing: float = 0.0  # int8: the smoothing strength alpha (scorer.smoothing; 0 = none, older cards)
     graph_dim: int = 0  # LightGCN dimension a graph token reads (0: none; scorer.model.GraphToken)
     digest: str = ""  # of the trained files, set by :func:`load` (not stored): tells two trainings apart
 
@@ -63,16 +66,12 @@ class ModelCard:
 
 CASTS = {"fp32": torch.float32, "bf16": torch.bfloat16}  # precisions that are a weight dtype
 PRECISIONS = (*CASTS, "int8")
-INT8_FP32_LINEARS = ("attention.output.dense", "self_attn.o_proj")
-"""The Linear layers an int8 backbone keeps in fp32: each block's attention output projection (BERT's and Llama's
-names). Measured on Book-Crossing (3 seeds of heads on 7,000 encoded prompts, same rows): every Linear layer int8
-cost 0.0038 AUC against fp32; these in fp32, 0.0018, at ~5% of int8's requests/s (they hold 1/12 of a block's
-Linear FLOPs); each FFN output projection in fp32 instead gained nothing (0.0036)."""
 
 
-def fp32_linears_for(precision: str) -> list[str]:
-    """What a checkpoint trained at ``precision`` records in :attr:`ModelCard.fp32_linears`."""
-    return list(INT8_FP32_LINEARS) if precision == "int8" else []
+def smoothing_for(precision: str) -> float:
+    """What a checkpoint trained at ``precision`` records in :attr:`ModelCard.int8_smoothing`: every new int8
+    backbone is smoothed (:data:`scorer.smoothing.ALPHA`), with no Linear layer left in fp32."""
+    return ALPHA if precision == "int8" else 0.0
 
 
 def int8_engine() -> str | None:
@@ -81,12 +80,13 @@ def int8_engine() -> str | None:
     return next((e for e in ("x86", "fbgemm", "onednn") if e in engines), None)
 
 
-def with_precision(model: EarlyExitModel, precision: str, fp32_linears: Sequence[str] = INT8_FP32_LINEARS
-                   ) -> EarlyExitModel:
+def with_precision(model: EarlyExitModel, precision: str, fp32_linears: Sequence[str] = (),
+                   smoothing: dict[str, torch.Tensor] | None = None) -> EarlyExitModel:
     """Run the backbone at ``precision`` (:data:`PRECISIONS`); the heads stay fp32 and read the pooled states in
-    fp32. ``bf16`` casts the weights (AVX512-BF16 / AMX matrix math); ``int8`` replaces every Linear layer of the
-    backbone but those whose names end with one of ``fp32_linears`` by PyTorch's dynamic int8 one: weights
-    quantized once per output channel,
+    fp32. ``bf16`` casts the weights (AVX512-BF16 / AMX matrix math); ``int8`` first wraps the Linear layers named
+    in ``smoothing`` in their activation smoothing (:mod:`scorer.smoothing`, scales from :func:`int8_scales`), then
+    replaces every Linear layer of the backbone but those whose names end with one of ``fp32_linears`` by
+    PyTorch's dynamic int8 one: weights quantized once per output channel,
     :math:`W \\approx s_w \\odot W_q`, activations quantized per batch, :math:`x \\approx s_x (x_q - z_x)`, and
     the product accumulated in int32 (fbgemm / oneDNN kernels; CPU only). The heads, their calibration and the
     exit rule must be fitted on states of the same precision, which is why the precision belongs to the
@@ -106,8 +106,27 @@ def with_precision(model: EarlyExitModel, precision: str, fp32_linears: Sequence
         log.warning("int8_fallback", precision="fp32", why=f"{why}: int8 runs on the CPU's fbgemm/oneDNN kernels")
         return model
     torch.backends.quantized.engine = engine
+    if smoothing:
+        smooth_linears(model.backbone, smoothing)
     int8_linears(model.backbone, fp32_linears)
     return model
+
+
+@torch.no_grad()
+def int8_scales(model: EarlyExitModel, ids: torch.Tensor, mask: torch.Tensor, rows: int = CALIBRATION_ROWS,
+                alpha: float = ALPHA, batch_size: int = 32) -> dict[str, torch.Tensor]:
+    """Activation-smoothing scales of ``model``'s (fp32) backbone from ``rows`` of the prompts ``ids`` / ``mask``
+    spread evenly over them (training prompts in time order: the calibration spans the training period)."""
+    chosen = torch.linspace(0, len(ids) - 1, min(rows, len(ids))).long()
+    ids, mask = ids[chosen], mask[chosen]
+    device = next(model.backbone.parameters()).device
+
+    def run():
+        for start in range(0, len(ids), batch_size):
+            model.pooled_per_head(ids[start:start + batch_size].to(device), mask[start:start + batch_size].to(device))
+            yield None
+
+    return smoothing_scales(model.backbone, activation_maxima(model.backbone, run()), alpha)
 
 
 def int8_linears(module: torch.nn.Module, fp32_linears: Sequence[str] = ()) -> torch.nn.Module:
@@ -131,13 +150,20 @@ def content_digest(folder: Path) -> str:
     for key in WALL_CLOCK_METRICS:
         config.get("metrics", {}).pop(key, None)
     h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-    for name in (HEADS, calibration.FILE) + ((GRAPH_TOKEN,) if config.get("graph_dim") else ()):
+    extra = ((GRAPH_TOKEN,) if config.get("graph_dim") else ()) + \
+        ((SMOOTHING,) if config.get("precision") == "int8" and config.get("int8_smoothing") else ())
+    for name in (HEADS, calibration.FILE, *extra):
         h.update((Path(folder) / name).read_bytes())
     return h.hexdigest()[:8]
 
 
 HEADS = "heads.safetensors"
 GRAPH_TOKEN = "graph_token.safetensors"  # the graph token's projection, when the model has one
+SMOOTHING = "smoothing.safetensors"  # an int8 backbone's activation-smoothing scales, when the card has them
+
+
+def smoothed(card: ModelCard) -> bool:
+    return card.precision == "int8" and card.int8_smoothing > 0
 
 
 def readout_state(model: EarlyExitModel) -> dict[str, torch.Tensor]:
@@ -155,6 +181,12 @@ def save(folder: Path, model: EarlyExitModel, tokenizer: PreTrainedTokenizerBase
     if model.graph_token is not None:
         save_file({k: v.contiguous() for k, v in model.graph_token.state_dict().items()}, str(folder / GRAPH_TOKEN))
     model.calibration.save(folder)
+    if smoothed(card):
+        scales = scales_of(model.backbone)
+        if not scales:
+            raise ValueError("the card names int8 activation smoothing but the backbone has none: build it with "
+                             "with_precision(..., smoothing=int8_scales(...))")
+        save_file({k: v.contiguous() for k, v in scales.items()}, str(folder / SMOOTHING))
     tokenizer.save_pretrained(str(folder / "tokenizer"))
     if card.fine_tuned:
         model.backbone.save_pretrained(str(folder / "backbone"))
@@ -173,7 +205,7 @@ def load(folder: Path, cache_dir: Path, device: torch.device | str = "cpu"
     raw.pop("digest", None)
     card = ModelCard(**raw)
     for needed in (HEADS, calibration.FILE, "tokenizer") + (("backbone",) if card.fine_tuned else ()) + \
-            ((GRAPH_TOKEN,) if card.graph_dim else ()):
+            ((GRAPH_TOKEN,) if card.graph_dim else ()) + ((SMOOTHING,) if smoothed(card) else ()):
         if not (folder / needed).exists():
             raise FileNotFoundError(f"{folder / needed} is missing: the checkpoint is incomplete; re-run "
                                     "exitrec train-model")
@@ -193,5 +225,6 @@ def load(folder: Path, cache_dir: Path, device: torch.device | str = "cpu"
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
     tokenizer.padding_side = "right"
     card.digest = content_digest(folder)
-    return with_precision(model.to(device), card.precision, card.fp32_linears).eval(), tokenizer, card, \
+    smoothing = load_file(str(folder / SMOOTHING)) if smoothed(card) else None
+    return with_precision(model.to(device), card.precision, card.fp32_linears, smoothing).eval(), tokenizer, card, \
         rule_from_dict(card.rule)

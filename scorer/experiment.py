@@ -322,9 +322,12 @@ def train_checkpoint(data_dir: Path, cache_dir: Path, dataset: str, backbone: st
         raise ValueError(f"precision {precision} serves a frozen backbone's heads; fine-tuning (regime full) "
                          "and a graph token train through the backbone in fp32")
     graph_dim = graph_dim_of(sets.train) if graph_token_epochs else 0
-    model, tokenizer = new_model(backbone, cache_dir, head_layers, precision=precision, graph_dim=graph_dim)
+    model, tokenizer = new_model(backbone, cache_dir, head_layers, graph_dim=graph_dim,
+                                 precision="fp32" if precision == "int8" else precision)
     embeddings = content_embeddings(cache_dir)
     train_set = encode(tokenizer, sets.train, max_length, sets.prior, view_name, embeddings, graph_dim=graph_dim)
+    if precision == "int8":  # activation smoothing calibrated on the training prompts, then int8 (scorer.smoothing)
+        checkpoint.with_precision(model, "int8", smoothing=checkpoint.int8_scales(model, train_set.ids, train_set.mask))
     val = encode(tokenizer, sets.val, max_length, sets.prior, view_name, embeddings, graph_dim=graph_dim)
     val_rows = (val.ids, val.mask, val.features, val.labels, val.graph)
     train(model, train_set.ids, train_set.mask, train_set.labels, train_set.features, regime=regime,
@@ -344,6 +347,6 @@ def train_checkpoint(data_dir: Path, cache_dir: Path, dataset: str, backbone: st
                "train_seconds": round(time.perf_counter() - started, 1)}
     card = checkpoint.ModelCard(backbone, model.head_layers, model.pooling, max_length, regime == "full",
                                 chosen.to_dict(), curve, metrics, list(ALL_FEATURES), sets.prior, precision,
-                                checkpoint.fp32_linears_for(precision), graph_dim=graph_dim)
+                                graph_dim=graph_dim, int8_smoothing=checkpoint.smoothing_for(precision))
     checkpoint.save(out, model, tokenizer, card)
     return chosen

@@ -176,14 +176,14 @@ def test_a_lower_precision_checkpoint_loads_so_scores_close_to_fp32_and_says_so(
 
 
 def test_an_int8_checkpoint_keeps_the_layers_its_card_names_in_fp32(tiny_scorer_checkpoint, tmp_path):
-    """A card trained at int8 now lists the attention output projections it kept in fp32; a card from before the
-    list existed loads as it was fitted, every Linear layer int8."""
+    """A card trained at int8 on 2026-12-05/06 lists the attention output projections it kept in fp32; a card from
+    before the list existed loads as it was fitted, every Linear layer int8 (neither has activation smoothing)."""
     import json
     import shutil
 
     from scorer import checkpoint
 
-    for name, kept in (("now", checkpoint.fp32_linears_for("int8")), ("before", None)):
+    for name, kept in (("2026-12-05", ["attention.output.dense"]), ("before", None)):
         folder = tmp_path / name
         shutil.copytree(tiny_scorer_checkpoint, folder)
         config = {**json.loads((folder / "config.json").read_text()), "precision": "int8"}
@@ -198,6 +198,52 @@ def test_an_int8_checkpoint_keeps_the_layers_its_card_names_in_fp32(tiny_scorer_
             blocks = model.backbone.config.num_hidden_layers
             assert sorted(float_names) == sorted(f"encoder.layer.{i}.attention.output.dense" for i in range(blocks))
             assert quantized_linears(model)[0] > 0  # the rest (q, k, v, FFN) run int8 kernels
+
+
+def test_smoothing_changes_no_score_in_fp32_and_its_scales_travel_with_an_int8_checkpoint(tiny_scorer_checkpoint,
+                                                                                          tmp_path):
+    """The activation smoothing is the same function in exact arithmetic (fp32 scores equal to 1e-5); an int8
+    checkpoint stores its scales, loads to the very scores it was saved with, and without the file fails naming
+    it."""
+    import copy
+    import dataclasses
+    import json
+    import shutil
+
+    from scorer import checkpoint
+    from scorer.features import FEATURES
+    from scorer.smoothing import ALPHA, SmoothedLinear, smooth_linears
+
+    fp32, tokenizer, card, _ = checkpoint.load(tiny_scorer_checkpoint, tmp_path)
+    enc = tokenizer(["liked: Toy Story", "disliked: Heat (1995) (Action)", "a longer prompt " * 8],
+                    padding=True, return_tensors="pt")
+    ids, mask, features = enc["input_ids"], enc["attention_mask"], torch.randn(3, len(FEATURES))
+    scales = checkpoint.int8_scales(fp32, ids, mask)
+    blocks = fp32.backbone.config.num_hidden_layers
+    assert len(scales) == 6 * blocks  # q, k, v, attention output, FFN in and out; not the pooler nobody reads
+    exact = copy.deepcopy(fp32)
+    smooth_linears(exact.backbone, scales)
+    with torch.inference_mode():
+        reference = fp32.predict(ids, mask, ExitRule(), features).probs
+        assert np.abs(exact.predict(ids, mask, ExitRule(), features).probs - reference).max() < 1e-5
+    low = checkpoint.with_precision(copy.deepcopy(fp32), "int8", smoothing=scales)
+    assert sum(isinstance(m, SmoothedLinear) for m in low.backbone.modules()) == 6 * blocks
+    assert quantized_linears(low) == (6 * blocks + 1, 0)  # every Linear int8, the pooler too
+
+    folder = tmp_path / "int8"
+    shutil.copytree(tiny_scorer_checkpoint, folder)  # its fp32 backbone/ stands in for a frozen reference
+    checkpoint.save(folder, low, tokenizer, dataclasses.replace(card, precision="int8", int8_smoothing=ALPHA,
+                                                                fine_tuned=False))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "fine_tuned": True}))
+    loaded, _, loaded_card, _ = checkpoint.load(folder, tmp_path)
+    assert loaded_card.int8_smoothing == ALPHA and "+int8#" in loaded_card.version
+    with torch.inference_mode():
+        saved = low.predict(ids, mask, ExitRule(), features).probs
+        np.testing.assert_array_equal(loaded.predict(ids, mask, ExitRule(), features).probs, saved)
+    (folder / checkpoint.SMOOTHING).unlink()
+    with pytest.raises(FileNotFoundError, match=r"smoothing\.safetensors is missing"):
+        checkpoint.load(folder, tmp_path)
 
 
 def test_int8_without_a_quantized_engine_stays_fp32_with_one_warning(tiny_scorer_checkpoint, tmp_path, monkeypatch):
