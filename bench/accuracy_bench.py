@@ -44,7 +44,9 @@ end-to-end benchmark read), so the model measured here is the model served; ``de
 save theirs beside it (``<folder>-bf16``, ``<folder>-int8``).
 
 Requests/s: batched :meth:`~scorer.model.EarlyExitModel.predict` on the first ``--rps-rows`` test rows, full depth
-and early exit back to back (seed 0 of each configuration). Warm rows are those whose user reacted to something
+and early exit back to back (seed 0 of each configuration); ``batch_dependence``: how far a test row's deepest-head
+probability moves beside 31 other test rows instead of alone (:func:`scorer.experiment.batch_dependence`; 0 but for
+int8). Warm rows are those whose user reacted to something
 before; cold rows a new user's. A PNG shows AUC per configuration and the default's reliability curve.
 """
 
@@ -355,6 +357,7 @@ def main() -> None:
         configs[name]["rps"] = rps(model, enc, rule, args.rps_rows)
         configs[name]["rps_full"] = rps(model, enc, ExitRule(), args.rps_rows)
         configs[name]["speedup"] = configs[name]["rps"] / configs[name]["rps_full"]
+        configs[name]["batch_dependence"] = experiment.batch_dependence(model, enc)
         if features:  # the layer-0 head alone: the same seeds' models, no transformer block
             head0 = [{"exit": p[:, 0], "full": p[:, 0], "mean_exit_layer": 0.0, "train_s": r["train_s"],
                       "rule": {"rule": "fixed_head", "head": 0}, "val_curve": [], "heads_auc": r["heads_auc"][:1]}

@@ -259,6 +259,30 @@ def throughput(model: EarlyExitModel, data: Encoded, rule: ExitRule, batch_size:
     return len(data.ids) / elapsed, merged
 
 
+def batch_dependence(model: EarlyExitModel, data: Encoded, rows: int = 64, mates: int = 31, seed: int = 0) -> dict:
+    """How far each of the first ``rows`` rows' deepest-head click probability moves when it is scored beside
+    ``mates`` other rows of ``data`` (drawn from the rest, padded to the longest) instead of alone: 0 up to float
+    rounding for fp32 and bf16, whose rows never mix; dynamic int8 takes its activation scale per batch."""
+    device = next(model.parameters()).device
+    rng = np.random.default_rng(seed)
+
+    def last_head(index: torch.Tensor) -> float:
+        width = int(data.mask[index].sum(1).max())
+        part = Encoded(data.ids[index, :width], data.mask[index, :width], data.labels[index],
+                       None if data.features is None else data.features[index],
+                       None if data.graph is None else data.graph[index])
+        return float(model.predict(part.ids.to(device), part.mask.to(device), ExitRule(), part.features,
+                                   graph=part.graph).probs[0, -1])
+
+    moved = []
+    with torch.inference_mode():
+        for r in range(min(rows, len(data.ids) - mates)):
+            others = rng.choice(np.arange(rows, len(data.ids)), mates, replace=False)
+            moved.append(abs(last_head(torch.from_numpy(np.concatenate([[r], others]))) - last_head(torch.tensor([r]))))
+    return {"rows": len(moved), "mates": mates, "mean": float(np.mean(moved)), "p90": float(np.percentile(moved, 90)),
+            "max": float(np.max(moved))}
+
+
 def latencies_ms(model: EarlyExitModel, data: Encoded, rule: ExitRule, n: int) -> np.ndarray:
     """Batch-1 latency of ``n`` requests (padding stripped, as a lone request would arrive)."""
     device = next(model.parameters()).device

@@ -246,6 +246,25 @@ def test_smoothing_changes_no_score_in_fp32_and_its_scales_travel_with_an_int8_c
         checkpoint.load(folder, tmp_path)
 
 
+def test_batch_dependence_is_zero_where_rows_never_mix_and_not_for_int8(tiny_scorer_checkpoint, tmp_path):
+    """fp32 scores a row the same alone or beside others (padding masked); dynamic int8 takes its activation
+    scale per batch, so a row's score moves with its mates."""
+    import copy
+
+    from scorer import checkpoint, experiment
+    from scorer.features import FEATURES
+
+    fp32, tokenizer, _, _ = checkpoint.load(tiny_scorer_checkpoint, tmp_path)
+    texts = [f"liked: item {i} " + "and more words " * (i % 7) for i in range(12)]
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    data = experiment.Encoded(enc["input_ids"], enc["attention_mask"], torch.zeros(12),
+                              torch.randn(12, len(FEATURES), generator=torch.Generator().manual_seed(0)))
+    exact = experiment.batch_dependence(fp32, data, rows=4, mates=7)
+    assert exact["rows"] == 4 and exact["max"] < 1e-6, exact
+    int8 = checkpoint.with_precision(copy.deepcopy(fp32), "int8")
+    assert experiment.batch_dependence(int8, data, rows=4, mates=7)["max"] > 1e-5
+
+
 def test_int8_without_a_quantized_engine_stays_fp32_with_one_warning(tiny_scorer_checkpoint, tmp_path, monkeypatch):
     from structlog.testing import capture_logs
 
