@@ -16,7 +16,7 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +71,8 @@ class SampleSets:
     test: list[CtrSample]
     prior: float  # positive rate of the graph's history: what features and the baseline smooth towards
     baseline_test: np.ndarray  # the baseline's click probability of each test row
+    cold: list[CtrSample] = field(default_factory=list)  # first impressions of new users in the test slice
+    baseline_cold: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the baseline's, of each cold row
 
     @property
     def baseline_auc(self) -> float:
@@ -137,23 +139,34 @@ def train_then_validation(first: int, end: int, n_train: int, n_val: int, rng: n
     return rows[:n_train], rows[n_train:n_train + n_val]
 
 
+def first_impressions(users: np.ndarray, start: int) -> np.ndarray:
+    """Positions ``>= start`` that are their user's first row: a new user's first impression (a cold row)."""
+    _, first = np.unique(np.asarray(users), return_index=True)
+    return np.sort(first[first >= start])
+
+
 @functools.lru_cache(maxsize=2)
 def sample_sets(dataset: str, data_dir: Path, cache_dir: Path, n_train: int, n_val: int, n_test: int,
                 seed: int = 0, retriever: str | Callable[[VectorStore], Retriever] = "gcn",
-                text_index_users: int = 10_000) -> SampleSets:
+                text_index_users: int = 10_000, n_cold: int = 0) -> SampleSets:
     """Prequential samples: ``n_train`` then ``n_val`` rows of the stream slice (validation after training in
     time), ``n_test`` rows of the test slice; and the baseline fitted on the training rows. ``retriever``: whose
     neighbours the samples carry, as the worker's ``EXITREC_RETRIEVER`` (``gcn`` or ``none``: LightGCN neighbours,
     dropped by the ``norag`` view; ``text``: a :class:`~scorer.retrievers.TextRetriever` whose collection starts
     with the ``text_index_users`` most active users' histories, as a worker's start builds it; or a function of
-    the store giving the retriever, as a benchmark's own). Kept per process
-    for the last two argument sets (models trained one after another on the same rows build them once)."""
+    the store giving the retriever, as a benchmark's own). ``n_cold``: also up to that many of the test slice's
+    cold rows (:func:`first_impressions`, a random subset when there are more), whether or not they are among the
+    test rows, built in the same pass, with the baseline's probabilities. Kept per process for the last two
+    argument sets (models trained one after another on the same rows build them once)."""
     data = load(dataset, data_dir)
     split = time_split(data)
     rng = np.random.default_rng(seed)
     a, b = len(split.train), len(split.train) + len(split.stream)
     train_rows, val_rows = train_then_validation(a, b, n_train, n_val, rng)
     test_rows = np.sort(rng.choice(np.arange(b, len(data)), min(n_test, len(data) - b), replace=False))
+    cold_rows = first_impressions(data.users, b) if n_cold else np.zeros(0, dtype=np.int64)
+    if len(cold_rows) > n_cold:
+        cold_rows = np.sort(rng.choice(cold_rows, n_cold, replace=False))
     updater = graph_state(dataset, split.train, cache_dir)
     store = embedded_copy(updater)
     text_store = None
@@ -166,20 +179,22 @@ def sample_sets(dataset: str, data_dir: Path, cache_dir: Path, n_train: int, n_v
             searcher = TextRetriever(store, text_store, SentenceEncoder(backbones.resolve("minilm", cache_dir)),
                                      functools.partial(item_text, data.item_text))
             index_most_active(searcher, updater.histories, text_index_users)
-        wanted = np.concatenate([train_rows, val_rows, test_rows])
+        wanted = np.concatenate([train_rows, val_rows, test_rows, cold_rows])
         samples = build_samples_streaming(data, len(split.train), wanted, updater, store, LiveCatalogue.of(data),
                                           retriever=searcher)
     finally:
         store.close()
         if text_store is not None:
             text_store.close()
-    train, val, test = samples[:len(train_rows)], samples[len(train_rows):len(train_rows) + len(val_rows)], \
-        samples[len(train_rows) + len(val_rows):]
+    ends = np.cumsum([len(train_rows), len(val_rows), len(test_rows)])
+    train, val, test, cold = samples[:ends[0]], samples[ends[0]:ends[1]], samples[ends[1]:ends[2]], samples[ends[2]:]
     prior = float(split.train.labels.mean())
     lr = LogisticRegression().fit(baseline_features(data, train_rows, prior), data.labels[train_rows])
-    baseline_test = lr.predict_proba(baseline_features(data, test_rows, prior))[:, 1] if len(test_rows) else \
-        np.zeros(0)
-    return SampleSets(train, val, test, prior, baseline_test)
+
+    def baseline(rows: np.ndarray) -> np.ndarray:
+        return lr.predict_proba(baseline_features(data, rows, prior))[:, 1] if len(rows) else np.zeros(0)
+
+    return SampleSets(train, val, test, prior, baseline(test_rows), cold, baseline(cold_rows))
 
 
 def view(sample: CtrSample, name: str) -> PromptInputs:

@@ -92,3 +92,11 @@ def test_the_brand_counts_of_serving_and_of_the_static_ablation_agree(ml100k, sp
     static = build_samples(data, rows, lambda kind, external_id: None)
     assert sum(s.inputs.brand_rate is not None and s.inputs.brand_rate[1] > 0 for s in served) > len(rows) / 2
     assert [s.inputs.brand_rate for s in served] == [s.inputs.brand_rate for s in static]
+
+
+def test_first_impressions_are_the_rows_where_a_user_appears_for_the_first_time():
+    from scorer.experiment import first_impressions
+
+    users = np.array(["a", "b", "a", "c", "b", "d", "c", "e"])
+    np.testing.assert_array_equal(first_impressions(users, 0), [0, 1, 3, 5, 7])
+    np.testing.assert_array_equal(first_impressions(users, 4), [5, 7])  # b and c appeared before position 4
