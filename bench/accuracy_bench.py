@@ -68,10 +68,20 @@ from infra.runtime.settings import Settings
 from scorer import checkpoint, experiment, quality
 from scorer.calibration import HeadCalibration
 from scorer.checkpoint import with_precision
-from scorer.exit_rules import ExitRule, exit_points
+from scorer.exit_rules import ExitRule
 from scorer.features import ALL_FEATURES, COLLAB_SET, CONTENT_SET, FEATURES, graph_pairs
 from scorer.model import EarlyExitModel
-from scorer.train import Cached, cached_probabilities, calibrate, fit_heads, head_probabilities, pooled_states, train
+from scorer.train import (
+    Cached,
+    cached_probabilities,
+    calibrate,
+    fit_heads,
+    head_probabilities,
+    new_users_at_layer0,
+    pooled_states,
+    served_exits,
+    train,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # configuration: (prompt view, the features its heads read, backbone precision)
@@ -130,8 +140,10 @@ def heads_model(backbone, features: tuple[str, ...], layers: list[int], graph_di
 
 def with_features(data: dict[str, tuple], n: int, sets=None, graph_dim: int = 0) -> dict[str, tuple]:
     """The view's splits with only the first ``n`` feature columns (none for ``n = 0``) and, with ``graph_dim``,
-    the LightGCN pairs of ``sets``' samples (a graph-token model's input)."""
-    out = {}
+    the LightGCN pairs of ``sets``' samples (a graph-token model's input); under ``new_user``, each split's mask of
+    new users' rows (no reaction known: what a checkpoint may pin at the layer-0 head)."""
+    out: dict = {"new_user": {split: np.array([not s.warm for s in getattr(sets, split)], dtype=bool)
+                              for split in data} if sets is not None else {}}
     for split, (enc, cached) in data.items():
         feats = enc.features[:, :n] if n else None
         graph = torch.from_numpy(graph_pairs([s.inputs for s in getattr(sets, split)], graph_dim)) \
@@ -172,17 +184,21 @@ def run_graph_token(model: EarlyExitModel, data: dict, seed: int, args) -> tuple
 
 def evaluate(model: EarlyExitModel, data: dict, raw_val: np.ndarray, raw_test: np.ndarray, train_s: float, args
              ) -> tuple[dict, np.ndarray, ExitRule]:
-    """From the heads' raw validation and test probabilities: per-head Platt calibration and the exit rule on the
-    validation rows, test metrics at full depth and with early exit."""
+    """From the heads' raw validation and test probabilities: per-head Platt calibration, the exit rule and whether
+    new users answer at the layer-0 head (:func:`~scorer.train.new_users_at_layer0`) on the validation rows, test
+    metrics at full depth and as served (:func:`~scorer.train.served_exits`)."""
     y_val = data["val"][1].labels.numpy()
     model.calibration = HeadCalibration.fit(raw_val, y_val)
     val_probs = model.calibration.apply_all(raw_val)
     rule, curve = calibrate(val_probs, y_val, model.head_layers, args.rule, args.budget)
+    pinned, evidence = new_users_at_layer0(val_probs, y_val, data["new_user"]["val"], model.head_layers,
+                                           args.budget)
     test_probs = model.calibration.apply_all(raw_test)
-    exits = exit_points(test_probs, rule)
+    exits = served_exits(test_probs, rule, data["new_user"]["test"] if pinned else None)
     layers = np.array(model.head_layers)
     return {"exit": test_probs[np.arange(len(test_probs)), exits], "full": test_probs[:, -1],
             "mean_exit_layer": float(layers[exits].mean()), "train_s": train_s, "rule": rule.to_dict(),
+            "new_users_at_layer0": pinned, "new_users_validation": evidence,
             "val_curve": curve, "heads_auc": [quality.auc(data["test"][1].labels.numpy(), test_probs[:, j])
                                               for j in range(len(layers))]}, test_probs, rule
 
@@ -213,6 +229,8 @@ def summarize(per_seed: list[dict], y: np.ndarray, warm: np.ndarray) -> dict:
             "mean_exit_layer": float(np.mean([r["mean_exit_layer"] for r in per_seed])),
             "heads_auc": np.mean([r["heads_auc"] for r in per_seed], axis=0).tolist(),
             "rules": [r["rule"] for r in per_seed], "train_s": mean(per_seed, "train_s"),
+            "new_users_at_layer0": [r["new_users_at_layer0"] for r in per_seed],
+            "new_users_validation_seed0": per_seed[0]["new_users_validation"],
             **({"graph_token_norms": [r["graph_token_norm"] for r in per_seed]} if "graph_token_norm" in per_seed[0]
                else {}),
             "val_curve_seed0": per_seed[0]["val_curve"]}
@@ -374,7 +392,8 @@ def main() -> None:
                                         {"dataset": args.dataset, "n_train": len(sets.train), "n_val": len(sets.val),
                                          "regime": "frozen", "source": "bench.accuracy_bench seed 0"},
                                         list(features), sets.prior, precision,
-                                        int8_smoothing=checkpoint.smoothing_for(precision))
+                                        int8_smoothing=checkpoint.smoothing_for(precision),
+                                        new_users_at_layer0=per_seed[0]["new_users_at_layer0"])
             checkpoint.save(folder, model, tokenizer, card)
             print(f"{name} model saved: {folder}", flush=True)
         c = configs[name]

@@ -8,7 +8,8 @@ The accuracy benchmark's cold rows are the few of its random test rows whose use
 slice's first impressions of new users (:func:`scorer.experiment.first_impressions`; up to ``--n-cold`` of them,
 drawn at random when there are more), built in the same prequential pass as the accuracy benchmark's samples (the
 same seed and sizes, so the same training rows and the same fitted baseline), and scored by the checkpoint the
-accuracy benchmark saved (its seed-0 default model, as served: calibrated heads, exit rule, its precision). Per
+accuracy benchmark saved (its seed-0 default model, as served: calibrated heads, exit rule, its precision, and
+new users at the layer-0 head when the checkpoint pins them there). Per
 dataset: AUC, log loss and ECE of the model (with early exit) and of the baseline on those rows, and the paired
 95% bootstrap interval of the AUC difference.
 """
@@ -20,10 +21,14 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from bench.machine import machine
 from infra.runtime.logging import configure_logging
 from infra.runtime.settings import Settings
 from scorer import checkpoint, experiment, quality
+from scorer.exit_rules import ExitRule
+from scorer.train import served_exits
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -48,15 +53,19 @@ def main() -> None:
                                   args.n_test, n_cold=args.n_cold)
     enc = experiment.encode(tokenizer, sets.cold, card.max_length, sets.prior, "default",
                             experiment.content_embeddings(settings.cache_dir), names=card.features)
-    scored = experiment.throughput(model, enc, rule)[1]
+    full = experiment.throughput(model, enc, ExitRule())[1]  # every head's calibrated probability
+    exits = served_exits(full.probs, rule, np.ones(len(enc.ids), dtype=bool) if card.new_users_at_layer0 else None)
+    served = full.probs[np.arange(len(exits)), exits]
     y = enc.labels.numpy()
-    low, high = quality.auc_difference_interval(y, scored.ctr, sets.baseline_cold)
+    low, high = quality.auc_difference_interval(y, served, sets.baseline_cold)
     out = {"n_cold": len(y), "positive_rate": float(y.mean()), "checkpoint": str(folder),
            "model_version": card.version, "precision": card.precision,
-           "model": {**quality.report(y, scored.ctr), "mean_exit_layer": float(scored.exit_layer.mean())},
-           "model_full_depth": quality.report(y, scored.probs[:, -1]),
+           "new_users_at_layer0": card.new_users_at_layer0,
+           "model": {**quality.report(y, served), "mean_exit_layer": float(np.array(model.head_layers)[exits].mean())},
+           "model_full_depth": quality.report(y, full.ctr),
+           "heads_auc": {int(layer): quality.auc(y, full.probs[:, j]) for j, layer in enumerate(model.head_layers)},
            "baseline": quality.report(y, sets.baseline_cold),
-           "auc_minus_baseline": quality.auc(y, scored.ctr) - quality.auc(y, sets.baseline_cold),
+           "auc_minus_baseline": quality.auc(y, served) - quality.auc(y, sets.baseline_cold),
            "auc_minus_baseline_ci95": [low, high], "seconds": round(time.perf_counter() - started, 1),
            "machine": machine(),
            "command": f"python -m bench.cold_users --dataset {args.dataset} --n-train {args.n_train} --n-val "

@@ -52,6 +52,9 @@ class ModelCard:
     fp32_linears: list[str] = field(default_factory=list)
     int8_smoothing: float = 0.0  # int8: the smoothing strength alpha (scorer.smoothing; 0 = none, older cards)
     graph_dim: int = 0  # LightGCN dimension a graph token reads (0: none; scorer.model.GraphToken)
+    # a new user's rows answer at the layer-0 head (features alone), certified on validation (scorer.train.
+    # new_users_at_layer0); False: they follow the exit rule like every row (and in cards from before the field)
+    new_users_at_layer0: bool = False
     digest: str = ""  # of the trained files, set by :func:`load` (not stored): tells two trainings apart
 
     @property

@@ -348,7 +348,7 @@ def train_checkpoint(data_dir: Path, cache_dir: Path, dataset: str, backbone: st
     :mod:`scorer.model`), trained for up to that many epochs at ``graph_token_lr`` after the heads (regime
     ``graph_token`` of :func:`scorer.train.train`; fp32 backbone)."""
     from scorer import checkpoint
-    from scorer.train import calibrate, head_probabilities, train
+    from scorer.train import calibrate, head_probabilities, new_users_at_layer0, train
 
     started = time.perf_counter()
     sets = sample_sets(dataset, data_dir, cache_dir, n_train, n_val, 0,
@@ -379,13 +379,17 @@ def train_checkpoint(data_dir: Path, cache_dir: Path, dataset: str, backbone: st
     model.calibration = HeadCalibration.fit(raw, y_val)
     val_probs = model.calibration.apply_all(raw)
     chosen, curve = calibrate(val_probs, y_val, model.head_layers, rule, budget)
+    pinned, new_users = new_users_at_layer0(val_probs, y_val, np.array([not s.warm for s in sets.val], dtype=bool),
+                                            model.head_layers, budget)
     metrics = {"dataset": dataset, "n_train": len(sets.train), "n_val": len(sets.val), "regime": regime,
+               "new_users_validation": new_users,
                "layer_lr_decay": decay if regime == "full" else None, "retriever": retriever,
                "graph_token_epochs": graph_token_epochs,
                "val_heads": [quality.report(y_val, val_probs[:, j]) for j in range(val_probs.shape[1])],
                "train_seconds": round(time.perf_counter() - started, 1)}
     card = checkpoint.ModelCard(backbone, model.head_layers, model.pooling, max_length, regime == "full",
                                 chosen.to_dict(), curve, metrics, list(ALL_FEATURES), sets.prior, precision,
-                                graph_dim=graph_dim, int8_smoothing=checkpoint.smoothing_for(precision))
+                                graph_dim=graph_dim, int8_smoothing=checkpoint.smoothing_for(precision),
+                                new_users_at_layer0=pinned)
     checkpoint.save(out, model, tokenizer, card)
     return chosen

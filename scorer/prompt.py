@@ -74,6 +74,11 @@ class PromptInputs:
     # the user's and the candidate's LightGCN vectors (None: it has none), for a model's graph token
     graph_vectors: tuple[Sequence[float] | None, Sequence[float] | None] | None = field(default=None, compare=False)
 
+    @property
+    def new_user(self) -> bool:
+        """No reaction of the user is known yet: a new user's first impression (a cold row)."""
+        return self.rate is None or self.rate[1] == 0
+
 
 def neighbour_line(evidence: NeighbourEvidence) -> str:
     if evidence.reacted == 0:

@@ -55,7 +55,7 @@ class CtrSample:
     @property
     def warm(self) -> bool:
         """The user had reacted to something before this row (cold rows are a new user's first impression)."""
-        return self.inputs.rate is not None and self.inputs.rate[1] > 0
+        return not self.inputs.new_user
 
     def without_neighbours(self) -> PromptInputs:
         """The no-RAG ablation: no neighbour line (and no neighbour features)."""

@@ -45,7 +45,7 @@ from scorer.context import (
     recent_reactions,
     unit_rows,
 )
-from scorer.exit_rules import ExitRule
+from scorer.exit_rules import ExitRule, FixedHeadRule
 from scorer.features import FEATURE_SETS, feature_matrix, graph_pairs, needs_embeddings
 from scorer.model import EarlyExitModel
 from scorer.prompt import NeighbourEvidence, PromptInputs, PromptTooLong, build_prompt, build_prompts
@@ -214,6 +214,8 @@ class Scorer:
                              f"{FEATURE_SETS}: retrain the model (exitrec train-model)")
         if needs_embeddings(card.features) and embeddings is None:
             raise ValueError("the checkpoint's heads read content-match features: the scorer needs text embeddings")
+        if card.new_users_at_layer0 and model.head_layers[0] != 0:
+            raise ValueError("the checkpoint pins new users at a layer-0 head its model does not have: retrain it")
         self.model, self.tokenizer, self.card, self.rule = model.eval(), tokenizer, card, rule
         self.embeddings = embeddings if needs_embeddings(card.features) else None
         self.contexts = ContextBuilder(retriever, catalogue, options)
@@ -246,7 +248,8 @@ class Scorer:
         """Score every candidate of ``contexts``. The rows the layer-0 head releases are answered from their
         features first, without a prompt (:meth:`EarlyExitModel.released_at_layer0`), under the calibrated rule
         or, when the most urgent request of the micro-batch is near its SLO, under the rule :meth:`slo_rule`
-        relaxes for it (those released only by the relaxation are flagged); the rest are prompted, tokenized
+        relaxes for it (those released only by the relaxation are flagged), and so are a new user's rows when
+        the checkpoint pins them there (``new_users_at_layer0``); the rest are prompted, tokenized
         once, sorted by length and scored in model batches, each under the SLO rule of its own most urgent
         request. Without SLO pressure the scores are those of scoring every row in one pass.
 
@@ -279,9 +282,11 @@ class Scorer:
         if relaxed:  # under SLO pressure the relaxed rule releases more rows before any prompt is built
             calibrated, early = early, self.model.released_at_layer0(features, rule)
             pressed[early & ~calibrated] = True
-        if early.any():
+        if self.card.new_users_at_layer0:
+            early |= np.array([x.new_user for x in inputs], dtype=bool)
+        if early.any():  # every one of them answers at the layer-0 head, from its features
             placeholder = torch.zeros((int(early.sum()), 1), dtype=torch.long, device=self.device)
-            result = self.model.predict(placeholder, torch.ones_like(placeholder), rule,
+            result = self.model.predict(placeholder, torch.ones_like(placeholder), FixedHeadRule(0),
                                         features[torch.from_numpy(early)],
                                         graph=None if graph is None else graph[torch.from_numpy(early)])
             probs[early], exit_layer[early], ctr[early] = result.probs, result.exit_layer, result.ctr

@@ -275,3 +275,24 @@ def test_heads_start_from_the_logistic_regression_on_their_evidence_and_never_en
     fit_heads(model, train_set, val_set, epochs=8, head_lr=5e-2, seed=0, progress=False)  # a rate that overfits noise
     trained = torch.softmax(model.logits_from(val_set.pooled, val_set.features).detach(), -1)[..., 1].numpy()
     assert all(quality.auc(val_set.labels.numpy(), p) >= start - 1e-9 for p in trained)
+
+
+def test_new_users_answer_at_layer_0_only_where_validation_certifies_it():
+    """New users' rows are pinned at the layer-0 head when, on their validation rows, the last head is not
+    better by more than the budget (the exit rule's own paired bound); never without a layer-0 head."""
+    from scorer.train import new_users_at_layer0, served_exits
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 600)
+    new = np.arange(600) < 200
+    informative = np.where(y == 1, 0.8, 0.2) + rng.normal(0, 0.05, 600)
+    noise = rng.uniform(0.3, 0.7, 600)
+    layer0_better = np.stack([informative, noise, noise], axis=1)
+    last_better = np.stack([noise, noise, informative], axis=1)
+    pinned, evidence = new_users_at_layer0(layer0_better, y, new, [0, 1, 2])
+    assert pinned and evidence["n_rows"] == 200 and evidence["auc_layer0"] > evidence["auc_last"]
+    assert not new_users_at_layer0(last_better, y, new, [0, 1, 2])[0]
+    assert not new_users_at_layer0(layer0_better, y, new, [1, 2, 3])[0]  # no layer-0 head to pin them at
+    assert not new_users_at_layer0(layer0_better, y, np.zeros(600, dtype=bool), [0, 1, 2])[0]
+    exits = served_exits(last_better, ExitRule(), new)
+    assert (exits[new] == 0).all() and (exits[~new] == 2).all()

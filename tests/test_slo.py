@@ -162,3 +162,47 @@ def test_rows_released_at_layer_0_skip_their_prompt_and_score_as_in_one_pass(sco
     released = one_pass.exit_layer == 0
     assert 0 < released.sum() < len(inputs)
     assert prompted == [x for x, r in zip(inputs, released, strict=True) if not r]  # the released: no prompt
+
+
+def test_a_checkpoint_that_pins_new_users_answers_their_rows_at_layer_0_and_leaves_the_rest_alone(
+        tiny_scorer_checkpoint, tmp_path, monkeypatch):
+    """New users' rows (no reaction known) answer from their features at the layer-0 head, with no prompt built;
+    returning users' rows score exactly as without the pin."""
+    import dataclasses
+
+    from scorer import scoring
+
+    model, tokenizer, card, _ = checkpoint.load(tiny_scorer_checkpoint, tmp_path)
+    rule = MaxProbRule(0.95)  # a strict bar: the rule alone sends rows through the blocks
+    options = ScorerOptions(model_batch_size=8)
+    plain = Scorer(model, tokenizer, card, rule, GcnRetriever(None), {}, options)
+    pinned = Scorer(model, tokenizer, dataclasses.replace(card, new_users_at_layer0=True), rule, GcnRetriever(None),
+                    {}, options)
+    ctxs = contexts(16, age_ms=0)
+    for ctx in ctxs[::2]:  # every other request comes from a new user: no reaction known
+        ctx.inputs = [dataclasses.replace(ctx.inputs[0], history=(), rate=None, surprise=None)]
+    new = np.array([x.new_user for c in ctxs for x in c.inputs])
+    assert new.sum() == 8
+    before = plain.infer(ctxs)
+    assert (before.exit_layer[new] > 0).any()  # the rule alone sends some of them through the blocks
+    prompted = []
+    real = scoring.build_prompts
+    monkeypatch.setattr(scoring, "build_prompts", lambda batch, *a: prompted.extend(batch) or real(batch, *a))
+    after = pinned.infer(ctxs)
+    assert (after.exit_layer[new] == 0).all()
+    np.testing.assert_array_equal(after.ctr[new], after.probs[new, 0])
+    np.testing.assert_allclose(after.ctr[~new], before.ctr[~new], atol=1e-6)
+    np.testing.assert_array_equal(after.exit_layer[~new], before.exit_layer[~new])
+    assert not any(x.new_user for x in prompted)
+
+
+def test_pinning_new_users_needs_a_layer_0_head(tiny_scorer_checkpoint, tmp_path):
+    import dataclasses
+
+    from scorer.model import EarlyExitModel
+
+    model, tokenizer, card, rule = checkpoint.load(tiny_scorer_checkpoint, tmp_path)
+    blocks_only = EarlyExitModel(model.backbone, [1, 2], n_features=model.n_features)
+    with pytest.raises(ValueError, match="layer-0 head"):
+        Scorer(blocks_only, tokenizer, dataclasses.replace(card, head_layers=[1, 2], new_users_at_layer0=True), rule,
+               GcnRetriever(None), {}, ScorerOptions())
