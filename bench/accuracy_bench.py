@@ -229,8 +229,9 @@ def summarize(per_seed: list[dict], y: np.ndarray, warm: np.ndarray) -> dict:
             "mean_exit_layer": float(np.mean([r["mean_exit_layer"] for r in per_seed])),
             "heads_auc": np.mean([r["heads_auc"] for r in per_seed], axis=0).tolist(),
             "rules": [r["rule"] for r in per_seed], "train_s": mean(per_seed, "train_s"),
-            "new_users_at_layer0": [r["new_users_at_layer0"] for r in per_seed],
-            "new_users_validation_seed0": per_seed[0]["new_users_validation"],
+            **({"new_users_at_layer0": [r["new_users_at_layer0"] for r in per_seed],
+                "new_users_validation_seed0": per_seed[0]["new_users_validation"]}
+               if "new_users_at_layer0" in per_seed[0] else {}),
             **({"graph_token_norms": [r["graph_token_norm"] for r in per_seed]} if "graph_token_norm" in per_seed[0]
                else {}),
             "val_curve_seed0": per_seed[0]["val_curve"]}

@@ -280,6 +280,23 @@ def neighbour_table(d: dict) -> str:
     return "\n".join(lines)
 
 
+def cold_users_table(d: dict) -> str:
+    """Per dataset: the served model, its layer-0 and last heads, and the baseline on new users' first
+    impressions, with the paired 95% interval of the served model's AUC over the baseline's."""
+    lines = ["| dataset (first impressions) | served model AUC (layer-0 pin) | layer-0 head | last head | "
+             "baseline AUC | served − baseline, 95% paired interval | log loss served / baseline |",
+             "|---|---|---|---|---|---|---|"]
+    for dataset, r in d.items():
+        heads = r["heads_auc"]
+        low, high = r["auc_minus_baseline_ci95"]
+        lines.append(f"| {dataset} ({r['n_cold']:,}) | {r['model']['auc']:.3f} "
+                     f"({'yes' if r['new_users_at_layer0'] else 'no'}) | {heads['0']:.3f} | "
+                     f"{heads[max(heads, key=int)]:.3f} | {r['baseline']['auc']:.3f} | "
+                     f"{r['auc_minus_baseline']:+.3f} ({low:+.3f} .. {high:+.3f}) | "
+                     f"{r['model']['logloss']:.3f} / {r['baseline']['logloss']:.3f} |")
+    return "\n".join(lines)
+
+
 def reliability_table(d: dict) -> str:
     rows = [
         ("worker replica SIGKILLs (2 replicas, restarted at once)", fmt(d["worker_kills"]),
@@ -338,6 +355,7 @@ def main() -> None:
         print()
         print(e2e_table(e2e))
     for name, table in (("machines/graph_partitioned_avx512.json", partitioned_table),
+                        ("cold_users.json", cold_users_table),
                         ("neighbour_evidence.json", neighbour_table), ("paper_table.json", paper_table),
                         ("machines/paper_table_bookcrossing_nval3000.json", paper_table),
                         ("own_data.json", own_data_table),
