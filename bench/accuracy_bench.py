@@ -191,8 +191,7 @@ def evaluate(model: EarlyExitModel, data: dict, raw_val: np.ndarray, raw_test: n
     model.calibration = HeadCalibration.fit(raw_val, y_val)
     val_probs = model.calibration.apply_all(raw_val)
     rule, curve = calibrate(val_probs, y_val, model.head_layers, args.rule, args.budget)
-    pinned, evidence = new_users_at_layer0(val_probs, y_val, data["new_user"]["val"], model.head_layers,
-                                           args.budget)
+    pinned, evidence = new_users_at_layer0(val_probs, y_val, data["new_user"]["val"], model.head_layers)
     test_probs = model.calibration.apply_all(raw_test)
     exits = served_exits(test_probs, rule, data["new_user"]["test"] if pinned else None)
     layers = np.array(model.head_layers)

@@ -380,7 +380,7 @@ def train_checkpoint(data_dir: Path, cache_dir: Path, dataset: str, backbone: st
     val_probs = model.calibration.apply_all(raw)
     chosen, curve = calibrate(val_probs, y_val, model.head_layers, rule, budget)
     pinned, new_users = new_users_at_layer0(val_probs, y_val, np.array([not s.warm for s in sets.val], dtype=bool),
-                                            model.head_layers, budget)
+                                            model.head_layers)
     metrics = {"dataset": dataset, "n_train": len(sets.train), "n_val": len(sets.val), "regime": regime,
                "new_users_validation": new_users,
                "layer_lr_decay": decay if regime == "full" else None, "retriever": retriever,

@@ -278,8 +278,8 @@ def test_heads_start_from_the_logistic_regression_on_their_evidence_and_never_en
 
 
 def test_new_users_answer_at_layer_0_only_where_validation_certifies_it():
-    """New users' rows are pinned at the layer-0 head when, on their validation rows, the last head is not
-    better by more than the budget (the exit rule's own paired bound); never without a layer-0 head."""
+    """New users' rows are pinned at the layer-0 head when, on their validation rows, it scores an AUC at least
+    the last head's; never on fewer rows than the minimum, nor without a layer-0 head."""
     from scorer.train import new_users_at_layer0, served_exits
 
     rng = np.random.default_rng(0)
@@ -294,5 +294,6 @@ def test_new_users_answer_at_layer_0_only_where_validation_certifies_it():
     assert not new_users_at_layer0(last_better, y, new, [0, 1, 2])[0]
     assert not new_users_at_layer0(layer0_better, y, new, [1, 2, 3])[0]  # no layer-0 head to pin them at
     assert not new_users_at_layer0(layer0_better, y, np.zeros(600, dtype=bool), [0, 1, 2])[0]
+    assert not new_users_at_layer0(layer0_better, y, new, [0, 1, 2], min_rows=201)[0]
     exits = served_exits(last_better, ExitRule(), new)
     assert (exits[new] == 0).all() and (exits[~new] == 2).all()
