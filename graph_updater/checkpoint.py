@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from graph_updater.datasets import Interactions
-from graph_updater.graph import ITEM, USER, LightGCNGraph, node_key
+from graph_updater.graph import ITEM, USER, LightGCNGraph, node_key, split_node_key
 from graph_updater.online import GraphUpdater
 
 REQUIRED = ("config.json", "embeddings.npz", "history.npz")
@@ -121,12 +122,18 @@ class CheckpointArrays:
         return cls(list(keys), np.asarray(base, dtype=np.float32), trained, num_layers, history.name, users, items,
                    np.asarray(history.labels), np.asarray(history.ts), np.stack([users[last], items[last]]))
 
+    @cached_property
+    def external_ids(self) -> list[str]:
+        """Each node's external id (user or item id), in the graph's order: one string per node, which its history
+        rows share (computed once)."""
+        return [split_node_key(key)[1] for key in self.keys]
+
     def node_partitions(self, partitions: int, partition_of: Callable[[str, int], int]) -> np.ndarray:
         """Each node's partition among ``partitions`` by ``partition_of(external id, partitions)`` (computed once
         per count: ~1 us a node)."""
         if partitions not in self.partitions:
-            self.partitions[partitions] = np.fromiter((partition_of(key.split(":", 1)[1], partitions)
-                                                       for key in self.keys), np.int64, len(self.keys))
+            self.partitions[partitions] = np.fromiter((partition_of(external_id, partitions)
+                                                       for external_id in self.external_ids), np.int64, len(self.keys))
         return self.partitions[partitions]
 
     @classmethod

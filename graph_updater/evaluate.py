@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from graph_updater.datasets import Interactions
-from graph_updater.graph import ITEM, USER, LightGCNGraph
+from graph_updater.graph import ITEM, USER, LightGCNGraph, split_node_key
 
 
 def recall_ndcg(scores: np.ndarray, train_mask: np.ndarray, truth: list[np.ndarray], k: int = 20
@@ -43,7 +43,7 @@ def ranking_report(graph: LightGCNGraph, test: Interactions, k: int = 20, chunk:
     same users: those with a click in ``test`` and at least one edge in ``graph``. Items a user already
     clicked in the graph are not recommended; held-out items the graph never saw count as misses."""
     items = np.array([v for v, key in enumerate(graph.keys) if key.startswith(ITEM + ":")], dtype=np.int64)
-    column = {graph.keys[v].split(":", 1)[1]: c for c, v in enumerate(items)}
+    column = {split_node_key(graph.keys[v])[1]: c for c, v in enumerate(items)}
     truth_by_user: dict[int, list[int]] = {}
     for user, item in zip(test.users[test.labels == 1], test.items[test.labels == 1], strict=True):
         v = graph.node(USER, user)

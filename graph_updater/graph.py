@@ -38,6 +38,12 @@ def node_key(kind: str, external_id: str) -> str:
     return f"{kind}:{external_id}"
 
 
+def split_node_key(key: str) -> tuple[str, str]:
+    """``(kind, external id)`` of a :func:`node_key`."""
+    kind, external_id = key.split(":", 1)
+    return kind, external_id
+
+
 @dataclass(frozen=True)
 class EdgeChange:
     """Add (``present=True``) or remove the click edge between ``user_id`` and ``item_id``."""

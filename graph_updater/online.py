@@ -21,7 +21,7 @@ from operator import itemgetter
 
 import numpy as np
 
-from graph_updater.graph import ITEM, USER, LightGCNGraph
+from graph_updater.graph import ITEM, USER, LightGCNGraph, split_node_key
 from graph_updater.train import Refined, RefineJob
 from schemas.codec import decode_keyed
 from schemas.messages import Click
@@ -276,7 +276,7 @@ class GraphUpdater:
         """Vector-only records (``payload`` None) of the nodes of ``nodes`` that have a like edge (the others'
         stored vector is their fixed placeholder, which no embedding move changes)."""
         chosen = np.array([v for v in sorted(set(nodes)) if self.graph.adj[v]], dtype=np.int64)
-        return [VectorRecord(*self.graph.keys[v].split(":", 1), vector, None)
+        return [VectorRecord(*split_node_key(self.graph.keys[v]), vector, None)
                 for v, vector in zip(chosen.tolist(), self.graph.final(chosen).tolist(), strict=True)]
 
     def records(self, nodes, whole: bool = False) -> list[VectorRecord]:
@@ -293,7 +293,7 @@ class GraphUpdater:
         out = []
         for v, vector in zip(chosen.tolist(), self.graph.final(chosen).tolist(), strict=True):
             key = self.graph.keys[v]
-            kind, external_id = key.split(":", 1)
+            kind, external_id = split_node_key(key)
             merge = False
             if kind == USER:
                 h = self.history(external_id)

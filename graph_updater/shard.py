@@ -36,7 +36,7 @@ import numpy as np
 from aiokafka.partitioner import murmur2
 
 from graph_updater.checkpoint import CheckpointArrays, history_event_id
-from graph_updater.graph import ITEM, USER, LightGCNGraph, node_key, propagated
+from graph_updater.graph import ITEM, USER, LightGCNGraph, node_key, propagated, split_node_key
 from graph_updater.online import GraphUpdater, VectorRecord
 from schemas.codec import InvalidMessage, decode
 from schemas.messages import Click, ItemClick
@@ -98,7 +98,7 @@ class ShardUpdater(GraphUpdater):
             graph.adj[u].add(i)
         for u, i in edges[:, owned[edges[1]]].T.tolist():
             graph.adj[i].add(u)
-        ids = [key.split(":", 1)[1] for key in checkpoint.keys]  # one string per node, shared by its rows
+        ids = checkpoint.external_ids
         users, items, labels = checkpoint.user_nodes, checkpoint.item_nodes, checkpoint.labels
         rows = np.flatnonzero(owned[users])  # the owned users' reactions, in order
         for k, u, i, label, ts in zip(rows.tolist(), users[rows].tolist(), items[rows].tolist(),
@@ -175,7 +175,7 @@ class ShardUpdater(GraphUpdater):
         its own, and skipped). Returns how many nodes were updated."""
         g, adopted = self.graph, 0
         for key, value in values:
-            kind, external_id = key.split(":", 1)
+            kind, external_id = split_node_key(key)
             if self.owns(kind, external_id):
                 continue
             degree, trained, layers = decode_layers(value, g.num_layers, g.dim)
