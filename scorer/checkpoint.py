@@ -52,10 +52,21 @@ class ModelCard:
     fp32_linears: list[str] = field(default_factory=list)
     int8_smoothing: float = 0.0  # int8: the smoothing strength alpha (scorer.smoothing; 0 = none, older cards)
     graph_dim: int = 0  # LightGCN dimension a graph token reads (0: none; scorer.model.GraphToken)
-    # a new user's rows answer at the layer-0 head (features alone), certified on validation (scorer.train.
+    # a new user's rows answer at the layer-0 head (features alone), chosen on validation (scorer.train.
     # new_users_at_layer0); False: they follow the exit rule like every row (and in cards from before the field)
     new_users_at_layer0: bool = False
     digest: str = ""  # of the trained files, set by :func:`load` (not stored): tells two trainings apart
+
+    @property
+    def smoothed(self) -> bool:
+        """Whether the backbone is int8 with activation smoothing (so the folder holds :data:`SMOOTHING`)."""
+        return self.precision == "int8" and self.int8_smoothing > 0
+
+    @property
+    def trained_files(self) -> tuple[str, ...]:
+        """The files of this model's trained parameters in its folder beside ``config.json``."""
+        return (HEADS, calibration.FILE) + ((GRAPH_TOKEN,) if self.graph_dim else ()) + \
+            ((SMOOTHING,) if self.smoothed else ())
 
     @property
     def version(self) -> str:
@@ -148,26 +159,26 @@ WALL_CLOCK_METRICS = ("train_seconds",)  # facts of the run, not of the model: o
 
 
 def content_digest(folder: Path) -> str:
-    """First 8 hex digits of SHA-256 over ``config.json`` (without :data:`WALL_CLOCK_METRICS`), the heads and the
-    calibration: two trainings on the same data and seed give the same digest, however long each took."""
+    """First 8 hex digits of SHA-256 over ``config.json`` (without :data:`WALL_CLOCK_METRICS`) and the trained files
+    (:attr:`ModelCard.trained_files`): two trainings on the same data and seed give the same digest, however long
+    each took."""
     config = json.loads((Path(folder) / "config.json").read_text())
     for key in WALL_CLOCK_METRICS:
         config.get("metrics", {}).pop(key, None)
     h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-    extra = ((GRAPH_TOKEN,) if config.get("graph_dim") else ()) + \
-        ((SMOOTHING,) if config.get("precision") == "int8" and config.get("int8_smoothing") else ())
-    for name in (HEADS, calibration.FILE, *extra):
+    for name in card_of(config).trained_files:
         h.update((Path(folder) / name).read_bytes())
     return h.hexdigest()[:8]
+
+
+def card_of(config: dict) -> ModelCard:
+    """The card a ``config.json`` holds (without what :func:`save` adds beside it)."""
+    return ModelCard(**{k: v for k, v in config.items() if k not in ("kind", "digest")})
 
 
 HEADS = "heads.safetensors"
 GRAPH_TOKEN = "graph_token.safetensors"  # the graph token's projection, when the model has one
 SMOOTHING = "smoothing.safetensors"  # an int8 backbone's activation-smoothing scales, when the card has them
-
-
-def smoothed(card: ModelCard) -> bool:
-    return card.precision == "int8" and card.int8_smoothing > 0
 
 
 def readout_state(model: EarlyExitModel) -> dict[str, torch.Tensor]:
@@ -185,7 +196,7 @@ def save(folder: Path, model: EarlyExitModel, tokenizer: PreTrainedTokenizerBase
     if model.graph_token is not None:
         save_file({k: v.contiguous() for k, v in model.graph_token.state_dict().items()}, str(folder / GRAPH_TOKEN))
     model.calibration.save(folder)
-    if smoothed(card):
+    if card.smoothed:
         scales = scales_of(model.backbone)
         if not scales:
             raise ValueError("the card names int8 activation smoothing but the backbone has none: build it with "
@@ -204,12 +215,8 @@ def load(folder: Path, cache_dir: Path, device: torch.device | str = "cpu"
     folder = Path(folder)
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"{folder} is not an early-exit checkpoint (no config.json)")
-    raw = json.loads((folder / "config.json").read_text())
-    raw.pop("kind", None)
-    raw.pop("digest", None)
-    card = ModelCard(**raw)
-    for needed in (HEADS, calibration.FILE, "tokenizer") + (("backbone",) if card.fine_tuned else ()) + \
-            ((GRAPH_TOKEN,) if card.graph_dim else ()) + ((SMOOTHING,) if smoothed(card) else ()):
+    card = card_of(json.loads((folder / "config.json").read_text()))
+    for needed in (*card.trained_files, "tokenizer") + (("backbone",) if card.fine_tuned else ()):
         if not (folder / needed).exists():
             raise FileNotFoundError(f"{folder / needed} is missing: the checkpoint is incomplete; re-run "
                                     "exitrec train-model")
@@ -229,6 +236,6 @@ def load(folder: Path, cache_dir: Path, device: torch.device | str = "cpu"
     tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
     tokenizer.padding_side = "right"
     card.digest = content_digest(folder)
-    smoothing = load_file(str(folder / SMOOTHING)) if smoothed(card) else None
+    smoothing = load_file(str(folder / SMOOTHING)) if card.smoothed else None
     return with_precision(model.to(device), card.precision, card.fp32_linears, smoothing).eval(), tokenizer, card, \
         rule_from_dict(card.rule)
