@@ -71,6 +71,7 @@ from scorer.checkpoint import with_precision
 from scorer.exit_rules import ExitRule
 from scorer.features import ALL_FEATURES, COLLAB_SET, CONTENT_SET, FEATURES, graph_pairs
 from scorer.model import EarlyExitModel
+from scorer.samples import new_users
 from scorer.train import (
     Cached,
     cached_probabilities,
@@ -103,15 +104,24 @@ def slice_metrics(y: np.ndarray, p: np.ndarray, warm: np.ndarray) -> dict:
             "logloss_cold": quality.logloss(y[~warm], p[~warm]) if (~warm).any() else float("nan")}
 
 
-def cache_view(model: EarlyExitModel, tokenizer, sets, view: str, args, cache: Path, embeddings,
+SPLITS = ("train", "val", "test")
+
+
+def encode_view(tokenizer, sets, view: str, args, embeddings) -> dict[str, experiment.Encoded]:
+    """Every split's prompts under one prompt view, tokenized, with all features (once per view: each backbone
+    precision and the int8 calibration read the same encodings)."""
+    return {split: experiment.encode(tokenizer, getattr(sets, split), args.max_length, sets.prior, view, embeddings)
+            for split in SPLITS}
+
+
+def cache_view(model: EarlyExitModel, encoded: dict[str, experiment.Encoded], view: str, cache: Path,
                precision: str = "fp32") -> dict[str, tuple]:
-    """Encoded prompts (with all features) and cached head-layer states of every split under one prompt view and
-    backbone precision (states on disk, reused by later runs)."""
+    """The encoded prompts of one prompt view (:func:`encode_view`) with the cached head-layer states of every
+    split at one backbone precision (states on disk, reused by later runs)."""
     out = {}
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         path = cache / (f"{view}-{split}.pt" if precision == "fp32" else f"{view}-{precision}-{split}.pt")
-        samples = getattr(sets, split)
-        enc = experiment.encode(tokenizer, samples, args.max_length, sets.prior, view, embeddings)
+        enc = encoded[split]
         digest, sidecar = prompts_digest(enc, checkpoint.smoothing_for(precision)), path.with_suffix(".digest")
         if path.exists() and sidecar.exists() and sidecar.read_text() == digest:
             pooled = torch.load(path)
@@ -142,8 +152,7 @@ def with_features(data: dict[str, tuple], n: int, sets=None, graph_dim: int = 0)
     """The view's splits with only the first ``n`` feature columns (none for ``n = 0``) and, with ``graph_dim``,
     the LightGCN pairs of ``sets``' samples (a graph-token model's input); under ``new_user``, each split's mask of
     new users' rows (no reaction known: what a checkpoint may pin at the layer-0 head)."""
-    out: dict = {"new_user": {split: np.array([not s.warm for s in getattr(sets, split)], dtype=bool)
-                              for split in data} if sets is not None else {}}
+    out: dict = {"new_user": {split: new_users(getattr(sets, split)) for split in data} if sets is not None else {}}
     for split, (enc, cached) in data.items():
         feats = enc.features[:, :n] if n else None
         graph = torch.from_numpy(graph_pairs([s.inputs for s in getattr(sets, split)], graph_dim)) \
@@ -168,7 +177,7 @@ def run_graph_token(model: EarlyExitModel, data: dict, seed: int, args) -> tuple
     epoch 0); then calibration, exit rule and test as :func:`run_config`."""
     started = time.perf_counter()
     fit_heads(model, data["train"][1], data["val"][1], epochs=args.head_epochs, seed=seed, progress=False)
-    train_enc, val_enc, test_enc = (data[split][0] for split in ("train", "val", "test"))
+    train_enc, val_enc, test_enc = (data[split][0] for split in SPLITS)
     rows = slice(max(0, len(train_enc.ids) - args.graph_token_rows), None)
     train(model, train_enc.ids[rows], train_enc.mask[rows], train_enc.labels[rows], train_enc.features[rows],
           regime="graph_token", epochs=args.graph_token_epochs, lr=args.graph_token_lr, seed=seed,
@@ -340,27 +349,28 @@ def main() -> None:
                                           f"{args.max_length}"
     cache.mkdir(parents=True, exist_ok=True)
     y = np.array([s.label for s in sets.test])
-    warm = np.array([s.warm for s in sets.test])
-    configs, views, timings, default_p = {}, {}, {}, None
+    warm = ~new_users(sets.test)
+    configs, views, encoded, timings, default_p = {}, {}, {}, {}, None
     backbones = {"fp32": base}
     for name in args.configs.split(","):
         view, features, precision = CONFIGS[name]
+        t0 = time.perf_counter()
+        if view not in encoded:
+            encoded[view] = encode_view(tokenizer, sets, view, args, embeddings)
         if precision not in backbones:
             smoothing = None
             if precision == "int8":  # smoothing scales from this view's training prompts, as train-model does
-                calibration = experiment.encode(tokenizer, sets.train, args.max_length, sets.prior, view, embeddings)
-                smoothing = checkpoint.int8_scales(base, calibration.ids, calibration.mask)
+                smoothing = checkpoint.int8_scales(base, encoded[view]["train"].ids, encoded[view]["train"].mask)
             backbones[precision] = with_precision(copy.deepcopy(base), precision, smoothing=smoothing)
         key = view if precision == "fp32" else f"{view}-{precision}"
         if key not in views:
-            t0 = time.perf_counter()
-            views[key] = cache_view(backbones[precision], tokenizer, sets, view, args, cache, embeddings, precision)
+            views[key] = cache_view(backbones[precision], encoded[view], view, cache, precision)
             timings[f"encode_{key}_s"] = round(time.perf_counter() - t0, 1)
             print(f"view {key} cached in {timings[f'encode_{key}_s']} s", flush=True)
             if key == "default":  # the numeric evidence of every split, for analyses beside the heads
                 np.savez(cache / "features-default.npz", warm=warm, baseline=sets.baseline_test,
                          **{f"{split}_{part}": getattr(views[key][split][0], part).numpy()
-                            for split in ("train", "val", "test") for part in ("features", "labels")})
+                            for split in SPLITS for part in ("features", "labels")})
         per_seed, models = [], []
         graph_dim = experiment.graph_dim_of(sets.train) if name == GRAPH_TOKEN else 0
         data = with_features(views[key], len(features), sets, graph_dim)

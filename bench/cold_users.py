@@ -31,6 +31,7 @@ from infra.runtime.logging import configure_logging
 from infra.runtime.settings import Settings
 from scorer import checkpoint, experiment, quality
 from scorer.exit_rules import ExitRule
+from scorer.samples import new_users
 from scorer.train import served_exits
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -78,7 +79,7 @@ def main() -> None:
            "auc_minus_baseline": quality.auc(y, served) - quality.auc(y, sets.baseline_cold),
            "auc_minus_baseline_ci95": [low, high]}
     probs, y = heads(sets.test)
-    new = np.array([not s.warm for s in sets.test], dtype=bool)
+    new = new_users(sets.test)
     unpinned, pinned = answered(probs, None)[0], answered(probs, new)[0]
     out["mixture"] = {
         "n": len(y), "n_new_users": int(new.sum()),

@@ -39,7 +39,7 @@ from scorer.model import EarlyExitModel
 from scorer.prompt import PromptInputs, build_prompt, build_prompts
 from scorer.quality import auc, logloss
 from scorer.retrievers import Retriever, TextRetriever, index_most_active
-from scorer.samples import CtrSample, build_samples_streaming
+from scorer.samples import CtrSample, build_samples_streaming, new_users
 
 BACKBONE_DEFAULTS = {
     # reference: head layers (0 = the features-only head before the first block), training regime
@@ -60,8 +60,12 @@ class Encoded:
 
     def head(self, n: int) -> Encoded:
         """The first ``n`` rows."""
-        return Encoded(*(None if t is None else t[:n] for t in (self.ids, self.mask, self.labels, self.features,
-                                                                 self.graph)))
+        return self.take(slice(None, n))
+
+    def take(self, rows) -> Encoded:
+        """The rows ``rows`` (a slice or an index tensor)."""
+        return Encoded(*(None if t is None else t[rows] for t in (self.ids, self.mask, self.labels, self.features,
+                                                                  self.graph)))
 
 
 @dataclass
@@ -282,12 +286,10 @@ def batch_dependence(model: EarlyExitModel, data: Encoded, rows: int = 64, mates
     rng = np.random.default_rng(seed)
 
     def last_head(index: torch.Tensor) -> float:
-        width = int(data.mask[index].sum(1).max())
-        part = Encoded(data.ids[index, :width], data.mask[index, :width], data.labels[index],
-                       None if data.features is None else data.features[index],
-                       None if data.graph is None else data.graph[index])
-        return float(model.predict(part.ids.to(device), part.mask.to(device), ExitRule(), part.features,
-                                   graph=part.graph).probs[0, -1])
+        part = data.take(index)
+        width = int(part.mask.sum(1).max())  # padded to the longest of these rows only
+        return float(model.predict(part.ids[:, :width].to(device), part.mask[:, :width].to(device), ExitRule(),
+                                   part.features, graph=part.graph).probs[0, -1])
 
     moved = []
     with torch.inference_mode():
@@ -379,10 +381,9 @@ def train_checkpoint(data_dir: Path, cache_dir: Path, dataset: str, backbone: st
     model.calibration = HeadCalibration.fit(raw, y_val)
     val_probs = model.calibration.apply_all(raw)
     chosen, curve = calibrate(val_probs, y_val, model.head_layers, rule, budget)
-    pinned, new_users = new_users_at_layer0(val_probs, y_val, np.array([not s.warm for s in sets.val], dtype=bool),
-                                            model.head_layers)
+    pinned, new_users_validation = new_users_at_layer0(val_probs, y_val, new_users(sets.val), model.head_layers)
     metrics = {"dataset": dataset, "n_train": len(sets.train), "n_val": len(sets.val), "regime": regime,
-               "new_users_validation": new_users,
+               "new_users_validation": new_users_validation,
                "layer_lr_decay": decay if regime == "full" else None, "retriever": retriever,
                "graph_token_epochs": graph_token_epochs,
                "val_heads": [quality.report(y_val, val_probs[:, j]) for j in range(val_probs.shape[1])],

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +64,11 @@ class CtrSample:
     def text_only(self) -> PromptInputs:
         """The text-only ablation: the prompt as it was before item-level evidence (no candidate rate line)."""
         return dataclasses.replace(self.inputs, item_rate=None)
+
+
+def new_users(samples: Sequence[CtrSample]) -> np.ndarray:
+    """Per sample, whether it is a new user's first impression (not :attr:`CtrSample.warm`)."""
+    return np.array([not s.warm for s in samples], dtype=bool)
 
 
 def neighbour_evidence(user_vector: np.ndarray, reactor_vectors: np.ndarray, reactor_labels: np.ndarray,
