@@ -2,6 +2,8 @@
 
 import copy
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,7 +18,8 @@ from graph_updater.online import (
     merged_payload,
     payload_keys,
 )
-from graph_updater.store import VectorStore, open_store
+from graph_updater.store import EdgeStore, VectorStore, open_store
+from infra.runtime.settings import REPO_ROOT
 from schemas.messages import Click
 
 
@@ -46,6 +49,46 @@ def test_upsert_get_count_and_overwrite(store):
     assert json.loads(payload["recent"]) == [["y", 0, 900_000_000_000]]
     np.testing.assert_allclose(vec, [0, 0, 1, 0], atol=1e-6)
     assert store.get(USER, "nobody") is None
+
+
+def test_temporary_edge_store_reads_its_writes_at_once_and_leaves_nothing():
+    """A temporary store keeps payloads in memory and writes no write-ahead log: writes are read back at once
+    (vector, payload, filtered search) and its folder is gone after close."""
+    store = EdgeStore()
+    store.ensure_collections(4)
+    store.upsert([user("a", [1, 0, 0, 0], liked=["x"], disliked=["y"])])
+    assert store.get(USER, "a")[1]["liked_keys"] == [item_key("x")]
+    assert [n.user_id for n in store.similar_users([1.0, 0, 0, 0], interacted_with="y")] == ["a"]
+    folder = store.folder
+    store.close()
+    assert not folder.exists()
+
+
+def test_edge_store_in_a_folder_keeps_its_writes_when_the_process_dies_without_closing(tmp_path):
+    """A store in a folder outlives its process: points written by a process that exits without close or flush
+    (as a SIGKILL leaves it) are found, with their payloads, when the folder is opened again."""
+    path = tmp_path / "edge"
+    writer = (
+        "import os, sys\n"
+        "from graph_updater.graph import USER\n"
+        "from graph_updater.online import UserHistory, VectorRecord\n"
+        "from graph_updater.store import EdgeStore\n"
+        "h = UserHistory()\n"
+        "h.record('e1', 'x', 1, 1)\n"
+        "store = EdgeStore(sys.argv[1])\n"
+        "store.ensure_collections(4)\n"
+        "store.upsert([VectorRecord(USER, 'a', [1.0, 0.0, 0.0, 0.0], h.payload('a', recent_n=20))])\n"
+        "os._exit(0)\n")
+    subprocess.run([sys.executable, "-c", writer, str(path)], check=True, cwd=REPO_ROOT, timeout=120)
+    reopened = EdgeStore(path)
+    reopened.ensure_collections(4)
+    try:
+        vec, payload = reopened.get(USER, "a")
+        np.testing.assert_allclose(vec, [1, 0, 0, 0], atol=1e-6)
+        assert payload["liked_keys"] == [item_key("x")]
+        assert [n.user_id for n in reopened.similar_users([1.0, 0, 0, 0], interacted_with="x")] == ["a"]
+    finally:
+        reopened.close()
 
 
 def test_similar_users_ranking_exclusion_and_item_filter(store):
