@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gc
 import json
 import socket
 import time
@@ -215,8 +214,6 @@ def build_worker(settings: Settings, updater: GraphUpdater | None, store: Vector
                 await asyncio.Event().wait()
             finally:
                 await service.health.stop()
-    gc.collect()
-    gc.freeze()  # the model, tokenizer, catalogue and embeddings live as long as the process: out of every GC pass
     return service
 
 
