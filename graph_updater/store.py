@@ -214,7 +214,7 @@ class EdgeStore(VectorStore):
     New shards keep their payloads in memory (``Memory.Cached``; the engine's default reads them from disk), and a
     temporary store (no ``folder``: removed on close, rebuilt from the click log on every start) writes no
     write-ahead log, which only a store that outlives its process needs. Together they cut the Book-Crossing
-    click path's store writes by 12-18% (four back-to-back pairs, README: Benchmarks, click path)."""
+    click path's store writes by 12-18% (four back-to-back comparisons; README, Benchmarks: the click path)."""
 
     def __init__(self, folder: str | Path | None = None, prefix: str = "exitrec", hnsw: dict | None = None) -> None:
         """``hnsw``: ``qdrant_edge.HnswIndexConfig`` fields for new collections (None: the engine's defaults)."""
