@@ -45,24 +45,28 @@ VARIANTS = {"baseline": (0, 1, 2, 3), "baseline_new_users": (0, 1, 2, 3), "item_
             "with_brand": (0, 1, 2, 3, 4, 5)}
 
 
-def prequential_features(data: Interactions, rows: np.ndarray, prior: float) -> dict[int, list[float]]:
-    """Row -> [user logit rate, item logit rate, ln(1+user reactions), ln(1+item reactions), brand logit rate,
-    ln(1+brand reactions)] from the rows strictly before it (brand columns 0 when the item has no known maker)."""
+def brand_columns(data: Interactions, rows: np.ndarray, prior: float) -> np.ndarray:
+    """Per row: the logit of the smoothed like rate of every reaction to the candidate's maker before it, and
+    ``ln(1+reactions)`` (both 0 when the item has no known maker): the brand's twin of
+    :func:`scorer.experiment.baseline_features`."""
     brand = {item: brand_key(b) for item, b in data.item_brand.items()}
     wanted = set(int(r) for r in rows)
-    stats: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    stats: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     out = {}
     for t in range(max(wanted) + 1):
-        keys = [("u", data.users[t]), ("i", data.items[t])]
         maker = brand.get(data.items[t])
         if t in wanted:
-            b = stats[("b", maker)] if maker else [0.0, 0.0]
-            out[t] = ([smoothed_logit(*stats[k], prior) for k in keys] + [float(np.log1p(stats[k][1])) for k in keys]
-                      + ([smoothed_logit(*b, prior), float(np.log1p(b[1]))] if maker else [0.0, 0.0]))
-        for k in keys + ([("b", maker)] if maker else []):
-            stats[k][0] += float(data.labels[t])
-            stats[k][1] += 1
-    return out
+            out[t] = [smoothed_logit(*stats[maker], prior), float(np.log1p(stats[maker][1]))] if maker else [0.0, 0.0]
+        if maker:
+            stats[maker][0] += float(data.labels[t])
+            stats[maker][1] += 1
+    return np.array([out[int(r)] for r in rows]).reshape(len(rows), 2)
+
+
+def evidence(data: Interactions, rows: np.ndarray, prior: float) -> np.ndarray:
+    """``(len(rows), 6)``: the baseline's four columns (:func:`scorer.experiment.baseline_features`) and the two
+    :func:`brand_columns`."""
+    return np.hstack([experiment.baseline_features(data, rows, prior), brand_columns(data, rows, prior)])
 
 
 def main() -> None:
@@ -80,14 +84,14 @@ def main() -> None:
     a, b = len(split.train), len(split.train) + len(split.stream)
     cold = experiment.first_impressions(data.users, b)
     variants = [v for v in VARIANTS if v != "with_brand" or data.item_brand]
+    first_seen = experiment.first_impressions(data.users, 0)
     per_seed = {}
     for seed in [int(s) for s in args.seeds.split(",")]:
         train, val = experiment.train_then_validation(a, b, args.n_train, args.n_val, np.random.default_rng(seed))
         fit_rows = np.concatenate([train, val])
-        features = prequential_features(data, np.concatenate([fit_rows, cold]), prior)
-        x = {name: np.array([features[int(r)] for r in rows]) for name, rows in (("fit", fit_rows), ("cold", cold))}
+        x_all = evidence(data, np.concatenate([fit_rows, cold]), prior)
+        x = {"fit": x_all[:len(fit_rows)], "cold": x_all[len(fit_rows):]}
         y_fit, y_cold = data.labels[fit_rows], data.labels[cold]
-        first_seen = experiment.first_impressions(data.users, 0)
         new_user_rows = np.isin(fit_rows, first_seen)
         scores = {}
         for name in variants:
