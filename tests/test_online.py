@@ -198,6 +198,20 @@ def test_payload_keeps_the_latest_reactions_oldest_first():
     assert json.loads(payload["recent"])[-1] == ["i0", 0, TS + 999] and payload["last_ts"] == TS + 999
 
 
+def test_recent_reactions_are_the_json_of_the_latest_events_whatever_the_item_ids_hold():
+    """Each reaction is encoded once when recorded; the payload's text must be what json.dumps writes."""
+    from graph_updater.online import UserHistory
+
+    h = UserHistory(window=4)
+    ids = ['plain', 'quote"d', "back\\slash", "caf\u00e9 \u2013 \U0001F600", "tab\there", "line\nbreak"]
+    for k, item in enumerate(ids):
+        h.record(f"e{k}", item, k % 2, TS + k)
+        payload = h.payload("u", recent_n=3)
+        expected = [[i, j % 2, TS + j] for j, i in enumerate(ids[: k + 1])][-3:]
+        assert payload["recent"] == json.dumps(expected, separators=(",", ":"))
+        assert json.loads(payload["recent"]) == expected and payload["last_ts"] == TS + k
+
+
 def test_payload_key_lists_kept_up_to_date_equal_the_ones_computed_from_the_reactions():
     """The key lists follow each reaction instead of being rebuilt from up to 100 items per payload."""
     from graph_updater.online import PAYLOAD_MAX_ITEMS, UserHistory, latest_keys
