@@ -15,7 +15,6 @@ broker and varies ~±10% between runs.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from bench.machine import machine
 from graph_updater import checkpoint
 from graph_updater.online import parse_click
 from graph_updater.store import EdgeStore
+from infra.runtime.heap import freeze_long_lived
 from infra.runtime.settings import Settings
 from schemas.codec import encode
 
@@ -50,8 +50,7 @@ def main() -> None:
     store.ensure_collections(updater.graph.dim)
     store.upsert(updater.all_records())
     store.optimize()
-    gc.collect()
-    gc.freeze()
+    freeze_long_lived()
     seconds = {"decode": 0.0, "update": 0.0, "upsert": 0.0}
     points = 0
     for start in range(0, len(records), args.batch):

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import json
 import os
 import signal
@@ -57,6 +56,7 @@ from graph_updater.events import clicks_of, impressions_of
 from graph_updater.recovery import committed_offsets
 from infra.kafka import broker
 from infra.runtime.app import create_topics
+from infra.runtime.heap import freeze_long_lived
 from infra.runtime.logging import configure_logging
 from infra.runtime.settings import REPO_ROOT, Settings
 from scorer import quality
@@ -343,8 +343,7 @@ async def main_async(args) -> dict:
     base = base.model_copy(update={"kafka_bootstrap": info.bootstrap})
     configs = {}
     baseline = baseline_scores(data, split, len(split.train) + len(split.stream), args.accuracy)
-    gc.collect()
-    gc.freeze()  # the dataset's objects: otherwise the load generator's full collections (~300 ms) pause its pacing
+    freeze_long_lived()  # the dataset's objects: otherwise the load generator's full collections pause its pacing
     try:
         for name in args.configs.split(","):
             print(f"{name} ...", flush=True)

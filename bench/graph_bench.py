@@ -58,6 +58,7 @@ from graph_updater.store import EdgeStore, open_store
 from graph_updater.train import train_offline
 from infra.kafka import broker
 from infra.runtime.app import CLICKS, CLICKS_BY_ITEM, create_topics
+from infra.runtime.heap import freeze_long_lived
 from infra.runtime.logging import configure_logging
 from infra.runtime.settings import Settings
 from infra.runtime.topic_reads import committed_records
@@ -173,8 +174,7 @@ def rss_mb() -> float:
 def _produce(bootstrap: str, topic: str, clicks, rate: float | None) -> None:
     """The load generator's process: its clicks are frozen out of the garbage collector first (a full collection
     over 60,000 unpickled clicks took ~250 ms mid-phase, and the paced sends then left as one burst)."""
-    gc.collect()
-    gc.freeze()
+    freeze_long_lived()
     asyncio.run(publish(bootstrap, topic, clicks, rate, progress=False))
 
 

@@ -57,6 +57,7 @@ from graph_updater.shard import ShardUpdater, parse_item_click, partition_of
 from graph_updater.store import VectorStore
 from infra.runtime.app import CLICKS, CLICKS_BY_ITEM, DLQ_SUFFIX, NODE_LAYERS, create_topics
 from infra.runtime.batches import dead_letter_of, log_dead_letter, partition_lags, split_valid
+from infra.runtime.heap import freeze_long_lived
 from infra.runtime.monitoring import HealthServer, WorkerMetrics
 from infra.runtime.settings import Settings
 from infra.runtime.topic_reads import partition_ids, read_up_to
@@ -241,8 +242,7 @@ class ShardLoop(ConsumerRebalanceListener):
                                (ITEM, set(before.item_reactions) - set(shard.item_reactions))):
                 self.store.delete(kind, sorted(gone))
         del before
-        gc.collect()
-        gc.freeze()  # millions of long-lived objects: keep them out of every later GC pass (as graph_updater.service)
+        freeze_long_lived()  # the rebuilt shard: millions of long-lived objects
         self.rebuilds += 1
         log.info("graph_shard_ready", user_partitions=sorted(users), item_partitions=sorted(items),
                  users=len(self.shard.histories), items=len(self.shard.item_reactions), replayed=replayed,

@@ -6,7 +6,6 @@ benchmark, so all of them run the same code.
 
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass
 
 import faust
@@ -19,6 +18,7 @@ from graph_updater.online import GraphUpdater
 from graph_updater.recovery import replay_committed
 from graph_updater.store import VectorStore, open_store
 from infra.runtime.app import Topics, create_app, create_topics, declare_topics
+from infra.runtime.heap import freeze_long_lived
 from infra.runtime.settings import Settings
 
 log = structlog.get_logger("graph_updater")
@@ -70,8 +70,7 @@ async def rebuild(settings: Settings, store: VectorStore | None = None,
     store.ensure_collections(updater.graph.dim)
     written = store.upsert(updater.all_records())
     store.optimize()
-    gc.collect()
-    gc.freeze()  # the rebuilt graph is millions of long-lived objects: keep them out of every later GC pass
+    freeze_long_lived()  # the rebuilt graph: millions of long-lived objects
     log.info("graph_updater_ready", nodes=len(updater.graph), edges=updater.graph.num_edges,
              replayed_clicks=replayed, vectors_written=written)
     return updater, store, replayed
