@@ -357,7 +357,7 @@ def main() -> None:
     for name, table in (("machines/graph_partitioned_avx512.json", partitioned_table),
                         ("cold_users.json", cold_users_table),
                         ("neighbour_evidence.json", neighbour_table), ("paper_table.json", paper_table),
-                        ("machines/paper_table_bookcrossing_nval3000.json", paper_table),
+                        ("machines/paper_table_nval1000.json", paper_table),
                         ("own_data.json", own_data_table),
                         ("reliability.json", reliability_table),
                         ("containers.json", containers_table)):
