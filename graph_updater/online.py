@@ -17,7 +17,6 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
-from operator import itemgetter
 
 import numpy as np
 
@@ -80,7 +79,7 @@ def parse_click(key: bytes | None, value: bytes | None) -> Click:
 class UserHistory:
     """A user's reactions: liked/disliked item ids (insertion-ordered, latest reaction wins) and recent events.
 
-    Idempotency window: ``recent`` (the user's last ``window`` events; the worker's
+    Idempotency window: ``recent_events`` (the ids of the user's last ``window`` events; the worker's
     ``EXITREC_PAYLOAD_RECENT_ITEMS``, default 20) doubles as the set of event ids already applied, so memory per
     user is bounded by the window, not by the user's click count (every event id used to be kept forever). A
     duplicate arriving after ``window`` newer clicks of the same user is applied again: the graph does not change
@@ -100,10 +99,13 @@ class UserHistory:
     liked: dict[str, int] = field(default_factory=dict)
     disliked: dict[str, int] = field(default_factory=dict)
     window: int = 20
-    # (event_id, JSON of [item_id, label, ts], ts), oldest first, <= window: each reaction encoded once, when it
-    # arrives (~0.5 us), not again in every patch that lists it (json.dumps of the list per patch: ~15% of the
-    # click path's graph stage); the same text as json.dumps with compact separators
+    recent_events: list = field(default_factory=list)  # their event ids, oldest first, <= window
+    # the same events as JSON texts of [item_id, label, ts]: each reaction encoded once, when it arrives (~0.5 us),
+    # not again in every patch that lists it (json.dumps of the list per patch: ~15% of the click path's graph
+    # stage); the same text as json.dumps with compact separators. Two flat lists, not a list of tuples: ~45 bytes
+    # less per event, which pays for the texts (README, Benchmarks: memory)
     recent: list = field(default_factory=list)
+    last_ts: int = 0  # the time of the latest event
     # latest_keys() of the disliked [0] and liked [1] items, kept up to date (None: rebuilt at the next payload)
     latest: list = field(default_factory=lambda: [None, None], init=False, repr=False, compare=False)
     # keys of the disliked [0] and liked [1] reactions since the last whole payload; None: the next must be whole
@@ -114,7 +116,7 @@ class UserHistory:
 
         The payload's key lists follow by appending (a reaction to an item new to the user); a reaction that
         moves an item (re-liked, or liked then disliked) drops the cached list, rebuilt at the next payload."""
-        if event_id in map(itemgetter(0), self.recent):  # a C-level scan of the window
+        if event_id in self.recent_events:  # a C-level scan of the window
             return False
         mine, other = (self.liked, self.disliked) if label == 1 else (self.disliked, self.liked)
         if other.pop(item_id, None) is not None:
@@ -135,9 +137,11 @@ class UserHistory:
                 if self.new is NOTHING_NEW:
                     self.new = [[], []]
                 self.new[label].append(key)
-        self.recent.append((event_id, f"[{encode_basestring_ascii(item_id)},{label:d},{ts:d}]", ts))
+        self.recent_events.append(event_id)
+        self.recent.append(f"[{encode_basestring_ascii(item_id)},{label:d},{ts:d}]")
+        self.last_ts = ts
         if len(self.recent) > self.window:
-            del self.recent[0]
+            del self.recent_events[0], self.recent[0]
         return True
 
     def reaction_keys(self, label: int) -> list[int]:
@@ -157,14 +161,13 @@ class UserHistory:
     def patch(self, recent_n: int) -> dict:
         """The fields that changed since the last :meth:`payload` (which must have been written, and no item
         moved since: ``new`` is not None): counts, recent reactions, and the keys appended since then."""
-        recent = self.recent[-recent_n:]
         return {
             "liked_new": list(self.new[1]),
             "disliked_new": list(self.new[0]),
             "n_liked": len(self.liked),
             "n_disliked": len(self.disliked),
-            "recent": f"[{','.join(map(itemgetter(1), recent))}]",
-            "last_ts": recent[-1][2] if recent else 0,
+            "recent": f"[{','.join(self.recent[-recent_n:])}]",
+            "last_ts": self.last_ts,
         }
 
 

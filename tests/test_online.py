@@ -59,7 +59,7 @@ def test_idempotency_window_is_each_users_recent_events_so_memory_does_not_grow_
     clicks = [click(f"w{k}", "busy", f"i{k % 25}", label=k % 2) for k in range(300)]
     updater.apply(clicks)
     busy = updater.histories["busy"]
-    assert [event[0] for event in busy.recent] == [f"w{k}" for k in range(295, 300)]
+    assert busy.recent_events == [f"w{k}" for k in range(295, 300)]
     assert len(busy.liked) + len(busy.disliked) == 25  # bounded by its items, not by its 300 clicks
     reactions = {item: list(counts) for item, counts in updater.item_reactions.items()}
     assert updater.apply(clicks[-5:]) == []  # redelivered inside the window: nothing changes
@@ -91,7 +91,8 @@ def test_the_window_gives_the_same_state_whichever_way_partitions_interleave():
             updater.apply(order[start:start + 7])
         updater.graph.propagate_full()  # node numbering follows arrival order: compare vectors by key
         final = updater.graph.final()
-        states.append(({u: (h.liked, h.disliked, list(h.recent)) for u, h in updater.histories.items()},
+        states.append(({u: (h.liked, h.disliked, list(h.recent), list(h.recent_events))
+                        for u, h in updater.histories.items()},
                        updater.item_reactions, {key: final[v] for v, key in enumerate(updater.graph.keys)}))
     for other in states[1:]:
         assert other[0] == states[0][0] and other[1] == states[0][1] and other[2].keys() == states[0][2].keys()

@@ -85,7 +85,8 @@ def test_a_share_from_the_checkpoint_arrays_is_the_whole_checkpoint_pruned(split
         assert shard.histories.keys() == expected.keys()
         for user, h in expected.items():
             mine_h = shard.histories[user]
-            assert (mine_h.liked, mine_h.disliked, mine_h.recent) == (h.liked, h.disliked, h.recent), user
+            assert (mine_h.liked, mine_h.disliked, mine_h.recent, mine_h.recent_events) == \
+                (h.liked, h.disliked, h.recent, h.recent_events), user
             assert list(mine_h.liked) == list(h.liked), "reaction order (the payload's latest keys) kept"
         assert shard.item_reactions == {i: c for i, c in whole.item_reactions.items() if shard.owns(ITEM, i)}
 
@@ -120,7 +121,8 @@ def test_two_shards_hold_one_process_state_and_close_vectors(split):
     assert set(shards[0].item_reactions) | set(shards[1].item_reactions) == set(one.item_reactions)
     for user, h in one.histories.items():
         mine = owner(shards, USER, user).histories[user]
-        assert (mine.liked, mine.disliked, mine.recent) == (h.liked, h.disliked, h.recent), user
+        assert (mine.liked, mine.disliked, mine.recent, mine.recent_events) == \
+            (h.liked, h.disliked, h.recent, h.recent_events), user
     expected = {(r.kind, r.external_id): r for r in one.all_records()}
     got = {}
     for shard in shards:
