@@ -202,18 +202,34 @@ class LightGCNGraph:
             seen |= frontier
         return np.fromiter(sorted(seen), dtype=np.int64, count=len(seen))
 
+    def neighbours(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The neighbours of ``nodes`` concatenated node by node, and their counts (``deg[nodes]``)."""
+        counts = self.deg[nodes].astype(np.int64)
+        nbrs = np.fromiter(itertools.chain.from_iterable(map(self.adj.__getitem__, nodes.tolist())),
+                           dtype=np.int64, count=int(counts.sum()))
+        return nbrs, counts
+
     def fold_in(self, nodes: Iterable[int]) -> None:
         """Give untrained nodes a base embedding: the mean of their trained neighbours' base embeddings, or,
-        with no trained neighbour (a cold graph), a small random vector seeded by the node key."""
+        with no trained neighbour (a cold graph), a small random vector seeded by the node key.
+
+        The means of all of them are one sparse product (a row per node, a 1 per trained neighbour, in
+        neighbour order) divided by the counts: the same float32 sums in the same order as a mean per node."""
         nodes = np.fromiter(nodes, dtype=np.int64)
-        for v in nodes[~self.trained[nodes] & (self.deg[nodes] > 0)].tolist():
-            nbrs = np.fromiter(self.adj[v], dtype=np.int64)
-            nbrs = nbrs[self.trained[nbrs]]
-            if len(nbrs):
-                self.layers[0, v] = self.layers[0, nbrs].mean(axis=0)
-            else:
-                rng = np.random.default_rng(zlib.crc32(self.keys[v].encode()))
-                self.layers[0, v] = rng.normal(0.0, 0.1, self.dim)
+        new = nodes[~self.trained[nodes] & (self.deg[nodes] > 0)]
+        if not len(new):
+            return
+        nbrs, counts = self.neighbours(new)
+        trained = self.trained[nbrs]
+        kept = np.add.reduceat(trained, np.concatenate([[0], np.cumsum(counts)[:-1]])).astype(np.int64)
+        nbrs = nbrs[trained]
+        rows = scipy.sparse.csr_matrix((np.ones(len(nbrs), dtype=np.float32), nbrs,
+                                        np.concatenate([[0], np.cumsum(kept)])), shape=(len(new), len(self)))
+        means = (rows @ self.layers[0, : len(self)]) / kept[:, None].clip(min=1).astype(np.float32)
+        self.layers[0, new[kept > 0]] = means[kept > 0]
+        for v in new[kept == 0].tolist():
+            rng = np.random.default_rng(zlib.crc32(self.keys[v].encode()))
+            self.layers[0, v] = rng.normal(0.0, 0.1, self.dim)
 
     def refresh(self, touched: Iterable[int], radius: int = 0) -> np.ndarray:
         """Fold in new nodes, recompute layers ``1..K`` near ``touched``; return the nodes recomputed.
@@ -226,9 +242,7 @@ class LightGCNGraph:
             return np.zeros(0, dtype=np.int64)
         self.fold_in(touched)
         nodes = self.hops(touched, radius)
-        counts = self.deg[nodes].astype(np.int64)
-        nbrs = np.fromiter(itertools.chain.from_iterable(map(self.adj.__getitem__, nodes.tolist())),
-                           dtype=np.int64, count=int(counts.sum()))
+        nbrs, counts = self.neighbours(nodes)
         indptr = np.concatenate([[0], np.cumsum(counts)])
         # a neighbour's degree is at least 1; a partitioned updater may not have its owner's count yet (shard.py)
         weight = (1.0 / np.sqrt(np.repeat(self.deg[nodes], counts) * np.maximum(self.deg[nbrs], 1))

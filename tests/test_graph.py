@@ -83,6 +83,30 @@ def test_new_node_base_embedding_is_the_mean_of_its_neighbours():
     np.testing.assert_allclose(g.base()[g.node(USER, "new-user")], before, rtol=1e-6)
 
 
+def test_folding_in_many_nodes_at_once_gives_each_the_mean_of_its_trained_neighbours_only():
+    """One batch holds new users of every kind: many trained neighbours, some untrained ones (skipped), and only
+    untrained ones (a stable random vector from the key, as on a cold graph)."""
+    g = random_graph(n_users=60, n_items=40, p=0.3)
+    g.trained[: len(g)] = True
+    changes = [EdgeChange(f"new{k}", f"i{j}", True) for k in range(25) for j in range(k % 7, 40, 3)]
+    changes += [EdgeChange(f"new{k}", "fresh-item", True) for k in range(0, 25, 2)]  # a new, untrained item
+    changes += [EdgeChange("lonely", "fresh-item", True)]
+    touched = g.apply(changes)
+    before = g.base().copy()
+    g.fold_in(touched)
+    for k in range(25):
+        v = g.node(USER, f"new{k}")
+        trained = [w for w in g.adj[v] if g.trained[w]]  # the same order as the fold-in reads them
+        assert len(trained) == g.degree(v) - (k % 2 == 0)
+        np.testing.assert_array_equal(g.base()[v], before[trained].mean(axis=0))
+    lonely = g.base()[g.node(USER, "lonely")]
+    assert np.linalg.norm(lonely) > 0
+    again = random_graph(n_users=60, n_items=40, p=0.3)
+    again.apply([EdgeChange("lonely", "fresh-item", True)])
+    again.fold_in([again.node(USER, "lonely")])
+    np.testing.assert_array_equal(again.base()[again.node(USER, "lonely")], lonely)
+
+
 def test_edge_removal_and_idempotent_add():
     g = random_graph()
     u, i = g.node(USER, "u0"), next(iter(g.adj[g.node(USER, "u0")]))
