@@ -221,13 +221,14 @@ class LightGCNGraph:
             return
         nbrs, counts = self.neighbours(new)
         trained = self.trained[nbrs]
-        kept = np.add.reduceat(trained, np.concatenate([[0], np.cumsum(counts)[:-1]])).astype(np.int64)
+        kept = np.add.reduceat(trained, np.concatenate([[0], np.cumsum(counts)[:-1]]), dtype=np.int64)
         nbrs = nbrs[trained]
         rows = scipy.sparse.csr_matrix((np.ones(len(nbrs), dtype=np.float32), nbrs,
                                         np.concatenate([[0], np.cumsum(kept)])), shape=(len(new), len(self)))
-        means = (rows @ self.layers[0, : len(self)]) / kept[:, None].clip(min=1).astype(np.float32)
-        self.layers[0, new[kept > 0]] = means[kept > 0]
-        for v in new[kept == 0].tolist():
+        linked = kept > 0
+        sums = rows @ self.layers[0, : len(self)]
+        self.layers[0, new[linked]] = sums[linked] / kept[linked, None].astype(np.float32)
+        for v in new[~linked].tolist():
             rng = np.random.default_rng(zlib.crc32(self.keys[v].encode()))
             self.layers[0, v] = rng.normal(0.0, 0.1, self.dim)
 

@@ -14,7 +14,8 @@ import gc
 def freeze_long_lived() -> int:
     """Collect once, then move every object alive into the permanent generation, which later collections skip
     (``gc.freeze``): call it when the long-lived state is built, before serving. Objects created afterwards are
-    collected as usual; the frozen ones are never freed (they live as long as the process anyway).
+    collected as usual; the frozen ones are not freed until ``gc.unfreeze()`` returns them to the collector (a
+    partitioned updater does before it rebuilds a new share).
     Returns how many objects are frozen now."""
     gc.collect()
     gc.freeze()
