@@ -6,8 +6,10 @@ Book-Crossing's stream clicks after the 85% history (on the graph benchmark's ch
 ``python -m bench.graph_bench --only ranking`` makes) in micro-batches, each through the three stages of
 :class:`graph_updater.agent.ClickLoop`: decode (``parse_click`` of the encoded record), graph update and point
 building (:meth:`GraphUpdater.apply`), and the store write (:meth:`EdgeStore.upsert`, embedded qdrant-edge), each
-timed. The long-lived state is frozen out of the garbage collector after loading, as the service does after its
-rebuild (otherwise full collections over the graph land in whichever stage allocates). Compare two versions of the
+timed; beside them, ``fill_seconds``: filling an empty store with every node's whole point first, as a worker's
+startup does (building the records, writing them, building the index). The long-lived state is frozen out of the
+garbage collector after loading, as the service does after its rebuild (otherwise full collections over the graph
+land in whichever stage allocates). Compare two versions of the
 code by running this in each, back to back on one machine: the drain figure of ``bench.graph_bench`` adds the
 broker and varies ~±10% between runs.
 """
@@ -48,8 +50,15 @@ def main() -> None:
     records = [(c.user_id.encode(), encode(c)) for c in bookcrossing_stream(settings.data_dir)[:args.clicks]]
     store = EdgeStore()
     store.ensure_collections(updater.graph.dim)
-    store.upsert(updater.all_records())
+    t0 = time.perf_counter()
+    every = updater.all_records()
+    t1 = time.perf_counter()
+    store.upsert(every)
+    t2 = time.perf_counter()
     store.optimize()
+    t3 = time.perf_counter()
+    fill = {"points": len(every), "records": round(t1 - t0, 2), "upsert": round(t2 - t1, 2),
+            "index": round(t3 - t2, 2)}
     freeze_long_lived()
     seconds = {"decode": 0.0, "update": 0.0, "upsert": 0.0}
     points = 0
@@ -70,6 +79,7 @@ def main() -> None:
     result = {"machine": machine(), "command": "python -m bench.click_path" + (
         "" if (args.clicks, args.batch) == (60_000, 4096) else f" --clicks {args.clicks} --batch {args.batch}"),
               "dataset": "bookcrossing", "clicks": len(records), "batch": args.batch, "points_written": points,
+              "fill_seconds": fill,
               "seconds": {k: round(v, 2) for k, v in seconds.items()}, "clicks_per_s": round(len(records) / total, 1),
               "store_share": round(seconds["upsert"] / total, 3)}
     args.out.parent.mkdir(parents=True, exist_ok=True)

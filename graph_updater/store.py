@@ -45,8 +45,10 @@ from graph_updater.online import KEY_FIELDS, GraphUpdater, VectorRecord, item_ke
 
 NAMESPACE = uuid.UUID("6f1c7c9e-7a58-4f59-9d0e-6f8f3b6d2a11")
 REACTION_FIELDS = (*KEY_FIELDS[1], *KEY_FIELDS[0])
-USER_INDEXES = dict.fromkeys(REACTION_FIELDS, "INTEGER")
-ITEM_INDEXES: dict[str, str] = {}
+# the reaction key lists are filtered by exact match only (``MatchValue``), so their integer indexes keep a lookup
+# map and no range index: a whole user point (up to 100 + 100 keys) writes ~2.5x faster on qdrant-edge (20,000
+# users: 66-89 against 209-255 us a point, README: the click path), exact-match filters as fast
+USER_INDEXES = tuple(REACTION_FIELDS)
 
 
 @functools.lru_cache(maxsize=1 << 20)
@@ -149,11 +151,11 @@ class QdrantStore(VectorStore):
             if not self.client.collection_exists(name):
                 self.client.create_collection(
                     name, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE))
-                fields = USER_INDEXES if kind == USER else ITEM_INDEXES
                 with warnings.catch_warnings():  # local mode warns that it has no payload indexes: known
                     warnings.simplefilter("ignore", UserWarning)
-                    for field, schema in fields.items():
-                        self.client.create_payload_index(name, field, getattr(models.PayloadSchemaType, schema))
+                    for field in USER_INDEXES if kind == USER else ():
+                        self.client.create_payload_index(name, field, models.IntegerIndexParams(
+                            type=models.IntegerIndexType.INTEGER, lookup=True, range=False))
 
     def upsert(self, records: list[VectorRecord], batch: int = 1024) -> int:
         for kind in (USER, ITEM):
@@ -236,9 +238,9 @@ class EdgeStore(VectorStore):
                 vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine),
                 hnsw_config=edge.HnswIndexConfig(**self.hnsw) if self.hnsw else None,
                 payload_memory=edge.Memory.Cached, wal_enabled=False if self.temporary else None))
-            for field, schema in (USER_INDEXES if kind == USER else ITEM_INDEXES).items():
-                shard.update(edge.UpdateOperation.create_field_index(field, getattr(edge.PayloadSchemaType,
-                                                                                    schema.title())))
+            for field in USER_INDEXES if kind == USER else ():
+                shard.update(edge.UpdateOperation.create_field_index(
+                    field, edge.IntegerIndexParams(lookup=True, range=False)))
             self.shards[kind] = shard
 
     def upsert(self, records: list[VectorRecord], batch: int = 4096) -> int:
