@@ -2,8 +2,10 @@
 
 import copy
 import json
+import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ from graph_updater.online import (
     merged_payload,
     payload_keys,
 )
-from graph_updater.store import EdgeStore, VectorStore, open_store
+from graph_updater.store import EdgeStore, VectorStore, open_store, sweep_stale_stores
 from infra.runtime.settings import REPO_ROOT
 from schemas.messages import Click
 
@@ -62,6 +64,38 @@ def test_temporary_edge_store_reads_its_writes_at_once_and_leaves_nothing():
     folder = store.folder
     store.close()
     assert not folder.exists()
+
+
+def temporary_store_of_a_child(tmp_path, ending: str) -> list:
+    """The temporary store folders a child process leaves under ``tmp_path`` after writing a point and ending
+    with ``ending`` (Python statements)."""
+    child = (
+        "from graph_updater.graph import USER\n"
+        "from graph_updater.online import VectorRecord\n"
+        "from graph_updater.store import EdgeStore\n"
+        "store = EdgeStore()\n"
+        "store.ensure_collections(4)\n"
+        "store.upsert([VectorRecord(USER, 'a', [1.0, 0.0, 0.0, 0.0], {'user_id': 'a'})])\n" + ending)
+    subprocess.run([sys.executable, "-c", child], check=True, cwd=REPO_ROOT, timeout=120,
+                   env={**os.environ, "TMPDIR": str(tmp_path)})
+    return sorted(tmp_path.glob("exitrec-edge-*"))
+
+
+def test_temporary_store_left_by_a_killed_process_is_removed_by_the_next_store(tmp_path, monkeypatch):
+    """A process that ends without close(): on a normal exit its temporary store goes with it; killed (no
+    cleanup runs), its folder stays until the next temporary store is opened on the machine, which removes the
+    folders of ended processes and keeps those of live ones."""
+    assert temporary_store_of_a_child(tmp_path, "import sys; sys.exit(0)\n") == []
+    left = temporary_store_of_a_child(tmp_path, "import os; os._exit(0)\n")
+    assert len(left) == 1 and (left[0] / "exitrec_users").is_dir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    alive = EdgeStore()
+    try:
+        assert not left[0].exists()
+        assert alive.folder.parent == tmp_path and alive.folder.name.startswith(f"exitrec-edge-{os.getpid()}-")
+        assert sweep_stale_stores(tmp_path) == 0 and alive.folder.exists()  # this process is alive
+    finally:
+        alive.close()
 
 
 def test_edge_store_in_a_folder_keeps_its_writes_when_the_process_dies_without_closing(tmp_path):
