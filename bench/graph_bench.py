@@ -704,6 +704,7 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     if fresh is not None and "retrieval_p99_ms_1m_filtered" in result:  # the PNG shows both parts
         plot(result, fresh, args.out.with_suffix(".png"))
+    shutil.rmtree(work, ignore_errors=True)  # the broker's log, shard logs and stores (up to ~0.5 GB): kept on failure
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
 
 

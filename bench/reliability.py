@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -514,6 +515,7 @@ def main() -> None:
     args.out.parent.mkdir(exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     plot(args.out.with_suffix(".png"), result)
+    shutil.rmtree(work, ignore_errors=True)  # the broker's log and the processes' stores: kept only on failure
     print(json.dumps({k: v for k, v in result.items() if k not in ("soak_samples", "machine")}, indent=2))
 
 
