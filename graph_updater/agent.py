@@ -1,6 +1,7 @@
 """The click loop: micro-batch -> graph update -> vector upsert, bad messages -> ``clicks.dlq``.
 
-Per micro-batch (up to ``updater_batch_size`` clicks, or what arrived within ``updater_batch_wait_ms``):
+Per micro-batch (up to ``updater_batch_size`` clicks, or what arrived within ``updater_batch_wait_ms``; under a
+backlog the cap doubles while polls come back full, up to ``updater_batch_max``):
 1. decode each record; an invalid one (or one whose key is not its user id) becomes a dead letter;
 2. dead letters are produced and their delivery awaited;
 3. the valid clicks update the graph (:class:`~graph_updater.online.GraphUpdater`) and the changed vectors are
@@ -159,7 +160,7 @@ class ClickLoop:
         s = self.settings
         try:
             await run_batches(s, s.topic("clicks"), updater_group(s), s.updater_batch_size, s.updater_batch_wait_ms,
-                              self.process, "click", metrics=self.metrics)
+                              self.process, "click", metrics=self.metrics, max_batch_size=s.updater_batch_max)
         finally:  # stopping: nothing will adopt a refinement now, and the process should not wait for its steps
             self.stopping.set()
 

@@ -88,3 +88,36 @@ async def test_the_partitioned_updaters_topics_exist_only_where_they_run(setting
     assert await create_topics(settings, partitioned=True) == [settings.topic(name) for name in PARTITIONED_TOPICS]
     assert await listed(CONTRACT_TOPICS + PARTITIONED_TOPICS) == contract | {
         settings.topic(name) for name in PARTITIONED_TOPICS}
+
+
+async def test_a_backlog_is_read_in_growing_batches_and_a_caught_up_loop_in_small_ones(settings):
+    """Behind a backlog the cap doubles from ``batch_size`` while polls come back full, up to the maximum; once
+    the loop has caught up, a short poll sets it back. Every record is processed once, in order."""
+    settings = settings.model_copy(update={"topic_partitions": 1})
+    await create_topics(settings)
+    topic, group = settings.topic("impressions"), f"{settings.consumer_group}.backlog"
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    sizes: list[int] = []
+    seen: list[int] = []
+
+    async def process(records):
+        sizes.append(len(records))
+        seen.extend(int(r.value) for r in records)
+
+    for v in range(200):
+        await producer.send(topic, str(v).encode())  # queued in the producer's batches, delivered by flush
+    await producer.flush()
+    loop = asyncio.create_task(run_batches(settings, topic, group, 4, 50, process, "test", max_batch_size=32))
+    try:
+        await wait_for(lambda: len(seen) == 200, 60, "the backlog")
+        assert max(sizes) == 32 and sizes[:4] == [4, 8, 16, 32]  # full polls double the cap up to the maximum
+        backlog_batches = len(sizes)
+        for v in range(200, 210):  # the loop has caught up: a poll that comes back short resets the cap
+            await producer.send_and_wait(topic, str(v).encode())
+        await wait_for(lambda: len(seen) == 210, 60, "the records sent one by one")
+        assert seen == list(range(210)) and max(sizes[backlog_batches:]) <= 4
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+        await producer.stop()

@@ -7,9 +7,10 @@
 - :func:`send_dead_letter`: produce the dead-letter record of a failed input (original bytes, reason), await its
   delivery, log it;
 - :func:`run_batches`: an aiokafka consumer in a group with manual commits: ``getmany`` up to ``batch_size``
-  records or ``wait_ms``, ``process(records)``, then commit the batch's offsets, so a committed offset never runs
-  ahead of the outputs. A commit refused because the group rebalanced meanwhile is logged, not fatal: the batch
-  is delivered again to the partitions' new owner (clicks apply idempotently; scores are deduplicated by id).
+  records or ``wait_ms`` (under a backlog the cap grows, up to ``max_batch_size``), ``process(records)``, then
+  commit the batch's offsets, so a committed offset never runs ahead of the outputs. A commit refused because the
+  group rebalanced meanwhile is logged, not fatal: the batch is delivered again to the partitions' new owner
+  (clicks apply idempotently; scores are deduplicated by id).
 
 Both loops read with aiokafka's batch API inside the faust app that hosts the process: faust's per-event stream
 machinery tops out near 5,000 events/s on a 2-core machine even with an empty body, against ~200,000 records/s
@@ -79,8 +80,8 @@ async def partition_lags(consumer: AIOKafkaConsumer) -> dict[tuple[str, int], in
 
 async def run_batches(settings: Settings, topic: str, group: str, batch_size: int, wait_ms: int,
                       process: Callable[[list[ConsumerRecord]], Awaitable[Awaitable[None] | None]], name: str,
-                      listener: ConsumerRebalanceListener | None = None, metrics: WorkerMetrics | None = None
-                      ) -> None:
+                      listener: ConsumerRebalanceListener | None = None, metrics: WorkerMetrics | None = None,
+                      max_batch_size: int | None = None) -> None:
     """Consume ``topic`` in group ``group`` batch by batch until cancelled (see the module docstring); ``name``
     prefixes the log events and labels the loop's series in ``metrics`` (lag per partition after every poll,
     records and batch sizes).
@@ -90,10 +91,18 @@ async def run_batches(settings: Settings, topic: str, group: str, batch_size: in
     batch n+1 while batch n is in inference). While batch n is in flight the loop polls for the next records: if
     they come first, batch n+1 is started and only then is batch n awaited; if batch n's outputs come first, it
     is committed at once. So at most two batches are started and uncommitted, batches commit in order, and a
-    committed offset still never runs ahead of the outputs."""
+    committed offset still never runs ahead of the outputs.
+
+    Backlog: a poll that comes back full (``cap`` records) doubles the next poll's cap, up to ``max_batch_size``
+    (default: ``batch_size``, no growth); one that comes back short resets it to ``batch_size``. A loop behind
+    its input then works in fewer, larger batches (the click path: fewer point writes per click, as a user or
+    item clicked twice in a batch is written once), and one keeping up keeps its small batches and their
+    latency."""
+    largest = max(batch_size, max_batch_size or batch_size)
+    cap = batch_size
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False,
-        auto_offset_reset="earliest", max_poll_records=batch_size,
+        auto_offset_reset="earliest", max_poll_records=largest,
         session_timeout_ms=int(settings.session_timeout_s * 1000),
         heartbeat_interval_ms=max(500, int(settings.session_timeout_s * 250)))
     consumer.subscribe([topic], listener=listener)
@@ -119,13 +128,14 @@ async def run_batches(settings: Settings, topic: str, group: str, batch_size: in
 
     try:
         while True:
-            poll = asyncio.ensure_future(consumer.getmany(timeout_ms=wait_ms, max_records=batch_size))
+            poll = asyncio.ensure_future(consumer.getmany(timeout_ms=wait_ms, max_records=cap))
             if in_flight is not None:  # whichever comes first: the next records or the in-flight batch's outputs
                 await asyncio.wait({poll, in_flight[0]}, return_when=asyncio.FIRST_COMPLETED)
                 if in_flight[0].done():
                     await settle()
             batches = await poll
             records = [r for part in batches.values() for r in part]
+            cap = min(2 * cap, largest) if len(records) >= cap else batch_size
             started = await process(records) if records else None
             if in_flight is not None and records:  # the next batch is started: now wait for this one
                 await settle()
