@@ -94,7 +94,8 @@ async def run_batches(settings: Settings, topic: str, group: str, batch_size: in
     committed offset still never runs ahead of the outputs.
 
     Backlog: a poll that comes back full (``cap`` records) doubles the next poll's cap, up to ``max_batch_size``
-    (default: ``batch_size``, no growth); one that comes back short resets it to ``batch_size``. A loop behind
+    (default: ``batch_size``, no growth); one with fewer than ``batch_size`` records resets it, and one in between
+    (the consumer had fetched less than the cap so far) keeps it. A loop behind
     its input then works in fewer, larger batches (the click path: fewer point writes per click, as a user or
     item clicked twice in a batch is written once), and one keeping up keeps its small batches and their
     latency."""
@@ -135,7 +136,10 @@ async def run_batches(settings: Settings, topic: str, group: str, batch_size: in
                     await settle()
             batches = await poll
             records = [r for part in batches.values() for r in part]
-            cap = min(2 * cap, largest) if len(records) >= cap else batch_size
+            if len(records) >= cap:
+                cap = min(2 * cap, largest)
+            elif len(records) < batch_size:
+                cap = batch_size
             started = await process(records) if records else None
             if in_flight is not None and records:  # the next batch is started: now wait for this one
                 await settle()

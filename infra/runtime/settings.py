@@ -41,7 +41,8 @@ class Settings(BaseSettings):
     updater_batch_size: int = Field(1024, ge=1, le=100_000, description="clicks per graph micro-batch (max)")
     updater_batch_max: int = Field(16_384, ge=1, le=100_000,
                                    description="clicks per micro-batch under a backlog: the cap doubles from "
-                                               "updater_batch_size while polls come back full, back at a short one")
+                                               "updater_batch_size while polls come back full, reset by one "
+                                               "below updater_batch_size")
     updater_batch_wait_ms: int = Field(100, ge=1, le=60_000, description="max wait to fill a micro-batch")
     refine_every_clicks: int = Field(20_000, ge=0, description="BPR refinement after this many clicks (0 = off)")
     refine_steps: int = Field(5, ge=1, le=1000, description="BPR steps per refinement")
