@@ -78,7 +78,8 @@ async def test_a_stopping_loop_does_not_wait_for_the_refinement_steps(monkeypatc
     store = embedded_copy(updater)
     loop = ClickLoop(None, updater, store, Settings(refine_every_clicks=20, refine_steps=1000), UpdaterStats())
 
-    async def consume_then_stop(settings, topic, group, size, wait_ms, process, kind, metrics=None):
+    async def consume_then_stop(settings, topic, group, size, wait_ms, process, kind, metrics=None,
+                                max_batch_size=None):
         await process(records(click(f"a{k}", f"u{k}", f"i{(k * 7) % 25}") for k in range(20)))
         raise asyncio.CancelledError  # what stopping the app does to the loop's task
 

@@ -120,8 +120,10 @@ async def test_replay_updates_vectors_and_dead_letters_bad_messages(settings, sp
 
 async def test_restart_mid_stream_loses_nothing(settings, split, trained_checkpoint):
     n = 4000
+    # batches stay at 50 (no growth behind the backlog published up front) so that the stop lands mid-stream
     settings = settings.model_copy(update={"graph_checkpoint": trained_checkpoint, "updater_batch_size": 50,
-                                           "updater_batch_wait_ms": 20, "refine_every_clicks": 1000})
+                                           "updater_batch_max": 50, "updater_batch_wait_ms": 20,
+                                           "refine_every_clicks": 1000})
     clicks = clicks_of(split.stream.take(slice(0, n)), first_row=len(split.train))
     await publish(settings.kafka_bootstrap, settings.topic("clicks"), clicks, progress=False)
 
@@ -169,8 +171,10 @@ async def test_killed_updater_process_loses_nothing(settings, split, trained_che
     import sys
 
     n = 4000
+    # batches stay at 50 (no growth behind the backlog published up front) so that the kill lands mid-stream
     settings = settings.model_copy(update={"graph_checkpoint": trained_checkpoint, "updater_batch_size": 50,
-                                           "updater_batch_wait_ms": 20, "session_timeout_s": 6.0})
+                                           "updater_batch_max": 50, "updater_batch_wait_ms": 20,
+                                           "session_timeout_s": 6.0})
     clicks = clicks_of(split.stream.take(slice(0, n)), first_row=len(split.train))
     topic = settings.topic("clicks")
     await publish(settings.kafka_bootstrap, topic, clicks, progress=False)
