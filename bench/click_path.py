@@ -9,9 +9,8 @@ building (:meth:`GraphUpdater.apply`), and the store write (:meth:`EdgeStore.ups
 timed; beside them, ``fill_seconds``: filling an empty store with every node's whole point first, as a worker's
 startup does (building the records, writing them, building the index). The long-lived state is frozen out of the
 garbage collector after loading, as the service does after its rebuild (otherwise full collections over the graph
-land in whichever stage allocates). Compare two versions of the
-code by running this in each, back to back on one machine: the drain figure of ``bench.graph_bench`` adds the
-broker and varies ~±10% between runs.
+land in whichever stage allocates). Compare two versions of the code by running this in each, back to back on one
+machine: the drain figure of ``bench.graph_bench`` adds the broker and varies ~±10% between runs.
 """
 
 from __future__ import annotations

@@ -49,10 +49,10 @@ from graph_updater.online import KEY_FIELDS, GraphUpdater, VectorRecord, item_ke
 
 NAMESPACE = uuid.UUID("6f1c7c9e-7a58-4f59-9d0e-6f8f3b6d2a11")
 REACTION_FIELDS = (*KEY_FIELDS[1], *KEY_FIELDS[0])
-# the reaction key lists are filtered by exact match only (``MatchValue``), so their integer indexes keep a lookup
-# map and no range index: a whole user point (up to 100 + 100 keys) writes ~2.5x faster on qdrant-edge (20,000
-# users: 66-89 against 209-255 us a point, README: the click path), exact-match filters as fast
-USER_INDEXES = tuple(REACTION_FIELDS)
+# the only indexed fields. The reaction key lists are filtered by exact match only (``MatchValue``), so their
+# integer indexes keep a lookup map and no range index: a whole user point (up to 100 + 100 keys) writes ~2.5x
+# faster on qdrant-edge (20,000 users: 66-89 against 209-255 us a point, README: the click path), exact-match
+# filters as fast
 TEMPORARY_PREFIX = "exitrec-edge-"  # + "<pid>-<random>": a temporary EdgeStore's folder in the system temp dir
 
 log = structlog.get_logger("store")
@@ -160,7 +160,7 @@ class QdrantStore(VectorStore):
                     name, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE))
                 with warnings.catch_warnings():  # local mode warns that it has no payload indexes: known
                     warnings.simplefilter("ignore", UserWarning)
-                    for field in USER_INDEXES if kind == USER else ():
+                    for field in REACTION_FIELDS if kind == USER else ():
                         self.client.create_payload_index(name, field, models.IntegerIndexParams(
                             type=models.IntegerIndexType.INTEGER, lookup=True, range=False))
 
@@ -244,8 +244,8 @@ def pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, not ours to signal
+        pass
     return True
 
 
@@ -261,11 +261,12 @@ class EdgeStore(VectorStore):
         """``hnsw``: ``qdrant_edge.HnswIndexConfig`` fields for new collections (None: the engine's defaults)."""
         self.hnsw = hnsw
         self.temporary = folder is None  # removed on close, like an in-memory store
+        self.remove_folder: weakref.finalize | None = None
         if self.temporary:
             sweep_stale_stores(Path(tempfile.gettempdir()))
             self.folder = Path(tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-"))
-            # also removed when the store is collected or the interpreter exits without close()
-            weakref.finalize(self, shutil.rmtree, self.folder, ignore_errors=True)
+            # run by close(), or when the store is collected or the interpreter exits without it (once either way)
+            self.remove_folder = weakref.finalize(self, shutil.rmtree, self.folder, ignore_errors=True)
         else:
             self.folder = Path(folder)
         self.paths = {USER: self.folder / f"{prefix}_users", ITEM: self.folder / f"{prefix}_items"}
@@ -283,7 +284,7 @@ class EdgeStore(VectorStore):
                 vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine),
                 hnsw_config=edge.HnswIndexConfig(**self.hnsw) if self.hnsw else None,
                 payload_memory=edge.Memory.Cached, wal_enabled=False if self.temporary else None))
-            for field in USER_INDEXES if kind == USER else ():
+            for field in REACTION_FIELDS if kind == USER else ():
                 shard.update(edge.UpdateOperation.create_field_index(
                     field, edge.IntegerIndexParams(lookup=True, range=False)))
             self.shards[kind] = shard
@@ -367,8 +368,8 @@ class EdgeStore(VectorStore):
         for shard in self.shards.values():
             shard.close()
         self.shards.clear()
-        if self.temporary:
-            shutil.rmtree(self.folder, ignore_errors=True)
+        if self.remove_folder is not None:
+            self.remove_folder()
 
 
 def embedded_copy(updater: GraphUpdater) -> EdgeStore:

@@ -95,10 +95,9 @@ async def run_batches(settings: Settings, topic: str, group: str, batch_size: in
 
     Backlog: a poll that comes back full (``cap`` records) doubles the next poll's cap, up to ``max_batch_size``
     (default: ``batch_size``, no growth); one with fewer than ``batch_size`` records resets it, and one in between
-    (the consumer had fetched less than the cap so far) keeps it. A loop behind
-    its input then works in fewer, larger batches (the click path: fewer point writes per click, as a user or
-    item clicked twice in a batch is written once), and one keeping up keeps its small batches and their
-    latency."""
+    (the consumer had fetched less than the cap so far) keeps it. A loop behind its input then works in fewer,
+    larger batches (the click path: fewer point writes per click, as a user or item clicked twice in a batch is
+    written once), and one keeping up keeps its small batches and their latency."""
     largest = max(batch_size, max_batch_size or batch_size)
     cap = batch_size
     consumer = AIOKafkaConsumer(
